@@ -1,0 +1,31 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both build .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= demo_output
+SHARED ?= ../shared/data/KneeBones3Dify
+
+.PHONY: venv demo test plans clean
+
+venv: $(VENV)/.installed
+
+# torch first, pinned, so that pip takes the local CPU wheel instead of a multi-GB CUDA build.
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: venv
+	$(PY) -m kneeseg.demo --output $(DEMO_DIR)
+
+test: venv
+	$(PY) -m pytest -q tests
+
+# Regenerate the reference plans in plans/ (tests fail when they drift).
+plans: venv
+	$(PY) -m kneeseg.reference_plans --write plans --shared $(SHARED)
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) kneeseg_data .pytest_cache

@@ -1,0 +1,23 @@
+"""Run a command as a child process and report its wall time and peak resident memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+
+def run_measured(cmd: list[str], env: dict | None = None, quiet: bool = True) -> tuple[float, float, int]:
+    """(seconds, peak RSS in MB, exit code) of ``cmd`` (children it waits for are included)."""
+    start = time.perf_counter()
+    out = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=out)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return time.perf_counter() - start, usage.ru_maxrss / 1024.0, proc.returncode
+
+
+def kneeseg_command(module: str, *args: str) -> list[str]:
+    """The console script ``module`` run with this interpreter (works without the venv on PATH)."""
+    return [sys.executable, "-c", f"import sys; from kneeseg.cli.{module} import main; sys.exit(main())", *args]

@@ -1,0 +1,33 @@
+"""Argument helpers shared by the command-line tools (parsing only; no pipeline logic here)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from kneeseg.paths import KneesegPaths, resolve_paths
+
+
+def add_path_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data roots (default: $KNEESEG_RAW / $KNEESEG_PREPROCESSED / $KNEESEG_RESULTS, else ./kneeseg_data/...)")
+    group.add_argument("--raw", help="raw datasets folder")
+    group.add_argument("--preprocessed", help="preprocessed data folder")
+    group.add_argument("--results", help="trained models folder")
+
+
+def paths_from(args: argparse.Namespace) -> KneesegPaths:
+    return resolve_paths(getattr(args, "raw", None), getattr(args, "preprocessed", None), getattr(args, "results", None), os.environ)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be positive")
+    return value

@@ -1,0 +1,53 @@
+"""kneeseg_plan_and_preprocess: fingerprint a raw dataset, write its plans, cache preprocessed data.
+
+With no -d it takes the one dataset in the raw folder. The plans hold the GPU configurations
+(3d_fullres, and 3d_lowres for large scans) and the CPU configuration (3d_cpu); only the one
+recommended for --device is preprocessed unless -c names others.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from kneeseg.cli.common import add_path_flags, paths_from, positive_float, positive_int
+from kneeseg.errors import cli_entry
+from kneeseg.hardware import detect_device
+from kneeseg.planning.planner import HardwareTarget
+from kneeseg.preprocessing.pipeline import plan_and_preprocess
+
+
+@cli_entry("kneeseg_plan_and_preprocess")
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="kneeseg_plan_and_preprocess", description=__doc__)
+    p.add_argument("-d", "--dataset", nargs="*", help="dataset id(s) or name(s); default: the only one")
+    p.add_argument("-c", "--configurations", nargs="+", help="configurations to preprocess (default: recommended for --device)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="machine to plan the default configuration for")
+    p.add_argument("--gpu-memory-gb", type=positive_float, default=8.0, help="GPU memory budget for cuda configurations (default 8)")
+    p.add_argument("--cpu-threads", type=positive_int, default=2, help="CPU cores the 3d_cpu configuration is sized for (default 2)")
+    p.add_argument("--cpu-seconds-per-iteration", type=positive_float, default=3.0, help="CPU time budget per training iteration (default 3)")
+    p.add_argument("--cpu-training-hours", type=positive_float, default=1.0, help="default CPU training length the schedule is set for (default 1)")
+    p.add_argument("--plans-name", default="kneesegPlans")
+    p.add_argument("-np", "--num-processes", type=positive_int, default=1, help="parallel workers (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed for intensity and foreground-location sampling")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the dataset checks")
+    p.add_argument("--plan-only", action="store_true", help="write fingerprint and plans, do not preprocess")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    add_path_flags(p)
+    args = p.parse_args(argv)
+    paths = paths_from(args)
+    device = detect_device() if args.device == "auto" else args.device
+    hardware = HardwareTarget(args.gpu_memory_gb, args.cpu_threads, args.cpu_seconds_per_iteration, args.cpu_training_hours)
+    for dataset in args.dataset or [None]:
+        result = plan_and_preprocess(
+            paths, dataset, args.configurations, device, hardware, args.plans_name,
+            args.num_processes, args.seed, args.verify, not args.plan_only, args.progress,
+        )
+        for name, config in result.plans.configurations.items():
+            mark = " (recommended for " + device + ")" if name == result.plans.recommended_configuration(device) else ""
+            print(f"{result.dataset_name} {name}{mark}: spacing {config.spacing} mm, patch {config.patch_size}, "
+                  f"batch {config.batch_size}, {config.network.num_stages} stages, "
+                  f"~{config.estimate.seconds_per_iteration} s/iter on {config.device}")
+        print(f"plans: {result.plans_path}")
+        for name, folder in result.cache_dirs.items():
+            print(f"preprocessed {name}: {folder}")
+    return 0

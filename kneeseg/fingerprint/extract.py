@@ -1,0 +1,142 @@
+"""Dataset fingerprint: the facts the planner decides from.
+
+Spacings and shapes are stored in array order (z, y, x), like every spacing in kneeseg's plans.
+Foreground intensity statistics pool up to ``VOXELS_PER_CASE`` labelled voxels per case, drawn
+with a seeded generator so that the fingerprint (and hence the plans) are reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from kneeseg.dataset.layout import DatasetJson, RawCase
+from kneeseg.io import read_image
+
+VOXELS_PER_CASE = 100_000
+
+
+def nonzero_bbox(images: list[np.ndarray] | np.ndarray) -> list[list[int]]:
+    """Bounding box [[z0, z1], [y0, y1], [x0, x1]] (half-open) of voxels nonzero in any channel.
+
+    An image with no nonzero voxel gets the full extent, so cropping never produces an empty array.
+    """
+    stack = np.asarray(images) if isinstance(images, list) else images[None] if images.ndim == 3 else images
+    nonzero = np.any(stack != 0, axis=0)
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(np.any(nonzero, axis=other))
+        box.append([int(hits[0]), int(hits[-1]) + 1] if hits.size else [0, nonzero.shape[axis]])
+    return box
+
+
+@dataclass
+class IntensityStats:
+    mean: float
+    std: float
+    median: float
+    min: float
+    max: float
+    percentile_00_5: float
+    percentile_99_5: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> "IntensityStats":
+        if values.size == 0:
+            return cls(*(0.0,) * 7)
+        v = values.astype(np.float64)
+        p = np.percentile(v, [0.5, 50, 99.5])
+        return cls(float(v.mean()), float(v.std()), float(p[1]), float(v.min()), float(v.max()), float(p[0]), float(p[2]))
+
+
+@dataclass
+class CaseFingerprint:
+    case_id: str
+    spacing: list[float]  # z, y, x mm
+    shape: list[int]  # z, y, x voxels
+    shape_after_crop: list[int]
+    direction: list[float]  # SimpleITK row-major 3x3
+    class_volumes_mm3: dict[str, float]
+
+
+@dataclass
+class Fingerprint:
+    dataset_name: str
+    cases: list[CaseFingerprint]
+    foreground_intensity: dict[str, IntensityStats]  # per channel index
+    seed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def spacings(self) -> np.ndarray:
+        return np.array([c.spacing for c in self.cases], dtype=float)
+
+    @property
+    def shapes_after_crop(self) -> np.ndarray:
+        return np.array([c.shape_after_crop for c in self.cases], dtype=float)
+
+    @property
+    def median_relative_size_after_crop(self) -> float:
+        return float(np.median([np.prod(c.shape_after_crop) / np.prod(c.shape) for c in self.cases]))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Fingerprint":
+        return cls(
+            dataset_name=d["dataset_name"],
+            cases=[CaseFingerprint(**c) for c in d["cases"]],
+            foreground_intensity={k: IntensityStats(**v) for k, v in d["foreground_intensity"].items()},
+            seed=int(d.get("seed", 0)),
+            notes=list(d.get("notes", [])),
+        )
+
+
+def _case_fingerprint(job):
+    case, ds, seed = job
+    images = [read_image(p, np.float32)[0] for p in case.images]
+    labels, geometry = read_image(case.label)
+    box = nonzero_bbox(images)
+    voxel_mm3 = float(np.prod(geometry.spacing))
+    volumes = {ds.label_name(v): float((labels == v).sum() * voxel_mm3) for v in ds.foreground_labels}
+    rng = np.random.default_rng(np.random.SeedSequence([seed, sum(map(ord, case.case_id))]))
+    foreground = labels > 0
+    samples = []
+    for image in images:
+        values = image[foreground]
+        if values.size > VOXELS_PER_CASE:
+            values = rng.choice(values, VOXELS_PER_CASE, replace=False)
+        samples.append(values)
+    fp = CaseFingerprint(
+        case_id=case.case_id,
+        spacing=list(geometry.spacing_zyx),
+        shape=list(geometry.shape_zyx),
+        shape_after_crop=[hi - lo for lo, hi in box],
+        direction=list(geometry.direction),
+        class_volumes_mm3=volumes,
+    )
+    return fp, samples
+
+
+def extract_fingerprint(
+    dataset_name: str, cases: list[RawCase], ds: DatasetJson, num_processes: int = 1, seed: int = 0, progress: bool = True
+) -> Fingerprint:
+    """Fingerprint the (already verified) training cases of a dataset."""
+    from tqdm import tqdm
+
+    jobs = [(c, ds, seed) for c in cases]
+    if num_processes > 1 and len(jobs) > 1:
+        with get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+            results = list(tqdm(pool.imap(_case_fingerprint, jobs), total=len(jobs), desc="fingerprint", disable=not progress))
+    else:
+        results = [_case_fingerprint(j) for j in tqdm(jobs, desc="fingerprint", disable=not progress)]
+    per_channel = {
+        str(c): IntensityStats.of(np.concatenate([samples[c] for _, samples in results]))
+        for c in range(ds.num_channels)
+    }
+    return Fingerprint(dataset_name=dataset_name, cases=[fp for fp, _ in results], foreground_intensity=per_channel, seed=seed)

@@ -1,0 +1,24 @@
+"""Image and file I/O with geometry; imported by every stage, imports no other stage."""
+
+from kneeseg.io.atomic import atomic_path, atomic_write_json, atomic_write_text, read_json
+from kneeseg.io.image import (
+    SUPPORTED_ENDINGS,
+    Geometry,
+    file_ending,
+    read_image,
+    strip_ending,
+    write_image,
+)
+
+__all__ = [
+    "SUPPORTED_ENDINGS",
+    "Geometry",
+    "atomic_path",
+    "atomic_write_json",
+    "atomic_write_text",
+    "file_ending",
+    "read_image",
+    "read_json",
+    "strip_ending",
+    "write_image",
+]

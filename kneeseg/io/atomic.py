@@ -1,0 +1,76 @@
+"""Atomic writes: everything goes to a temporary name beside the target, then is renamed.
+
+A crash or an error therefore never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from kneeseg.errors import KneesegError
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` if the block succeeds.
+
+    The temporary name keeps the target's ending (``x.nii.gz`` -> ``.x.tmp123.nii.gz``) so that
+    writers which choose the format by extension still work.
+    """
+    target = Path(target)
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KneesegError(f"{parent}: cannot create output folder ({exc.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise KneesegError(f"{parent}: output folder is not writable")
+    name = target.name
+    dot = name.find(".")
+    stem, ending = (name, "") if dot <= 0 else (name[:dot], name[dot:])
+    tmp = parent / f".{stem}.tmp{os.getpid()}{ending}"
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+
+
+_SCALAR_LIST = re.compile(r"\[\s*([^\[\]{}]*?)\s*\]", re.S)
+
+
+def to_json_text(obj: Any) -> str:
+    """Indented JSON in which lists of numbers/strings stay on one line (readable plans)."""
+    text = json.dumps(obj, indent=2)
+    compact = _SCALAR_LIST.sub(lambda m: "[" + re.sub(r"\s*\n\s*", " ", m.group(1)) + "]", text)
+    # A bracket inside a string could fool the pattern: keep the compact form only if it reads back.
+    return (compact if json.loads(compact) == json.loads(text) else text) + "\n"
+
+
+def atomic_write_json(target: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as readable JSON (keys in the order given), atomically."""
+    atomic_write_text(target, to_json_text(obj))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; a missing or malformed file is a one-line KneesegError."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise KneesegError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise KneesegError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except OSError as exc:
+        raise KneesegError(f"{path}: cannot read ({exc.strerror})") from None

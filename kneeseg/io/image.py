@@ -1,0 +1,166 @@
+"""Reading and writing 3D images with their geometry.
+
+Conventions used everywhere in kneeseg:
+- arrays are numpy in (z, y, x) order, as ``SimpleITK.GetArrayFromImage`` returns them;
+- a :class:`Geometry` keeps SimpleITK's (x, y, z) order for spacing, origin, size and the
+  row-major 3x3 direction, because that is what gets written back to disk unchanged;
+- anything SimpleITK reads is accepted (NIfTI, NRRD, MHA, ...) and a folder is read as a DICOM
+  series sorted by slice position; outputs use the endings in :data:`SUPPORTED_ENDINGS`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from kneeseg.errors import KneesegError
+from kneeseg.io.atomic import atomic_path
+
+SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+_READ_ENDINGS = SUPPORTED_ENDINGS + (".mhd", ".nhdr", ".dcm")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an image's voxels lie in scanner space (SimpleITK order: x, y, z)."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]  # 9 values, row-major 3x3
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Geometry":
+        return cls(
+            size=tuple(int(s) for s in image.GetSize()),
+            spacing=tuple(float(s) for s in image.GetSpacing()),
+            origin=tuple(float(o) for o in image.GetOrigin()),
+            direction=tuple(float(d) for d in image.GetDirection()),
+        )
+
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        return tuple(reversed(self.size))
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        return tuple(reversed(self.spacing))
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def index_to_physical(self, index_xyz: np.ndarray) -> np.ndarray:
+        """Map continuous (N, 3) voxel indices in x, y, z order to physical millimetres."""
+        d = np.asarray(self.direction).reshape(3, 3)
+        return np.asarray(self.origin) + (np.asarray(index_xyz) * np.asarray(self.spacing)) @ d.T
+
+    def matches(self, other: "Geometry", tol: float = 1e-4) -> str | None:
+        """None if both describe the same voxel grid, else a short description of the difference."""
+        if self.size != other.size:
+            return f"size {other.size} differs from {self.size}"
+        for name in ("spacing", "origin", "direction"):
+            a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
+            scale = np.maximum(1.0, np.abs(a)) if name == "origin" else 1.0
+            if np.any(np.abs(a - b) > tol * scale):
+                return f"{name} {tuple(np.round(b, 5))} differs from {tuple(np.round(a, 5))}"
+        return None
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Geometry":
+        return cls(
+            size=tuple(int(v) for v in d["size"]),
+            spacing=tuple(float(v) for v in d["spacing"]),
+            origin=tuple(float(v) for v in d["origin"]),
+            direction=tuple(float(v) for v in d["direction"]),
+        )
+
+
+def file_ending(path: str | os.PathLike) -> str:
+    """The image ending of ``path`` (``.nii.gz`` counts as one), or '' for a folder/unknown."""
+    name = Path(path).name.lower()
+    for ending in sorted(_READ_ENDINGS, key=len, reverse=True):
+        if name.endswith(ending):
+            return ending
+    return ""
+
+
+def strip_ending(path: str | os.PathLike) -> str:
+    """File name without its image ending: ``knee_0000.nii.gz`` -> ``knee_0000``."""
+    name = Path(path).name
+    ending = file_ending(name)
+    return name[: len(name) - len(ending)] if ending else name
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise KneesegError(f"{folder}: folder holds no DICOM series")
+    if len(series) > 1:
+        raise KneesegError(f"{folder}: folder holds {len(series)} DICOM series; give one series per folder")
+    names = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    reader.SetFileNames(names)
+    return reader.Execute()
+
+
+def read_sitk(path: str | os.PathLike) -> sitk.Image:
+    """Read a file or DICOM folder as a SimpleITK image; any failure is a one-line KneesegError."""
+    path = Path(path)
+    if not path.exists():
+        raise KneesegError(f"{path}: file not found")
+    try:
+        if path.is_dir():
+            return _read_dicom_series(path)
+        return sitk.ReadImage(str(path))
+    except KneesegError:
+        raise
+    except (RuntimeError, OSError) as exc:
+        first = str(exc).strip().splitlines()
+        why = next((ln for ln in first if "ERROR" in ln or "Unable" in ln), first[-1] if first else "")
+        raise KneesegError(f"{path}: cannot read image ({why.strip()[:160]})") from None
+
+
+def read_image(path: str | os.PathLike, dtype=None) -> tuple[np.ndarray, Geometry]:
+    """Read a single-channel 3D image as a (z, y, x) array and its geometry.
+
+    Raises KneesegError (naming ``path``) for unreadable files, non-3D images and vector images.
+    """
+    image = read_sitk(path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise KneesegError(
+            f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+            "expected a single-channel image (one file per channel, _0000, _0001, ...)"
+        )
+    if image.GetDimension() != 3:
+        raise KneesegError(f"{path}: is {image.GetDimension()}D; expected a 3D image")
+    array = sitk.GetArrayFromImage(image)
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    return array, Geometry.of(image)
+
+
+def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write a (z, y, x) array with ``geometry`` to ``path`` atomically (format from the ending)."""
+    path = Path(path)
+    if file_ending(path) not in SUPPORTED_ENDINGS:
+        raise KneesegError(f"{path}: unsupported output ending; use one of {', '.join(SUPPORTED_ENDINGS)}")
+    if tuple(array.shape) != geometry.shape_zyx:
+        raise ValueError(f"array shape {array.shape} does not match geometry {geometry.shape_zyx}")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    image = geometry.apply_to(sitk.GetImageFromArray(array))
+    with atomic_path(path) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), compress)
+        except RuntimeError as exc:
+            raise KneesegError(f"{path}: cannot write image ({str(exc).strip().splitlines()[-1][:160]})") from None

@@ -1,0 +1,215 @@
+"""The planner: fingerprint + hardware -> plans. Deterministic: the same inputs give the same plans.
+
+Rules (all spacings/shapes in z, y, x):
+- Full-resolution target spacing: the median spacing; for anisotropic data (max/min > 3) the
+  coarse axis takes the 10th percentile of its spacings instead, never finer than the in-plane one.
+- Patch: starts at the median cropped case (its aspect ratio in mm), capped per axis, and shrinks
+  the axis that covers most of the median case until the iteration fits the budget: GPU memory for
+  ``cuda`` configurations, seconds per iteration on ``cpu_threads`` cores for ``3d_cpu``.
+- Topology: an axis is pooled (stride 2) while its feature map stays >= 2 * MIN_FEATURE_MAP and its
+  spacing is within 2x of the finest axis; kernels are 1 along axes still more than 2x coarser.
+- ``3d_lowres`` exists when the full-resolution patch covers less than LOWRES_TRIGGER of the median
+  case; ``3d_cpu`` coarsens the spacing (finest axes first) until its CPU-sized patch covers at least
+  CPU_MIN_COVERAGE of the median case, or the spacing reaches CPU_MAX_SPACING_FACTOR x full resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kneeseg.dataset.layout import DatasetJson
+from kneeseg.fingerprint import Fingerprint
+from kneeseg.planning.estimate import estimate_iteration
+from kneeseg.planning.plans import ConfigurationPlan, NetworkPlan, Plans, ResamplingPlan, TrainingPlan
+
+ANISOTROPY_THRESHOLD = 3.0
+MIN_FEATURE_MAP = 4
+MAX_STAGES = 6
+LOWRES_TRIGGER = 0.25
+LOWRES_MAX_SPACING_FACTOR = 4.0
+CPU_MIN_COVERAGE = 0.125
+CPU_MAX_SPACING_FACTOR = 3.0
+GPU_FEATURES = (32, 320)  # (base, cap)
+CPU_FEATURES = (16, 256)
+GPU_MAX_PATCH_EDGE = 256
+CPU_MAX_PATCH_EDGE = 160
+
+
+@dataclass(frozen=True)
+class HardwareTarget:
+    """What the planner is told about the machines (recorded in the plans)."""
+
+    gpu_memory_gb: float = 8.0
+    cpu_threads: int = 2
+    cpu_seconds_per_iteration: float = 3.0
+    cpu_training_hours: float = 1.0
+
+
+def fullres_spacing(spacings: np.ndarray) -> list[float]:
+    target = np.median(spacings, axis=0)
+    worst = int(np.argmax(target))
+    others = [a for a in range(3) if a != worst]
+    if target[worst] / target[others].max() > ANISOTROPY_THRESHOLD:
+        tenth = np.percentile(spacings[:, worst], 10)
+        target[worst] = max(tenth, target[others].max() + 1e-5)
+    return [float(round(s, 6)) for s in target]
+
+
+def plan_topology(spacing: list[float], patch: list[int]) -> tuple[list[list[int]], list[list[int]]]:
+    """Strides and kernel sizes per stage for a patch at a spacing."""
+    sp, shape = np.asarray(spacing, float), np.asarray(patch, float)
+    kernel = lambda s: [3 if s[a] <= 2 * s.min() else 1 for a in range(3)]  # noqa: E731
+    strides, kernels = [[1, 1, 1]], [kernel(sp)]
+    while len(strides) < MAX_STAGES:
+        stride = [2 if shape[a] >= 2 * MIN_FEATURE_MAP and sp[a] <= 2 * sp.min() else 1 for a in range(3)]
+        if 2 not in stride:
+            break
+        shape, sp = shape / stride, sp * stride
+        strides.append(stride)
+        kernels.append(kernel(sp))
+    return strides, kernels
+
+
+def build_network(spacing: list[float], patch: list[int], features: tuple[int, int]) -> NetworkPlan:
+    strides, kernels = plan_topology(spacing, patch)
+    base, cap = features
+    return NetworkPlan(
+        features_per_stage=[min(base * 2**s, cap) for s in range(len(strides))],
+        kernel_sizes=kernels,
+        strides=strides,
+    )
+
+
+def _round_to(patch: np.ndarray, divisor: list[int]) -> list[int]:
+    return [int(max(d, round(p / d) * d)) for p, d in zip(patch, divisor)]
+
+
+def fit_patch(spacing, median_shape, features, fits, max_edge):
+    """Largest patch (following the median case) whose network passes ``fits(patch, network)``."""
+    median = np.asarray(median_shape, float)
+    patch = np.minimum(median, max_edge)
+    while True:
+        network = build_network(spacing, _round_to(patch, [1, 1, 1]), features)
+        rounded = _round_to(patch, network.patch_divisor)
+        network = build_network(spacing, rounded, features)
+        rounded = _round_to(np.asarray(rounded, float), network.patch_divisor)
+        if fits(rounded, network) or np.all(patch <= 2 * MIN_FEATURE_MAP):
+            return rounded, network
+        ratio = patch / median + 1e-6 * patch * np.asarray(spacing)  # tie-break: longest in mm
+        axis = int(np.argmax(np.where(patch > 2 * MIN_FEATURE_MAP, ratio, -1)))
+        patch[axis] = max(2 * MIN_FEATURE_MAP, patch[axis] - max(4, network.patch_divisor[axis] // 2))
+
+
+def _coverage(patch, median_shape) -> float:
+    return float(np.prod(np.minimum(patch, median_shape)) / np.prod(median_shape))
+
+
+def _coarsen(spacing: list[float], factor: float) -> list[float]:
+    """Coarsen the finest axes first: each axis becomes max(own spacing, factor * finest spacing)."""
+    finest = min(spacing)
+    return [float(round(max(s, factor * finest), 6)) for s in spacing]
+
+
+def plan_experiment(
+    fingerprint: Fingerprint, ds: DatasetJson, hardware: HardwareTarget = HardwareTarget(), plans_name: str = "kneesegPlans"
+) -> Plans:
+    in_ch, n_cls = ds.num_channels, len(ds.labels)
+    spacings = fingerprint.spacings
+    shapes_mm = fingerprint.shapes_after_crop * spacings
+    median_mm = np.median(shapes_mm, axis=0)
+    full_spacing = fullres_spacing(spacings)
+    use_mask = fingerprint.median_relative_size_after_crop < 0.75  # nnU-Net: crop removed >= 25 %
+    separate_z = None
+    if max(full_spacing) / min(full_spacing) > ANISOTROPY_THRESHOLD:
+        separate_z = int(np.argmax(full_spacing))
+    total_mm3 = float(np.sum(np.prod(shapes_mm, axis=1)))
+
+    def median_at(spacing):
+        return [int(round(m / s)) for m, s in zip(median_mm, spacing)]
+
+    def gpu_fits(patch, network, batch=2):
+        est = estimate_iteration(patch, batch, network, in_ch, n_cls, "cuda", autocast=True)
+        return est.activation_memory_gb <= hardware.gpu_memory_gb
+
+    def cpu_fits(patch, network):
+        est = estimate_iteration(patch, 2, network, in_ch, n_cls, "cpu", hardware.cpu_threads)
+        return est.seconds_per_iteration <= hardware.cpu_seconds_per_iteration
+
+    def configuration(name, device, spacing):
+        median = median_at(spacing)
+        if device == "cuda":
+            patch, network = fit_patch(spacing, median, GPU_FEATURES, gpu_fits, GPU_MAX_PATCH_EDGE)
+            batch = 2
+            # Bigger batches while memory allows and a batch stays under 5 % of the dataset's voxels.
+            while gpu_fits(patch, network, batch + 1) and (batch + 1) * np.prod(np.asarray(patch) * spacing) <= 0.05 * total_mm3:
+                batch += 1
+            training = TrainingPlan(num_epochs=1000, iterations_per_epoch=250, val_iterations=50, autocast="bf16")
+        else:
+            patch, network = fit_patch(spacing, median, CPU_FEATURES, cpu_fits, CPU_MAX_PATCH_EDGE)
+            batch = 2
+            training = None
+        est = estimate_iteration(patch, batch, network, in_ch, n_cls, device, hardware.cpu_threads, autocast=device == "cuda")
+        if training is None:
+            iters = 50
+            epochs = int(max(5, round(hardware.cpu_training_hours * 3600 / (iters * est.seconds_per_iteration))))
+            training = TrainingPlan(num_epochs=epochs, iterations_per_epoch=iters, val_iterations=10)
+        return ConfigurationPlan(
+            name=name,
+            device=device,
+            data_identifier=f"{plans_name}_" + "x".join(f"{s:.3f}" for s in spacing) + "mm",
+            spacing=spacing,
+            median_shape=median,
+            patch_size=patch,
+            batch_size=batch,
+            network=network,
+            normalization=["zscore"] * in_ch,
+            use_mask_for_norm=[bool(use_mask)] * in_ch,
+            resampling=ResamplingPlan(separate_z_axis=separate_z),
+            training=training,
+            estimate=est,
+        )
+
+    configurations = {"3d_fullres": configuration("3d_fullres", "cuda", full_spacing)}
+    notes = []
+    full = configurations["3d_fullres"]
+    if _coverage(full.patch_size, full.median_shape) < LOWRES_TRIGGER:
+        factor, lowres = 1.0, None
+        while factor < LOWRES_MAX_SPACING_FACTOR:
+            factor *= 1.1
+            lowres = configuration("3d_lowres", "cuda", _coarsen(full_spacing, factor))
+            if _coverage(lowres.patch_size, lowres.median_shape) >= 2 * LOWRES_TRIGGER:
+                break
+        configurations["3d_lowres"] = lowres
+        notes.append(f"3d_lowres: full-resolution patch covers {_coverage(full.patch_size, full.median_shape):.1%} of the median case")
+
+    factor = 1.0
+    cpu = configuration("3d_cpu", "cpu", full_spacing)
+    while _coverage(cpu.patch_size, cpu.median_shape) < CPU_MIN_COVERAGE and factor < CPU_MAX_SPACING_FACTOR:
+        factor = min(CPU_MAX_SPACING_FACTOR, factor * 1.1)
+        cpu = configuration("3d_cpu", "cpu", _coarsen(full_spacing, factor))
+    configurations["3d_cpu"] = cpu
+    notes.append(
+        f"3d_cpu: spacing {cpu.spacing} mm ({factor:.2f}x full resolution on the finest axis), patch covers "
+        f"{_coverage(cpu.patch_size, cpu.median_shape):.1%} of the median case, "
+        f"~{cpu.estimate.seconds_per_iteration:.1f} s per iteration on {hardware.cpu_threads} CPU threads"
+    )
+    return Plans(
+        plans_name=plans_name,
+        dataset_name=fingerprint.dataset_name,
+        channel_names=dict(ds.channel_names),
+        labels=dict(ds.labels),
+        original_median_spacing=[float(v) for v in np.median(spacings, axis=0)],
+        original_median_shape=[int(v) for v in np.median(fingerprint.shapes_after_crop, axis=0)],
+        foreground_intensity={k: vars(v) for k, v in fingerprint.foreground_intensity.items()},
+        hardware={
+            "gpu_memory_gb": hardware.gpu_memory_gb,
+            "cpu_threads": hardware.cpu_threads,
+            "cpu_seconds_per_iteration": hardware.cpu_seconds_per_iteration,
+            "cpu_training_hours": hardware.cpu_training_hours,
+        },
+        configurations=configurations,
+        recommended={"cuda": "3d_fullres", "mps": "3d_fullres", "cpu": "3d_cpu"},
+        notes=notes,
+    )

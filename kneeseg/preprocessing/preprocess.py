@@ -1,0 +1,72 @@
+"""One preprocessing function for training and prediction: crop to nonzero, normalise, resample.
+
+Every case carries a properties record (original geometry, crop box, shapes, spacings) from which
+:func:`kneeseg.preprocessing.restore.restore_original` maps a prediction back onto the input's grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kneeseg.fingerprint import nonzero_bbox
+from kneeseg.io import Geometry
+from kneeseg.planning.plans import ConfigurationPlan
+from kneeseg.preprocessing.normalization import normalize
+from kneeseg.preprocessing.resampling import resample_channels, resample_labels, target_shape
+
+MAX_LOCATIONS_PER_CLASS = 2000
+
+
+@dataclass
+class PreprocessedCase:
+    data: np.ndarray  # float32 (C, Z, Y, X) at the plan's spacing
+    seg: np.ndarray | None  # int8 (Z, Y, X) or None at prediction time
+    properties: dict
+
+
+def preprocess_case(
+    images: list[np.ndarray],
+    geometry: Geometry,
+    config: ConfigurationPlan,
+    seg: np.ndarray | None = None,
+    labels: list[int] | None = None,
+    rng: np.random.Generator | None = None,
+) -> PreprocessedCase:
+    """Preprocess one case (channel arrays in (z, y, x)) for ``config``.
+
+    With ``seg`` (training), the label map is resampled too and up to MAX_LOCATIONS_PER_CLASS voxel
+    positions per foreground class are sampled for foreground-oversampled patch selection.
+    """
+    box = nonzero_bbox(images)
+    crop = tuple(slice(lo, hi) for lo, hi in box)
+    data = np.stack([np.asarray(im)[crop] for im in images]).astype(np.float32)
+    nonzero = np.any(data != 0, axis=0)
+    data = normalize(data, config.normalization, config.use_mask_for_norm, nonzero)
+    new_shape = target_shape(data.shape[1:], geometry.spacing_zyx, config.spacing)
+    separate = config.resampling.separate_z_axis
+    data = resample_channels(data, new_shape, separate)
+    properties = {
+        "geometry": geometry.to_dict(),
+        "crop_bbox": box,
+        "shape_after_crop": [hi - lo for lo, hi in box],
+        "original_spacing": list(geometry.spacing_zyx),
+        "spacing": list(config.spacing),
+        "shape_after_resampling": list(new_shape),
+    }
+    out_seg = None
+    if seg is not None:
+        labels = labels or sorted(int(v) for v in np.unique(seg) if v != 0)
+        out_seg = resample_labels(np.asarray(seg)[crop].astype(np.int8), new_shape, labels, separate)
+        rng = rng or np.random.default_rng(0)
+        locations = {}
+        for value in labels:
+            if value == 0:
+                continue
+            where = np.argwhere(out_seg == value)
+            if len(where) > MAX_LOCATIONS_PER_CLASS:
+                where = where[np.sort(rng.choice(len(where), MAX_LOCATIONS_PER_CLASS, replace=False))]
+            locations[str(value)] = where.astype(int).tolist()
+        properties["class_locations"] = locations
+    return PreprocessedCase(data=data, seg=out_seg, properties=properties)

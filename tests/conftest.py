@@ -1,0 +1,54 @@
+"""Shared fixtures: small phantom datasets made on the fly, and the real scan from ../shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kneeseg.dataset.phantom import PhantomOptions, synthesize_dataset
+from kneeseg.paths import KneesegPaths
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("KNEESEG_SHARED", REPO.parent / "shared" / "data" / "KneeBones3Dify"))
+
+# Small phantoms keep the suite fast: 48^3 voxels of 2.5 mm is a whole knee at low resolution.
+SMALL = PhantomOptions(shape=(48, 48, 48), spacing=(2.5, 2.5, 2.5))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "knee_0000.nii.gz").exists():
+        pytest.skip(f"real data not found at {SHARED}")
+    return SHARED
+
+
+def make_paths(root: Path) -> KneesegPaths:
+    return KneesegPaths(root / "raw", root / "preprocessed", root / "results")
+
+
+def make_phantom(root: Path, n: int = 3, seed: int = 0, options: PhantomOptions = SMALL, name="Dataset900_KneePhantom", num_test=0):
+    paths = make_paths(root)
+    synthesize_dataset(paths.raw / name, n, seed, options, num_test, progress=False)
+    return paths
+
+
+@pytest.fixture
+def phantom_paths(tmp_path) -> KneesegPaths:
+    """A fresh 3-case small phantom dataset in a temporary raw folder."""
+    return make_phantom(tmp_path)
+
+
+def path_flags(paths: KneesegPaths) -> list[str]:
+    return ["--raw", str(paths.raw), "--preprocessed", str(paths.preprocessed), "--results", str(paths.results)]
+
+
+def tree_snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes, to prove that nothing was modified."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def centroid(mask: np.ndarray) -> np.ndarray:
+    return np.argwhere(mask).mean(0)

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from kneeseg.errors import KneesegError
+from kneeseg.io import Geometry, file_ending, read_image, strip_ending, write_image
+
+GEOM = Geometry(size=(5, 4, 3), spacing=(0.5, 0.7, 2.0), origin=(10.0, -20.0, 3.5),
+                direction=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_write_read_keeps_array_and_geometry(tmp_path, ending):
+    array = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    path = tmp_path / f"img{ending}"
+    write_image(array, GEOM, path)
+    back, geometry = read_image(path)
+    np.testing.assert_array_equal(back, array)
+    assert geometry.matches(GEOM) is None
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_geometry_mismatch_is_described():
+    other = Geometry(GEOM.size, (0.5, 0.7, 2.5), GEOM.origin, GEOM.direction)
+    assert "spacing" in GEOM.matches(other)
+
+
+def test_endings():
+    assert file_ending("a/knee_0000.nii.gz") == ".nii.gz"
+    assert strip_ending("knee_0000.nii.gz") == "knee_0000"
+    assert strip_ending("scan.nrrd") == "scan"
+
+
+def test_unsupported_output_ending_is_refused(tmp_path):
+    with pytest.raises(KneesegError, match="unsupported output ending"):
+        write_image(np.zeros((3, 4, 5)), GEOM, tmp_path / "x.png")
+    assert not any(tmp_path.iterdir())
+
+
+def test_unreadable_and_wrong_dimension_inputs(tmp_path):
+    garbage = tmp_path / "broken.nii.gz"
+    garbage.write_bytes(b"not an image at all")
+    with pytest.raises(KneesegError, match="broken.nii.gz: cannot read image"):
+        read_image(garbage)
+    with pytest.raises(KneesegError, match="missing.nii.gz: file not found"):
+        read_image(tmp_path / "missing.nii.gz")
+    flat = tmp_path / "flat.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5), np.float32)), str(flat))
+    with pytest.raises(KneesegError, match="flat.nii.gz: is 2D"):
+        read_image(flat)
+    vec = tmp_path / "vector.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 4, 5, 2), np.float32), isVector=True), str(vec))
+    with pytest.raises(KneesegError, match="vector.nii.gz: has 2 components"):
+        read_image(vec)
+
+
+def test_dicom_series_folder_is_read_in_position_order(shared_dir):
+    image, geometry = read_image(shared_dir / "original_subset" / "Data")
+    assert image.shape == (12, 512, 512)
+    # Slice positions increase along the volume's z axis (the reader sorts by position).
+    z0 = geometry.index_to_physical(np.array([[0, 0, 0]]))[0, 2]
+    z1 = geometry.index_to_physical(np.array([[0, 0, 11]]))[0, 2]
+    assert z1 > z0
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii"])
+def test_nonfinite_voxels_are_found_in_nifti_although_itk_zeroes_them(tmp_path, ending):
+    from kneeseg.io.nifti import nifti_nonfinite_count
+
+    array = np.ones((3, 4, 5), np.float32)
+    array[1, 2, 3], array[0, 0, 0] = np.nan, -np.inf
+    write_image(array, GEOM, tmp_path / f"f{ending}")
+    assert nifti_nonfinite_count(tmp_path / f"f{ending}") == 2
+    write_image(np.ones((3, 4, 5), np.float64), GEOM, tmp_path / f"ok{ending}")
+    assert nifti_nonfinite_count(tmp_path / f"ok{ending}") == 0
+    write_image(np.ones((3, 4, 5), np.int16), GEOM, tmp_path / f"int{ending}")
+    assert nifti_nonfinite_count(tmp_path / f"int{ending}") == 0

@@ -1,0 +1,145 @@
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_phantom, path_flags
+from kneeseg.cli.plan_and_preprocess import main as pp_main
+from kneeseg.dataset.phantom import PhantomOptions
+from kneeseg.fingerprint import nonzero_bbox
+from kneeseg.io import Geometry
+from kneeseg.planning.estimate import estimate_iteration
+from kneeseg.planning.plans import Plans
+from kneeseg.preprocessing.preprocess import preprocess_case
+from kneeseg.preprocessing.resampling import resample_channels, resample_labels
+
+DS = "Dataset900_KneePhantom"
+
+
+def _run(paths, *extra):
+    return pp_main(["--device", "cpu", "--no-progress", *path_flags(paths), *extra])
+
+
+def test_plans_and_cache_are_written_and_round_trip(phantom_paths, capsys):
+    assert _run(phantom_paths) == 0
+    out = phantom_paths.preprocessed / DS
+    plans = Plans.load(out / "kneesegPlans.json")
+    assert json.loads((out / "kneesegPlans.json").read_text()) == plans.to_dict()
+    assert set(plans.configurations) >= {"3d_fullres", "3d_cpu"} and plans.recommended["cpu"] == "3d_cpu"
+    fp = json.loads((out / "dataset_fingerprint.json").read_text())
+    assert len(fp["cases"]) == 3 and fp["cases"][0]["spacing"] == [2.5, 2.5, 2.5]
+    assert fp["foreground_intensity"]["0"]["percentile_99_5"] > fp["foreground_intensity"]["0"]["percentile_00_5"]
+    assert set(fp["cases"][0]["class_volumes_mm3"]) == {"femur", "tibia", "patella"}
+    for config in plans.configurations.values():
+        div = config.network.patch_divisor
+        assert all(p % d == 0 for p, d in zip(config.patch_size, div))
+        assert config.network.num_stages == len(config.network.kernel_sizes) == len(config.network.strides)
+    cpu = plans.configuration("3d_cpu")
+    assert cpu.estimate.seconds_per_iteration <= plans.hardware["cpu_seconds_per_iteration"]
+    cache = out / cpu.data_identifier
+    data = np.load(cache / "phantom_000.npy")
+    seg = np.load(cache / "phantom_000_seg.npy")
+    props = json.loads((cache / "phantom_000.json").read_text())
+    assert data.dtype == np.float32 and data.shape[0] == 1 and seg.shape == data.shape[1:]
+    assert set(np.unique(seg)) == {0, 1, 2, 3}
+    assert abs(float(data.mean())) < 0.2 and 0.8 < float(data.std()) < 1.2  # z-score
+    assert set(props["class_locations"]) == {"1", "2", "3"}
+    z, y, x = props["class_locations"]["3"][0]
+    assert seg[z, y, x] == 3
+    assert "3d_cpu (recommended for cpu)" in capsys.readouterr().out
+
+
+def test_same_seed_gives_identical_plans_and_cache(tmp_path):
+    a = make_phantom(tmp_path / "a")
+    b = make_phantom(tmp_path / "b")
+    assert _run(a, "--seed", "7") == 0 and _run(b, "--seed", "7") == 0
+    pa, pb = a.preprocessed / DS, b.preprocessed / DS
+    assert (pa / "kneesegPlans.json").read_text() == (pb / "kneesegPlans.json").read_text()
+    ident = Plans.load(pa / "kneesegPlans.json").configuration("3d_cpu").data_identifier
+    for name in ("phantom_001.npy", "phantom_001_seg.npy", "phantom_001.json"):
+        assert (pa / ident / name).read_bytes() == (pb / ident / name).read_bytes()
+
+
+def test_anisotropic_data_gets_separate_z_and_in_plane_kernels(tmp_path):
+    paths = make_phantom(tmp_path, options=PhantomOptions(shape=(18, 64, 64), spacing=(6.0, 1.8, 1.8)))
+    assert _run(paths, "-c", "3d_fullres", "3d_cpu") == 0
+    plans = Plans.load(paths.preprocessed / DS / "kneesegPlans.json")
+    full = plans.configuration("3d_fullres")
+    assert full.spacing[0] == pytest.approx(6.0, abs=1e-3) and full.resampling.separate_z_axis == 0
+    assert full.network.kernel_sizes[0] == [1, 3, 3]  # no 3-wide kernel across 6 mm slices
+    assert full.network.strides[1] == [1, 2, 2]  # pool in-plane first
+
+
+def test_gpu_budget_changes_the_patch(tmp_path):
+    paths = make_phantom(tmp_path, options=PhantomOptions(shape=(96, 96, 96), spacing=(1.0, 1.0, 1.0)), n=1)
+    assert _run(paths, "--plan-only", "--gpu-memory-gb", "2") == 0
+    small = Plans.load(paths.preprocessed / DS / "kneesegPlans.json").configuration("3d_fullres")
+    assert _run(paths, "--plan-only", "--gpu-memory-gb", "24") == 0
+    big = Plans.load(paths.preprocessed / DS / "kneesegPlans.json").configuration("3d_fullres")
+    assert np.prod(small.patch_size) < np.prod(big.patch_size)
+    assert small.estimate.activation_memory_gb <= 2
+    assert not any(p.is_dir() for p in (paths.preprocessed / DS).iterdir())  # --plan-only: no cache
+
+
+def test_several_datasets_need_a_choice(tmp_path, capsys):
+    paths = make_phantom(tmp_path, n=1)
+    make_phantom(tmp_path, n=1, name="Dataset905_Other")
+    assert _run(paths) == 2
+    err = capsys.readouterr().err
+    assert "several datasets (Dataset900_KneePhantom, Dataset905_Other)" in err
+    assert _run(paths, "-d", "905") == 0
+    assert (paths.preprocessed / "Dataset905_Other" / "kneesegPlans.json").exists()
+    assert _run(paths, "-d", "123") == 2
+    assert "dataset '123' not found" in capsys.readouterr().err
+
+
+def test_unknown_configuration_writes_nothing(phantom_paths, capsys):
+    assert _run(phantom_paths, "-c", "2d") == 2
+    assert "no configuration '2d'" in capsys.readouterr().err
+    assert not phantom_paths.preprocessed.exists()
+
+
+def test_preprocess_case_crops_resamples_and_records_geometry():
+    image = np.zeros((20, 30, 40), np.float32)
+    image[5:15, 6:26, 10:30] = np.random.default_rng(0).normal(100, 10, (10, 20, 20))
+    seg = np.zeros(image.shape, np.uint8)
+    seg[8:12, 10:20, 16:26] = 2  # aligned with the 2x in-plane downsampling
+    geometry = Geometry((40, 30, 20), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert nonzero_bbox([image]) == [[5, 15], [6, 26], [10, 30]]
+
+    class Config:  # the fields preprocess_case reads from a ConfigurationPlan
+        normalization, use_mask_for_norm, spacing = ["zscore"], [True], [1.0, 2.0, 2.0]
+
+        class resampling:
+            separate_z_axis = None
+
+    case = preprocess_case([image], geometry, Config, seg, [2])
+    assert case.data.shape == (1, 20, 10, 10)  # 10*2/1, 20*1/2, 20*1/2
+    assert case.properties["crop_bbox"] == [[5, 15], [6, 26], [10, 30]]
+    assert case.properties["shape_after_crop"] == [10, 20, 20]
+    # Label volume in mm^3 is kept by the one-hot resampling.
+    assert abs((case.seg == 2).sum() * 4.0 - (seg == 2).sum() * 2.0) / ((seg == 2).sum() * 2.0) < 0.15
+
+
+def test_resampling_helpers_keep_values_and_shapes():
+    ramp = np.tile(np.arange(16, dtype=np.float32), (1, 8, 8, 1))
+    down = resample_channels(ramp, (8, 8, 8))
+    np.testing.assert_allclose(down[0, 0, 0], np.arange(0.5, 16, 2))  # area average of pairs
+    up = resample_channels(down, (8, 8, 16))
+    assert up.shape == (1, 8, 8, 16) and abs(up.mean() - ramp.mean()) < 1e-4
+    labels = np.zeros((8, 8, 8), np.int8)
+    labels[2:6, 2:6, 2:6] = 1
+    # Linear one-hot upsampling rounds the cube's 8 corner voxels off, nothing else.
+    assert resample_labels(labels, (16, 16, 16), [1]).sum() == 8 * labels.sum() - 8
+    thick = resample_channels(ramp.transpose(0, 3, 1, 2), (4, 8, 8), separate_axis=0)
+    np.testing.assert_array_equal(thick[0, :, 0, 0], [2, 6, 10, 14])  # nearest slices, not averages
+
+
+def test_estimate_grows_with_patch_and_batch():
+    from kneeseg.planning.planner import build_network
+
+    net = build_network([1, 1, 1], [64, 64, 64], (16, 256))
+    small = estimate_iteration([64, 64, 64], 2, net, 1, 4, "cpu", 2)
+    bigger = estimate_iteration([64, 64, 64], 4, net, 1, 4, "cpu", 2)
+    assert bigger.seconds_per_iteration == pytest.approx(2 * small.seconds_per_iteration, rel=1e-3)
+    assert bigger.activation_memory_gb > small.activation_memory_gb
