@@ -47,6 +47,20 @@ class HardwareTarget:
     cpu_training_hours: float = 1.0
 
 
+def left_right_axis(directions: np.ndarray) -> int:
+    """Array axis (z, y, x order) that runs closest to the patient's left-right (LPS x) axis."""
+    d = np.median(np.asarray(directions, float), axis=0).reshape(3, 3)  # rows: physical, cols: index x, y, z
+    return int(2 - np.argmax(np.abs(d[0])))
+
+
+def mirror_axes(ds: DatasetJson, directions: np.ndarray) -> list[int]:
+    """Knee bones are anatomical labels (the femur is above the tibia, the patella in front): a knee
+    mirrored left-right is another knee, one mirrored top-bottom is not. Other datasets: all axes."""
+    if {"femur", "tibia"} & set(ds.labels):
+        return [left_right_axis(directions)]
+    return [0, 1, 2]
+
+
 def fullres_spacing(spacings: np.ndarray) -> list[float]:
     target = np.median(spacings, axis=0)
     worst = int(np.argmax(target))
@@ -125,6 +139,7 @@ def plan_experiment(
     if max(full_spacing) / min(full_spacing) > ANISOTROPY_THRESHOLD:
         separate_z = int(np.argmax(full_spacing))
     total_mm3 = float(np.sum(np.prod(shapes_mm, axis=1)))
+    mirror = mirror_axes(ds, np.array([c.direction for c in fingerprint.cases]))
 
     def median_at(spacing):
         return [int(round(m / s)) for m, s in zip(median_mm, spacing)]
@@ -145,7 +160,7 @@ def plan_experiment(
             # Bigger batches while memory allows and a batch stays under 5 % of the dataset's voxels.
             while gpu_fits(patch, network, batch + 1) and (batch + 1) * np.prod(np.asarray(patch) * spacing) <= 0.05 * total_mm3:
                 batch += 1
-            training = TrainingPlan(num_epochs=1000, iterations_per_epoch=250, val_iterations=50, autocast="bf16")
+            training = TrainingPlan(num_epochs=1000, iterations_per_epoch=250, val_iterations=50, autocast="bf16", mirror_axes=mirror)
         else:
             patch, network = fit_patch(spacing, median, CPU_FEATURES, cpu_fits, CPU_MAX_PATCH_EDGE)
             batch = 2
@@ -154,7 +169,7 @@ def plan_experiment(
         if training is None:
             iters = 50
             epochs = int(max(5, round(hardware.cpu_training_hours * 3600 / (iters * est.seconds_per_iteration))))
-            training = TrainingPlan(num_epochs=epochs, iterations_per_epoch=iters, val_iterations=10)
+            training = TrainingPlan(num_epochs=epochs, iterations_per_epoch=iters, val_iterations=10, mirror_axes=mirror)
         return ConfigurationPlan(
             name=name,
             device=device,

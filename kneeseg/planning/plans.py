@@ -70,6 +70,9 @@ class TrainingPlan:
     momentum: float = 0.99
     oversample_foreground: float = 0.33
     autocast: str = "none"  # "none" | "bf16" | "fp16"
+    # Mirroring (training augmentation and test-time augmentation) only along axes where a mirrored
+    # knee is still a knee with the same labels: left-right for sided anatomy, all axes otherwise.
+    mirror_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Training: the U-Net, loss, patch loading and augmentation, and the generic trainer."""

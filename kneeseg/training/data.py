@@ -1,0 +1,139 @@
+"""Patches from the preprocessed cache, augmented with batchgenerators in background processes.
+
+- A third of each batch (the last samples) is centred on a random voxel of a random foreground
+  class present in the case (foreground oversampling); the rest is placed uniformly.
+- The loader cuts a patch larger than the network's, so that rotation and scaling never pull in
+  empty borders; the spatial transform then cuts the network patch from its centre.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.transforms.abstract_transforms import Compose
+from batchgenerators.transforms.color_transforms import BrightnessMultiplicativeTransform, ContrastAugmentationTransform, GammaTransform
+from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
+from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+
+from kneeseg.errors import KneesegError
+
+ROTATION_DEG = 15.0
+SCALE = (0.75, 1.3)
+
+
+class CaseStore:
+    """Memory-mapped access to the preprocessed cases of one cache folder."""
+
+    def __init__(self, cache_dir: Path, case_ids: list[str]):
+        self.cache_dir = cache_dir
+        self.case_ids = list(case_ids)
+        self.locations = {}
+        for cid in self.case_ids:
+            props = json.loads((cache_dir / f"{cid}.json").read_text())
+            self.locations[cid] = {int(k): np.asarray(v, dtype=int).reshape(-1, 3) for k, v in props["class_locations"].items()}
+
+    def load(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            data = np.load(self.cache_dir / f"{case_id}.npy", mmap_mode="r")
+            seg = np.load(self.cache_dir / f"{case_id}_seg.npy", mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise KneesegError(f"{self.cache_dir / case_id}: cannot read preprocessed case ({exc})") from None
+        return data, seg
+
+
+def loader_patch_size(patch: list[int], rotation: bool = True, min_scale: float = SCALE[0]) -> list[int]:
+    """Patch to cut so that rotating by up to ROTATION_DEG and zooming out to ``min_scale`` stays inside."""
+    grow = (np.cos(np.deg2rad(ROTATION_DEG)) + np.sin(np.deg2rad(ROTATION_DEG))) if rotation else 1.0
+    return [int(np.ceil(p * grow / min_scale)) for p in patch]
+
+
+def crop_padded(array: np.ndarray, start: np.ndarray, size: list[int], fill=0) -> np.ndarray:
+    """array[..., start:start+size] with out-of-bounds parts filled (array has leading channel axes)."""
+    spatial = np.asarray(array.shape[-3:])
+    lo, hi = np.maximum(start, 0), np.minimum(start + np.asarray(size), spatial)
+    out = np.full((*array.shape[:-3], *size), fill, dtype=array.dtype)
+    src = tuple(slice(a, b) for a, b in zip(lo, hi))
+    dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
+    out[(Ellipsis, *dst)] = array[(Ellipsis, *src)]
+    return out
+
+
+class PatchLoader(SlimDataLoaderBase):
+    """Endless batches {'data': (B, C, *size), 'seg': (B, 1, *size)} from a CaseStore.
+
+    Randomness comes from numpy's global generator, which batchgenerators seeds in each worker.
+    """
+
+    def __init__(self, store: CaseStore, batch_size: int, size: list[int], oversample: float = 0.33):
+        super().__init__(None, batch_size, 1)
+        self.store, self.size, self.oversample = store, list(size), oversample
+
+    def _start(self, case_id: str, shape: np.ndarray, force_fg: bool) -> np.ndarray:
+        size = np.asarray(self.size)
+        locations = self.store.locations[case_id]
+        classes = [c for c, locs in locations.items() if len(locs)]
+        if force_fg and classes:
+            locs = locations[classes[np.random.randint(len(classes))]]
+            centre = locs[np.random.randint(len(locs))]
+            return centre - size // 2
+        # Uniform: any start that keeps at least half the patch inside the image.
+        low = -(size // 2)
+        high = np.maximum(low + 1, shape - size + size // 2 + 1)
+        return np.array([np.random.randint(a, b) for a, b in zip(low, high)])
+
+    def generate_train_batch(self) -> dict:
+        n_fg = int(round(self.batch_size * self.oversample))
+        data, seg = [], []
+        for i in range(self.batch_size):
+            case_id = self.store.case_ids[np.random.randint(len(self.store.case_ids))]
+            image, labels = self.store.load(case_id)
+            start = self._start(case_id, np.asarray(labels.shape), force_fg=i >= self.batch_size - n_fg)
+            data.append(crop_padded(image, start, self.size))
+            seg.append(crop_padded(labels[None], start, self.size))
+        return {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.float32)}
+
+
+def training_transforms(patch: list[int], mirror_axes: list[int], elastic: bool = False) -> Compose:
+    """nnU-Net's augmentation recipe, with rotations limited to +-15 degrees (knees come roughly
+    aligned) and mirroring only along the axes the plans allow (anatomical labels are sided)."""
+    a = np.deg2rad(ROTATION_DEG)
+    transforms = [
+        SpatialTransform(
+            patch, patch_center_dist_from_border=None, do_elastic_deform=elastic, alpha=(0.0, 200.0), sigma=(9.0, 13.0),
+            do_rotation=True, angle_x=(-a, a), angle_y=(-a, a), angle_z=(-a, a), do_scale=True, scale=SCALE,
+            border_mode_data="constant", border_cval_data=0, order_data=3, border_mode_seg="constant", border_cval_seg=0,
+            order_seg=0, random_crop=False, p_el_per_sample=0.2, p_scale_per_sample=0.2, p_rot_per_sample=0.2,
+        ),
+        GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),
+        GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
+        BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
+        ContrastAugmentationTransform(p_per_sample=0.15),
+        SimulateLowResolutionTransform(zoom_range=(0.5, 1), per_channel=True, p_per_channel=0.5, order_downsample=0,
+                                       order_upsample=3, p_per_sample=0.25),
+        GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
+        GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
+    ]
+    if mirror_axes:
+        transforms.append(MirrorTransform(tuple(mirror_axes)))
+    return Compose(transforms)
+
+
+def center_crop_transform(patch: list[int]) -> Compose:
+    """Validation: no augmentation, just the network patch from the centre of the loader patch."""
+    return Compose([SpatialTransform(patch, patch_center_dist_from_border=None, do_elastic_deform=False,
+                                     do_rotation=False, do_scale=False, random_crop=False)])
+
+
+def make_augmenter(loader: PatchLoader, transforms: Compose, num_workers: int, seed: int):
+    """Background processes (num_workers > 0) or in-process augmentation, both seeded."""
+    if num_workers <= 0:
+        np.random.seed(seed)
+        return SingleThreadedAugmenter(loader, transforms)
+    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(num_workers)]
+    return MultiThreadedAugmenter(loader, transforms, num_workers, num_cached_per_queue=3, seeds=seeds, timeout=60)
