@@ -13,7 +13,7 @@ import os
 from kneeseg.cli.common import add_path_flags, paths_from, positive_float, positive_int
 from kneeseg.errors import cli_entry
 from kneeseg.hardware import resolve_device
-from kneeseg.training.api import train
+from kneeseg.api import train
 from kneeseg.training.trainer import TrainOptions
 
 

@@ -54,6 +54,7 @@ def preprocess_case(
         "original_spacing": list(geometry.spacing_zyx),
         "spacing": list(config.spacing),
         "shape_after_resampling": list(new_shape),
+        "separate_z_axis": separate,
     }
     out_seg = None
     if seg is not None:

@@ -32,7 +32,8 @@ class DeepSupervisionLoss(nn.Module):
             outputs = [outputs]
         total = outputs[0].new_zeros((), dtype=torch.float32)
         for weight, out in zip(self.weights, outputs):
-            if weight == 0:
+            if weight == 0:  # zero, but part of the graph: DistributedDataParallel expects every head used
+                total = total + 0.0 * out.float().sum()
                 continue
             t = target if out.shape[2:] == target.shape[1:] else downsample_target(target, out.shape[2:])
             total = total + weight * (F.cross_entropy(out.float(), t.long()) + soft_dice_loss(out, t))

@@ -1,0 +1,24 @@
+"""kneeseg_export_stl SEG -o DIR: one watertight, smoothed STL per bone, in scanner millimetres."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kneeseg.api import export_stl
+from kneeseg.errors import KneesegError, cli_entry
+
+
+@cli_entry("kneeseg_export_stl")
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="kneeseg_export_stl", description=__doc__)
+    p.add_argument("segmentation", type=Path)
+    p.add_argument("-o", "--output", required=True, type=Path, help="folder for <bone>.stl")
+    p.add_argument("--smoothing-iterations", type=int, default=20, help="Taubin smoothing passes (default 20; 0: none)")
+    args = p.parse_args(argv)
+    if args.smoothing_iterations < 0:
+        raise KneesegError(f"--smoothing-iterations {args.smoothing_iterations}: must be 0 or more")
+    for r in export_stl(args.segmentation, args.output, smoothing_iterations=args.smoothing_iterations):
+        print(f"{r.label:8s} {r.path}  {r.faces} triangles, mesh {r.mesh_volume_mm3:.0f} mm3 vs voxels "
+              f"{r.voxel_volume_mm3:.0f} mm3 ({100 * (r.volume_ratio - 1):+.1f}%)")
+    return 0

@@ -1,0 +1,44 @@
+"""kneeseg_predict -i IN -o OUT: bones from scans, with the input's geometry and format.
+
+IN is an image file, a folder of CASE_0000.<ext> files, or a DICOM series folder (output NIfTI).
+With no -d/-c/-f it uses the one trained dataset in the results folder, the configuration the
+plans recommend for the device, and every fold trained so far; -m takes a model folder copied
+elsewhere. Post-processing chosen by kneeseg_find_postprocessing is applied unless --no-postprocessing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kneeseg.api import predict
+from kneeseg.cli.common import add_path_flags, paths_from
+from kneeseg.errors import cli_entry
+from kneeseg.hardware import resolve_device
+
+
+@cli_entry("kneeseg_predict")
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="kneeseg_predict", description=__doc__)
+    p.add_argument("-i", "--input", required=True)
+    p.add_argument("-o", "--output", required=True, help="output file (single input) or folder")
+    p.add_argument("-d", "--dataset")
+    p.add_argument("-c", "--configuration")
+    p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: all trained)")
+    p.add_argument("-m", "--model-dir", type=Path, help="trained model folder (plans.json, dataset.json, fold_*/)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tta", choices=["mirror", "none"], default="mirror", help="test-time mirroring (default mirror)")
+    p.add_argument("--step", type=float, default=0.5, help="tile step as a fraction of the patch (default 0.5)")
+    p.add_argument("--autocast", choices=["none", "bf16", "fp16"], help="mixed precision for inference")
+    p.add_argument("--no-postprocessing", dest="postprocess", action="store_false")
+    p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz with class probabilities")
+    p.add_argument("--overlays", type=Path, help="folder for QC PNGs (three planes with contours)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    add_path_flags(p)
+    args = p.parse_args(argv)
+    outputs = predict(Path(args.input), Path(args.output), paths_from(args), args.model_dir, args.dataset,
+                      args.configuration, args.folds, resolve_device(args.device), args.tta == "mirror",
+                      args.postprocess, args.save_probabilities, args.overlays, args.step, args.autocast, args.progress)
+    for path in outputs:
+        print(f"wrote {path}")
+    return 0

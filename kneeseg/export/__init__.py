@@ -1,0 +1,1 @@
+"""Exports people look at: STL bone models and QC overlay PNGs."""

@@ -1,0 +1,1 @@
+"""Inference: sliding-window prediction with test-time mirroring and fold ensembling."""

@@ -1,0 +1,90 @@
+"""Sliding-window prediction of a whole preprocessed volume.
+
+Tiles overlap by (1 - step) of the patch; each tile's softmax is weighted by a Gaussian centred on
+the tile (sigma = patch / 8), because predictions near a tile's border see less context. With
+mirroring, every tile is also predicted flipped along each combination of the mirror axes and the
+results are averaged.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_importance(patch: list[int], sigma_scale: float = 1 / 8) -> torch.Tensor:
+    grids = [torch.arange(p, dtype=torch.float32) - (p - 1) / 2 for p in patch]
+    g = None
+    for axis, (grid, p) in enumerate(zip(grids, patch)):
+        one = torch.exp(-0.5 * (grid / (p * sigma_scale)) ** 2)
+        shape = [1, 1, 1]
+        shape[axis] = p
+        g = one.view(shape) if g is None else g * one.view(shape)
+    # Never exactly zero: every voxel must get some weight from some tile.
+    return (g / g.max()).clamp(min=1e-4)
+
+
+def window_starts(size: int, patch: int, step: float) -> list[int]:
+    if size <= patch:
+        return [0]
+    n = int(np.ceil((size - patch) / (patch * step))) + 1
+    return [int(round(i * (size - patch) / (n - 1))) for i in range(n)]
+
+
+def mirror_combinations(axes: list[int]) -> list[tuple[int, ...]]:
+    """Every subset of the mirror axes (the empty one first), as tensor dims of a (B, C, Z, Y, X) batch."""
+    return [tuple(a + 2 for a in combo) for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
+
+
+@torch.no_grad()
+def predict_sliding_window(
+    network: torch.nn.Module,
+    data: np.ndarray,
+    patch: list[int],
+    num_classes: int,
+    step: float = 0.5,
+    mirror_axes: list[int] | None = None,
+    device: torch.device | str = "cpu",
+    autocast: str = "none",
+    progress: bool = False,
+) -> np.ndarray:
+    """Softmax probabilities (K, Z, Y, X) for preprocessed ``data`` (C, Z, Y, X)."""
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    volume = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    shape = list(volume.shape[1:])
+    pad = [max(0, p - s) for p, s in zip(patch, shape)]
+    if any(pad):  # smaller than a patch: pad evenly, crop back at the end
+        widths = []
+        for p in reversed(pad):
+            widths += [p // 2, p - p // 2]
+        volume = F.pad(volume, widths)
+    padded = list(volume.shape[1:])
+    weights = gaussian_importance(patch).to(device)
+    scores = torch.zeros((num_classes, *padded), dtype=torch.float32, device=device)
+    norm = torch.zeros(padded, dtype=torch.float32, device=device)
+    flips = mirror_combinations(mirror_axes or [])
+    tiles = list(itertools.product(*(window_starts(s, p, step) for s, p in zip(padded, patch))))
+    enabled = autocast in ("bf16", "fp16") and device.type in ("cpu", "cuda")
+    dtype = torch.float16 if autocast == "fp16" else torch.bfloat16
+    for start in tqdm(tiles, desc="windows", leave=False, disable=not progress):
+        region = tuple(slice(s, s + p) for s, p in zip(start, patch))
+        tile = volume[(slice(None), *region)][None].to(device)
+        probs = torch.zeros((num_classes, *patch), dtype=torch.float32, device=device)
+        for dims in flips:
+            x = torch.flip(tile, dims) if dims else tile
+            with torch.autocast(device.type, dtype=dtype, enabled=enabled):
+                logits = network(x)
+            if isinstance(logits, (list, tuple)):
+                logits = logits[0]
+            out = torch.softmax(logits.float(), 1)
+            probs += (torch.flip(out, dims) if dims else out)[0]
+        scores[(slice(None), *region)] += probs / len(flips) * weights
+        norm[region] += weights
+    scores /= norm
+    crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, shape))
+    return scores[(slice(None), *crop)].cpu().numpy()

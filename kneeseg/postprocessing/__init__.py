@@ -1,0 +1,1 @@
+"""Connected-component and morphological post-processing, chosen on cross-validation."""

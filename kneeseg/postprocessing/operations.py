@@ -1,0 +1,66 @@
+"""Post-processing steps on a label map, each described by a small dict (postprocessing.json).
+
+- ``{"op": "keep_largest_foreground", "n": 3}``: keep the n largest connected components of the
+  union of all bones (the reference paper's "three largest components");
+- ``{"op": "keep_largest", "label": L}``: keep the largest component of label L;
+- ``{"op": "remove_small", "label": L, "min_voxels": N}``: drop components of L under N voxels;
+- ``{"op": "fill_holes", "label": L}``: fill background enclosed by L;
+- ``{"op": "closing", "label": L, "radius_mm": R}``: morphological closing of L with a ball of
+  radius R mm (smooth surfaces, as the paper did), only into background.
+Removed voxels become background.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    components, n = ndimage.label(mask)
+    sizes = np.bincount(components.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return components, sizes
+
+
+def _ball(radius_mm: float, spacing) -> np.ndarray:
+    r = [max(1, int(np.floor(radius_mm / s))) for s in spacing]
+    grids = np.meshgrid(*[np.arange(-k, k + 1) * s for k, s in zip(r, spacing)], indexing="ij")
+    return sum(g**2 for g in grids) <= radius_mm**2 + 1e-9
+
+
+def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
+    out = labels.copy()
+    op = step["op"]
+    if op == "keep_largest_foreground":
+        components, sizes = _components(out > 0)
+        keep = np.argsort(sizes)[::-1][: step["n"]]
+        keep = keep[sizes[keep] > 0]
+        out[~np.isin(components, keep)] = 0
+        return out
+    mask = out == step["label"]
+    if not mask.any():
+        return out
+    if op == "keep_largest":
+        components, sizes = _components(mask)
+        out[mask & (components != int(np.argmax(sizes)))] = 0
+    elif op == "remove_small":
+        components, sizes = _components(mask)
+        out[mask & (sizes[components] < step["min_voxels"])] = 0
+    elif op == "fill_holes":
+        out[ndimage.binary_fill_holes(mask) & (out == 0)] = step["label"]
+    elif op == "closing":
+        # Pad so that closing near the border does not erode from the outside.
+        k = _ball(step["radius_mm"], spacing)
+        pad = max(k.shape) // 2 + 1
+        closed = ndimage.binary_closing(np.pad(mask, pad), structure=k)[tuple(slice(pad, -pad) for _ in range(3))]
+        out[closed & (out == 0)] = step["label"]
+    else:
+        raise ValueError(f"unknown post-processing op '{op}'")
+    return out
+
+
+def apply_postprocessing(labels: np.ndarray, steps: list[dict], spacing) -> np.ndarray:
+    for step in steps:
+        labels = apply_step(labels, step, spacing)
+    return labels

@@ -1,0 +1,41 @@
+"""The inverse of preprocessing: class probabilities on the plan's grid -> labels on the input's grid.
+
+Probabilities are resampled class by class (linear / area, as in the plans) to the cropped original
+shape and reduced to an argmax on the fly, so the peak memory is two float volumes of the original
+crop, not one per class; the crop is then pasted back into the original extent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kneeseg.preprocessing.resampling import resample_channels
+
+
+def restore_original(probabilities: np.ndarray, properties: dict, label_values: list[int],
+                     keep_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(labels uint8 in the original (z, y, x) shape, probabilities there too if asked, else None).
+
+    ``probabilities`` is (K, Z, Y, X) at the plan's spacing, channel k standing for ``label_values[k]``.
+    """
+    crop_shape = properties["shape_after_crop"]
+    box = properties["crop_bbox"]
+    separate = properties.get("separate_z_axis")
+    original = list(reversed(properties["geometry"]["size"]))
+    crop = tuple(slice(lo, hi) for lo, hi in box)
+    labels = np.zeros(original, np.uint8)
+    full_probs = None
+    if keep_probabilities:
+        full_probs = np.zeros((len(label_values), *original), np.float32)
+        full_probs[0] = 1.0  # outside the crop: background
+    best = np.full(crop_shape, -1.0, np.float32)
+    region = np.zeros(crop_shape, np.uint8)
+    for k, value in enumerate(label_values):
+        channel = resample_channels(probabilities[k : k + 1], crop_shape, separate)[0]
+        better = channel > best
+        region[better] = value
+        best[better] = channel[better]
+        if full_probs is not None:
+            full_probs[k][crop] = channel
+    labels[crop] = region
+    return labels, full_probs

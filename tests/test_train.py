@@ -1,0 +1,166 @@
+"""kneeseg_train on small phantoms: learning, reproducibility, resume after SIGKILL, DDP, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_phantom, path_flags, tree_snapshot
+from kneeseg.cli.plan_and_preprocess import main as pp_main
+from kneeseg.cli.train import main as train_main
+from kneeseg.training.checkpoint import load_checkpoint
+from kneeseg.training.trainer import poly_lr
+
+FOLD_DIR = "Dataset900_KneePhantom/kneesegTrainer__kneesegPlans__3d_cpu/fold_{}"
+QUICK = ["--epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A preprocessed 4-case small phantom (read-only for the tests: each copies what it writes)."""
+    paths = make_phantom(tmp_path_factory.mktemp("train"), n=4)
+    assert pp_main(["--device", "cpu", "--no-progress", *path_flags(paths)]) == 0
+    return paths
+
+
+def _copy(prepared, tmp_path):
+    from conftest import make_paths
+
+    paths = make_paths(tmp_path)
+    shutil.copytree(prepared.raw, paths.raw)
+    shutil.copytree(prepared.preprocessed, paths.preprocessed)
+    return paths
+
+
+def test_short_run_learns_and_writes_everything(prepared, tmp_path, capsys):
+    paths = _copy(prepared, tmp_path)
+    assert train_main(["0", "--device", "cpu", "--epochs", "6", "--iters-per-epoch", "8", "--val-iters", "2",
+                       "--no-progress", *path_flags(paths)]) == 0
+    fold = paths.results / FOLD_DIR.format(0)
+    state = load_checkpoint(fold / "checkpoint_final.pth")
+    dice = np.array(state["history"]["pseudo_dice"])  # (epochs, bones)
+    # Femur and tibia: a clear rise over 48 iterations (chance level is ~0.1 on these patches).
+    assert dice[-2:, :2].mean() > dice[0, :2].mean() + 0.15, dice
+    assert state["history"]["train_loss"][-1] < 0.6 * state["history"]["train_loss"][0]
+    for name in ("checkpoint_best.pth", "training_log.txt", "progress.png"):
+        assert (fold / name).exists()
+    assert not (fold / "checkpoint_latest.pth").exists()
+    assert (fold.parent / "plans.json").exists() and (fold.parent / "dataset.json").exists()
+    assert (fold / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log = (fold / "training_log.txt").read_text()
+    assert log.count("pseudo-Dice femur") == 6 and "data wait" in log
+    splits = json.loads((paths.preprocessed / "Dataset900_KneePhantom" / "splits_final.json").read_text())
+    assert len(splits) == 4 and all(len(s["val"]) == 1 for s in splits)  # fewer than 5 cases: one fold per case
+    # The trainer's last step predicted the validation case in full for the post-processing chooser.
+    assert [p.name for p in (fold / "validation").iterdir()] == [f"{splits[0]['val'][0]}.nii.gz"]
+    assert "trained 6 epochs" in capsys.readouterr().out
+
+
+def test_same_seed_same_weights(prepared, tmp_path):
+    digests = []
+    for run in ("a", "b"):
+        paths = _copy(prepared, tmp_path / run)
+        assert train_main(["1", "--device", "cpu", "--seed", "3", *QUICK, *path_flags(paths)]) == 0
+        state = load_checkpoint(paths.results / FOLD_DIR.format(1) / "checkpoint_final.pth")
+        digests.append(state["network"])
+    for key in digests[0]:
+        assert torch.equal(digests[0][key], digests[1][key]), key
+
+
+def test_continue_after_sigkill_keeps_the_schedule(prepared, tmp_path):
+    paths = _copy(prepared, tmp_path)
+    fold = paths.results / FOLD_DIR.format(0)
+    cmd = [sys.executable, "-m", "kneeseg.cli.train", "0", "--device", "cpu", "--epochs", "4", "--iters-per-epoch", "3",
+           "--val-iters", "1", "--no-progress", *path_flags(paths)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        latest = fold / "checkpoint_latest.pth"
+        if latest.exists() and load_checkpoint(latest)["epoch"] >= 2:
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its augmentation workers
+    proc.wait()
+    killed_at = load_checkpoint(fold / "checkpoint_latest.pth")["epoch"]
+    assert 2 <= killed_at <= 4 and not (fold / "checkpoint_final.pth").exists() or killed_at == 4
+    assert train_main(["0", "--device", "cpu", "--continue", "--no-progress", *path_flags(paths)]) == 0
+    state = load_checkpoint(fold / "checkpoint_final.pth")
+    assert state["epoch"] == state["num_epochs"] == 4
+    assert state["history"]["lr"] == pytest.approx([poly_lr(0.01, e, 4) for e in range(4)])
+    assert "continuing" in (fold / "training_log.txt").read_text()
+
+
+def test_time_budget_scales_the_schedule(prepared, tmp_path):
+    paths = _copy(prepared, tmp_path)
+    start = time.time()
+    assert train_main(["0", "--device", "cpu", "--epochs", "500", "--iters-per-epoch", "2", "--val-iters", "1",
+                       "--time-budget-min", "0.3", "--no-progress", *path_flags(paths)]) == 0
+    assert time.time() - start < 0.3 * 60 + 45  # budget plus the final validation prediction
+    state = load_checkpoint(paths.results / FOLD_DIR.format(0) / "checkpoint_final.pth")
+    assert 1 <= state["num_epochs"] < 500 and state["epoch"] == state["num_epochs"]
+    lrs = state["history"]["lr"]
+    assert lrs == pytest.approx([poly_lr(0.01, e, state["num_epochs"]) for e in range(len(lrs))], rel=0.5) or lrs[-1] < lrs[0]
+    assert lrs[-1] <= lrs[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_end_with_identical_weights(prepared, tmp_path):
+    paths = _copy(prepared, tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "kneeseg.cli.train", "0", "--device", "cpu", "--epochs", "1",
+           "--iters-per-epoch", "2", "--val-iters", "1", "--num-workers", "0", "--no-progress", *path_flags(paths)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    digests = dict(line.split(": weights ") for line in proc.stdout.splitlines() if ": weights " in line)
+    assert set(digests) == {"rank 0", "rank 1"}
+    assert digests["rank 0"] == digests["rank 1"]
+
+
+def _assert_refused(argv, paths, capsys, message):
+    before = tree_snapshot(paths.results) if paths.results.exists() else {}
+    assert train_main([*argv, "--device", "cpu", "--no-progress", *path_flags(paths)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    after = tree_snapshot(paths.results) if paths.results.exists() else {}
+    assert after == before  # the fold folder is left as it was
+
+
+def test_bad_input_is_refused(prepared, tmp_path, capsys):
+    paths = _copy(prepared, tmp_path)
+    _assert_refused(["9"], paths, capsys, "fold 9: ")
+    _assert_refused(["x"], paths, capsys, "fold 'x'")
+    _assert_refused(["0", "-c", "2d"], paths, capsys, "no configuration '2d'")
+    _assert_refused(["0", "-d", "777"], paths, capsys, "dataset '777' not found")
+    _assert_refused(["0", "--continue"], paths, capsys, "no checkpoint to continue from")
+    # A finished training is not overwritten by accident; a corrupt checkpoint is named.
+    assert train_main(["0", "--device", "cpu", *QUICK, *path_flags(paths)]) == 0
+    _assert_refused(["0"], paths, capsys, "already holds a training")
+    final = paths.results / FOLD_DIR.format(0) / "checkpoint_final.pth"
+    final.write_bytes(final.read_bytes()[:1000])
+    _assert_refused(["0", "--continue"], paths, capsys, "corrupt or unreadable checkpoint")
+
+
+def test_cache_missing_or_from_other_plans(prepared, tmp_path, capsys):
+    paths = _copy(prepared, tmp_path)
+    plans_path = paths.preprocessed / "Dataset900_KneePhantom" / "kneesegPlans.json"
+    plans = json.loads(plans_path.read_text())
+    plans["configurations"]["3d_cpu"]["spacing"] = [3.0, 3.0, 3.0]
+    plans_path.write_text(json.dumps(plans))
+    _assert_refused(["0"], paths, capsys, "preprocessed with other plans")
+    shutil.rmtree(paths.preprocessed / "Dataset900_KneePhantom" / plans["configurations"]["3d_cpu"]["data_identifier"])
+    _assert_refused(["0"], paths, capsys, "no preprocessed data")
