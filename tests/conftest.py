@@ -52,3 +52,20 @@ def tree_snapshot(folder: Path) -> dict[str, bytes]:
 
 def centroid(mask: np.ndarray) -> np.ndarray:
     return np.argwhere(mask).mean(0)
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory):
+    """A small phantom dataset (4 training + 2 test cases), preprocessed and trained on fold 0 for
+    10 x 10 iterations (about a minute): shared by the training and prediction tests."""
+    from kneeseg.cli.plan_and_preprocess import main as pp_main
+    from kneeseg.cli.train import main as train_main
+
+    paths = make_phantom(tmp_path_factory.mktemp("model"), n=4, num_test=2)
+    assert pp_main(["--device", "cpu", "--no-progress", *path_flags(paths)]) == 0
+    assert train_main(["0", "--device", "cpu", "--epochs", "10", "--iters-per-epoch", "10", "--val-iters", "2",
+                       "--no-progress", *path_flags(paths)]) == 0
+    return paths
+
+
+MODEL_DIR = "Dataset900_KneePhantom/kneesegTrainer__kneesegPlans__3d_cpu"

@@ -42,15 +42,13 @@ def _copy(prepared, tmp_path):
     return paths
 
 
-def test_short_run_learns_and_writes_everything(prepared, tmp_path, capsys):
-    paths = _copy(prepared, tmp_path)
-    assert train_main(["0", "--device", "cpu", "--epochs", "6", "--iters-per-epoch", "8", "--val-iters", "2",
-                       "--no-progress", *path_flags(paths)]) == 0
+def test_short_run_learns_and_writes_everything(small_model):
+    paths = small_model
     fold = paths.results / FOLD_DIR.format(0)
     state = load_checkpoint(fold / "checkpoint_final.pth")
     dice = np.array(state["history"]["pseudo_dice"])  # (epochs, bones)
-    # Femur and tibia: a clear rise over 48 iterations (chance level is ~0.1 on these patches).
-    assert dice[-2:, :2].mean() > dice[0, :2].mean() + 0.15, dice
+    # Femur and tibia: a clear rise over 100 iterations (chance level is ~0.1 on these patches).
+    assert dice[-3:, :2].mean() > dice[0, :2].mean() + 0.15, dice
     assert state["history"]["train_loss"][-1] < 0.6 * state["history"]["train_loss"][0]
     for name in ("checkpoint_best.pth", "training_log.txt", "progress.png"):
         assert (fold / name).exists()
@@ -58,12 +56,11 @@ def test_short_run_learns_and_writes_everything(prepared, tmp_path, capsys):
     assert (fold.parent / "plans.json").exists() and (fold.parent / "dataset.json").exists()
     assert (fold / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = (fold / "training_log.txt").read_text()
-    assert log.count("pseudo-Dice femur") == 6 and "data wait" in log
+    assert log.count("pseudo-Dice femur") == 10 and "data wait" in log
     splits = json.loads((paths.preprocessed / "Dataset900_KneePhantom" / "splits_final.json").read_text())
     assert len(splits) == 4 and all(len(s["val"]) == 1 for s in splits)  # fewer than 5 cases: one fold per case
     # The trainer's last step predicted the validation case in full for the post-processing chooser.
     assert [p.name for p in (fold / "validation").iterdir()] == [f"{splits[0]['val'][0]}.nii.gz"]
-    assert "trained 6 epochs" in capsys.readouterr().out
 
 
 def test_same_seed_same_weights(prepared, tmp_path):

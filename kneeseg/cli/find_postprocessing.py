@@ -26,6 +26,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     result = find_postprocessing(paths_from(args), args.dataset, args.configuration, args.model_dir,
                                  resolve_device(args.device), args.progress)
+    steps = ", ".join(s["op"] + (f" (label {s['label']})" if "label" in s else "") for s in result["steps"]) or "none"
     print(f"mean Dice {result['mean_dice_before']:.4f} -> {result['mean_dice_after']:.4f} on {result['cv_cases']} "
-          f"cross-validation case(s); steps: {[s['op'] + ('' if 'label' not in s else f' {s['label']}') for s in result['steps']] or 'none'}")
+          f"cross-validation case(s); steps: {steps}")
     return 0

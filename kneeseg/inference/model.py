@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kneeseg.dataset.layout import DatasetJson, list_datasets
 from kneeseg.errors import KneesegError
+from kneeseg.io import read_json
 from kneeseg.planning.plans import ConfigurationPlan, Plans
 from kneeseg.training.trainer import TRAINER_NAME
 
@@ -34,12 +35,11 @@ def trained_folds(folder: Path, checkpoint: str = CHECKPOINT) -> list[str]:
 
 def load_model(folder: Path, folds: list[str] | None = None, checkpoint: str = CHECKPOINT) -> TrainedModel:
     folder = Path(folder)
-    for name in ("plans.json", "dataset.json"):
+    for name in ("plans.json", "dataset.json", "model.json"):
         if not (folder / name).exists():
             raise KneesegError(f"{folder}: not a trained model folder (no {name})")
     plans = Plans.load(folder / "plans.json")
-    config_name = folder.name.split("__")[-1]
-    config = plans.configuration(config_name)
+    config = plans.configuration(read_json(folder / "model.json")["configuration"])
     available = trained_folds(folder, checkpoint)
     chosen = folds or [f for f in available if f != "all"] or available
     if not chosen:

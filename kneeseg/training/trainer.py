@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +154,9 @@ class Trainer:
             self.fold_dir.mkdir(parents=True, exist_ok=True)
             self.plans.save(self.model_dir / "plans.json")
             self.ds.save(self.model_dir / "dataset.json")
+            # Names the configuration, so that a model folder copied and renamed still loads.
+            atomic_write_json(self.model_dir / "model.json", {"trainer": TRAINER_NAME, "plans_name": self.plans.plans_name,
+                                                               "configuration": self.config.name})
             if not o.resume and (self.fold_dir / "training_log.txt").exists():
                 (self.fold_dir / "training_log.txt").unlink()
 

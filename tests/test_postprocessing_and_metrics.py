@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from kneeseg.evaluation.metrics import binary_metrics, label_metrics
+from kneeseg.postprocessing.operations import apply_postprocessing, apply_step
+
+
+def _cube(shape=(20, 20, 20), lo=5, hi=15):
+    m = np.zeros(shape, bool)
+    m[lo:hi, lo:hi, lo:hi] = True
+    return m
+
+
+def test_overlap_metrics_on_known_shapes():
+    ref = _cube()
+    pred = np.roll(ref, 1, axis=2)  # shifted by one voxel of 2 mm
+    m = binary_metrics(ref, pred, (1.0, 1.0, 2.0))
+    assert m["dice"] == pytest.approx(0.9)  # 900 shared of 1000 each
+    assert m["iou"] == pytest.approx(900 / 1100)
+    assert m["sensitivity"] == pytest.approx(0.9) and m["precision"] == pytest.approx(0.9)
+    assert m["volume_similarity"] == 1.0
+    assert m["hd95"] == pytest.approx(2.0)  # one voxel along the 2 mm axis
+    assert 0 < m["assd"] <= 2.0 and m["avg_hausdorff"] == pytest.approx(0.2)  # 100 voxels at 2 mm / 1000
+    same = binary_metrics(ref, ref, (1, 1, 1))
+    assert same["dice"] == 1 and same["hd95"] == 0 and same["assd"] == 0 and same["avg_hausdorff"] == 0
+
+
+def test_empty_masks_have_defined_values():
+    empty, full = np.zeros((10, 10, 10), bool), _cube((10, 10, 10), 2, 8)
+    both = binary_metrics(empty, empty, (1, 1, 1))
+    assert both["dice"] == 1 and both["hd95"] == 0 and both["sensitivity"] == 1
+    missed = binary_metrics(full, empty, (1, 1, 1))
+    assert missed["dice"] == 0 and missed["sensitivity"] == 0 and missed["precision"] == 1
+    assert missed["hd95"] == pytest.approx(np.sqrt(300))  # the image diagonal: the worst distance
+    invented = binary_metrics(empty, full, (1, 1, 1))
+    assert invented["dice"] == 0 and invented["sensitivity"] == 1 and invented["precision"] == 0
+
+
+def test_label_metrics_include_the_all_bone_union():
+    ref = np.zeros((10, 10, 10), np.uint8)
+    ref[1:4], ref[6:9] = 1, 2
+    pred = ref.copy()
+    pred[pred == 2] = 1  # right bone, wrong label
+    m = label_metrics(ref, pred, (1, 1, 1), {"femur": 1, "tibia": 2})
+    assert m["tibia"]["dice"] == 0 and m["all_bones"]["dice"] == 1
+
+
+def test_postprocessing_steps():
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[2:12, 2:12, 2:12] = 1
+    labels[20:22, 20:22, 20:22] = 1  # a stray speck of femur
+    labels[15:25, 2:12, 2:12] = 2
+    labels[5:7, 5:7, 5:7] = 0  # a hole inside the femur
+    spacing = (1.0, 1.0, 1.0)
+    kept = apply_step(labels, {"op": "keep_largest", "label": 1}, spacing)
+    assert kept[20, 20, 20] == 0 and kept[3, 3, 3] == 1 and (kept == 2).sum() == (labels == 2).sum()
+    small = apply_step(labels, {"op": "remove_small", "label": 1, "min_voxels": 9}, spacing)
+    assert small[20, 20, 20] == 0 and small[3, 3, 3] == 1
+    filled = apply_step(labels, {"op": "fill_holes", "label": 1}, spacing)
+    assert filled[5, 5, 5] == 1 and filled[20, 20, 20] == 1
+    top3 = apply_step(labels, {"op": "keep_largest_foreground", "n": 2}, spacing)
+    assert top3[20, 20, 20] == 0 and top3[16, 3, 3] == 2
+    notch = np.zeros((20, 20, 20), np.uint8)
+    notch[5:15, 5:15, 5:15] = 3
+    notch[10, 5:15, 9] = 0  # a one-voxel crack
+    closed = apply_step(notch, {"op": "closing", "label": 3, "radius_mm": 1.0}, spacing)
+    assert closed[10, 10, 9] == 3 and closed[0, 0, 0] == 0
+    chain = apply_postprocessing(labels, [{"op": "keep_largest", "label": 1}, {"op": "fill_holes", "label": 1}], spacing)
+    assert chain[20, 20, 20] == 0 and chain[5, 5, 5] == 1
+
+
+def test_evaluate_refuses_mismatched_geometry(tmp_path, capsys):
+    from kneeseg.cli.evaluate import main as evaluate_main
+    from kneeseg.io import Geometry, write_image
+
+    g = Geometry((8, 8, 8), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    write_image(np.zeros((8, 8, 8), np.uint8), g, tmp_path / "ref" / "a.nii.gz")
+    write_image(np.zeros((8, 8, 8), np.uint8), Geometry(g.size, (1, 1, 2), g.origin, g.direction), tmp_path / "pred" / "a.nii.gz")
+    assert evaluate_main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "-o", str(tmp_path / "s.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "a.nii.gz: geometry does not match the reference" in err and not (tmp_path / "s.json").exists()
+    (tmp_path / "pred" / "a.nii.gz").unlink()
+    assert evaluate_main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "-o", str(tmp_path / "s.json"), "--no-progress"]) == 2
+    assert "prediction missing" in capsys.readouterr().err

@@ -1,0 +1,185 @@
+"""kneeseg_predict / find_postprocessing / evaluate / export_stl end to end on the small phantom model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import MODEL_DIR, path_flags, tree_snapshot
+from kneeseg.cli.evaluate import main as evaluate_main
+from kneeseg.cli.export_stl import main as stl_main
+from kneeseg.cli.find_postprocessing import main as findpp_main
+from kneeseg.cli.predict import main as predict_main
+from kneeseg.errors import KneesegError
+from kneeseg.inference.cases import discover_cases
+from kneeseg.io import Geometry, read_image, write_image
+
+DS = "Dataset900_KneePhantom"
+
+
+def _geometry_equal(a, b):
+    return a.matches(b, tol=1e-6) is None
+
+
+def test_predict_and_evaluate_the_held_out_cases(small_model, tmp_path):
+    paths = small_model
+    out = tmp_path / "pred"
+    assert predict_main(["-i", str(paths.raw / DS / "imagesTs"), "-o", str(out), "--device", "cpu", "--no-progress",
+                         "--overlays", str(tmp_path / "qc"), *path_flags(paths)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["phantom_test_000.nii.gz", "phantom_test_001.nii.gz"]
+    for case in ("phantom_test_000", "phantom_test_001"):
+        _, g_in = read_image(paths.raw / DS / "imagesTs" / f"{case}_0000.nii.gz")
+        _, g_out = read_image(out / f"{case}.nii.gz")
+        assert _geometry_equal(g_in, g_out)
+        assert (tmp_path / "qc" / f"{case}.png").read_bytes()[:4] == b"\x89PNG"
+    summary_path = tmp_path / "eval" / "summary.json"
+    assert evaluate_main(["-ref", str(paths.raw / DS / "labelsTs"), "-pred", str(out), "-o", str(summary_path),
+                          "--overlays", str(tmp_path / "eval_qc"), "--images", str(paths.raw / DS / "imagesTs"),
+                          "--no-progress"]) == 0
+    summary = json.loads(summary_path.read_text())
+    # After 100 iterations the model finds the big bones; a model that learned nothing scores ~0
+    # (all background) and one that marks the whole limb as bone scores < 0.2.
+    assert summary["mean"]["all_bones"]["dice"] > 0.6, summary["mean"]["all_bones"]
+    assert summary["mean"]["femur"]["dice"] > 0.5 and summary["mean"]["tibia"]["dice"] > 0.5
+    assert len(summary["per_case"]) == 2
+    csv = summary_path.with_suffix(".csv").read_text().splitlines()
+    assert csv[0].startswith("case,structure,dice,iou,hd95") and len(csv) == 1 + 2 * 4
+    assert (tmp_path / "eval_qc" / "phantom_test_000.png").exists()
+
+
+def test_geometry_is_kept_for_nrrd_and_rotated_nifti(small_model, tmp_path):
+    paths = small_model
+    image, g = read_image(paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz")
+    c, s = np.cos(0.3), np.sin(0.3)
+    rotated = Geometry(g.size, (2.4, 2.5, 2.6), (12.5, -40.0, 7.25), (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    for name in ("scan_0000.nrrd", "scan_0000.nii.gz", "scan_0000.mha"):
+        write_image(image, rotated, tmp_path / "in" / name)
+        out = tmp_path / "out" / name.replace("_0000", "")
+        assert predict_main(["-i", str(tmp_path / "in" / name), "-o", str(out), "--device", "cpu", "--tta", "none",
+                             "--no-progress", *path_flags(paths)]) == 0
+        labels, g_out = read_image(out)
+        assert _geometry_equal(rotated, g_out) and labels.dtype == np.uint8
+        assert set(np.unique(labels)) <= {0, 1, 2, 3}
+
+
+def test_dicom_series_input_gives_nifti_with_its_geometry(small_model, tmp_path, shared_dir):
+    paths = small_model
+    dicom = shared_dir / "original_subset" / "Data"
+    before = tree_snapshot(dicom)
+    out = tmp_path / "out"
+    assert predict_main(["-i", str(dicom), "-o", str(out), "--device", "cpu", "--no-progress", *path_flags(paths)]) == 0
+    assert tree_snapshot(dicom) == before
+    _, g_in = read_image(dicom)
+    labels, g_out = read_image(out / "Data.nii.gz")
+    assert _geometry_equal(g_in, g_out) and labels.shape == (12, 512, 512)
+
+
+def test_single_file_with_probabilities_and_model_dir_elsewhere(small_model, tmp_path):
+    paths = small_model
+    model = tmp_path / "my_model"
+    shutil.copytree(paths.results / MODEL_DIR, model)
+    out = tmp_path / "case.nii.gz"
+    assert predict_main(["-i", str(paths.raw / DS / "imagesTs" / "phantom_test_001_0000.nii.gz"), "-o", str(out),
+                         "-m", str(model), "--save-probabilities", "--device", "cpu", "--no-progress",
+                         "--results", str(tmp_path / "empty")]) == 0
+    labels, _ = read_image(out)
+    npz = np.load(tmp_path / "case.npz")
+    probs = npz["probabilities"].astype(np.float32)
+    assert probs.shape == (4, *labels.shape) and npz["labels"].tolist() == [0, 1, 2, 3]
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-2)
+    # No post-processing chosen yet: labels are the argmax (up to float16 ties in the saved copy).
+    assert np.mean(np.argmax(probs, 0) != labels) < 1e-4
+
+
+def test_postprocessing_is_chosen_on_cross_validation_and_applied(small_model, tmp_path):
+    paths = small_model
+    model = tmp_path / "model"
+    shutil.copytree(paths.results / MODEL_DIR, model)
+    assert findpp_main(["-m", str(model), "--no-progress", "--raw", str(paths.raw)]) == 0
+    chosen = json.loads((model / "postprocessing.json").read_text())
+    assert chosen["cv_cases"] == 1 and chosen["mean_dice_after"] >= chosen["mean_dice_before"]
+    assert len(chosen["candidates"]) == 1 + 4 * 3
+    kept = [{k: v for k, v in c.items() if k not in ("mean_dice", "kept")} for c in chosen["candidates"] if c["kept"]]
+    assert kept == chosen["steps"]
+    case = paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz"
+    assert predict_main(["-i", str(case), "-o", str(tmp_path / "a.nii.gz"), "-m", str(model), "--device", "cpu", "--no-progress"]) == 0
+    assert predict_main(["-i", str(case), "-o", str(tmp_path / "b.nii.gz"), "-m", str(model), "--device", "cpu",
+                         "--no-postprocessing", "--no-progress"]) == 0
+    from kneeseg.postprocessing.operations import apply_postprocessing
+
+    raw_pred, g = read_image(tmp_path / "b.nii.gz")
+    post, _ = read_image(tmp_path / "a.nii.gz")
+    np.testing.assert_array_equal(post, apply_postprocessing(raw_pred, chosen["steps"], g.spacing_zyx))
+
+
+def test_same_seed_same_prediction(small_model, tmp_path):
+    paths = small_model
+    case = paths.raw / DS / "imagesTs" / "phantom_test_001_0000.nii.gz"
+    for name in ("a", "b"):
+        assert predict_main(["-i", str(case), "-o", str(tmp_path / f"{name}.nii.gz"), "--device", "cpu",
+                             "--no-progress", *path_flags(paths)]) == 0
+    np.testing.assert_array_equal(read_image(tmp_path / "a.nii.gz")[0], read_image(tmp_path / "b.nii.gz")[0])
+
+
+def _refused(argv, capsys, message, paths=None):
+    code = predict_main([*argv, "--device", "cpu", "--no-progress", *(path_flags(paths) if paths else [])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_bad_input_is_refused_without_output(small_model, tmp_path, capsys):
+    paths = small_model
+    image, g = read_image(paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz", np.float32)
+    out = tmp_path / "out"
+    _refused(["-i", str(tmp_path / "nope.nii.gz"), "-o", str(out)], capsys, "nope.nii.gz: input not found", paths)
+    bad = image.copy()
+    bad[5, 5, 5] = np.nan
+    write_image(bad, g, tmp_path / "nan_0000.nii.gz")
+    _refused(["-i", str(tmp_path / "nan_0000.nii.gz"), "-o", str(out)], capsys, "nan_0000.nii.gz: contains NaN", paths)
+    sitk.WriteImage(sitk.GetImageFromArray(image[20]), str(tmp_path / "flat_0000.nii.gz"))
+    _refused(["-i", str(tmp_path / "flat_0000.nii.gz"), "-o", str(out)], capsys, "flat_0000.nii.gz: is 2D", paths)
+    assert not out.exists() or not any(out.iterdir())  # no partial output
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    good = paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz"
+    _refused(["-i", str(good), "-o", str(tmp_path / "blocker" / "x")], capsys, "cannot create output folder", paths)
+    _refused(["-i", str(good), "-o", str(out), "--results", str(tmp_path / "empty")], capsys, "no trained model found")
+    _refused(["-i", str(good), "-o", str(out), "-f", "3"], capsys, "fold 3 has no checkpoint_final.pth", paths)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_missing_channel_of_a_multichannel_model(tmp_path):
+    write_image(np.zeros((4, 4, 4), np.int16), Geometry((4, 4, 4), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+                tmp_path / "knee_0000.nii.gz")
+    with pytest.raises(KneesegError, match="knee_0001.nii.gz: channel 0001 missing"):
+        discover_cases(tmp_path / "knee_0000.nii.gz", tmp_path / "out", num_channels=2)
+    assert len(discover_cases(tmp_path / "knee_0000.nii.gz", tmp_path / "out", num_channels=1)) == 1
+
+
+def test_export_stl_is_watertight_and_keeps_volume(small_model, tmp_path, capsys):
+    paths = small_model
+    label = paths.raw / DS / "labelsTs" / "phantom_test_000.nii.gz"
+    assert stl_main([str(label), "-o", str(tmp_path / "stl")]) == 0
+    from kneeseg.export.stl import bone_mesh, mesh_volume
+
+    labels, geometry = read_image(label)
+    for name, value in (("femur", 1), ("tibia", 2), ("patella", 3)):
+        data = (tmp_path / "stl" / f"{name}.stl").read_bytes()
+        count = int(np.frombuffer(data[80:84], np.uint32)[0])
+        assert len(data) == 84 + 50 * count
+        verts, faces = bone_mesh(labels == value, geometry)
+        edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+        _, uses = np.unique(edges, axis=0, return_counts=True)
+        assert np.all(uses == 2)  # closed: every edge belongs to exactly two triangles
+        voxel = (labels == value).sum() * np.prod(geometry.spacing)
+        assert abs(mesh_volume(verts, faces) / voxel - 1) < 0.08  # smoothing does not shrink the bone
+        lo = geometry.index_to_physical(np.zeros((1, 3)))[0]
+        hi = geometry.index_to_physical(np.array([geometry.size]) - 1)[0]
+        # Inside the scan; bones cut by the field of view are capped at most half a voxel outside.
+        margin = max(geometry.spacing)
+        assert np.all(verts.min(0) >= np.minimum(lo, hi) - margin) and np.all(verts.max(0) <= np.maximum(lo, hi) + margin)
+    assert "femur" in capsys.readouterr().out
+    assert stl_main([str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "x")]) == 2
