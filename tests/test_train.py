@@ -77,23 +77,24 @@ def test_same_seed_same_weights(prepared, tmp_path):
 def test_continue_after_sigkill_keeps_the_schedule(prepared, tmp_path):
     paths = _copy(prepared, tmp_path)
     fold = paths.results / FOLD_DIR.format(0)
-    cmd = [sys.executable, "-m", "kneeseg.cli.train", "0", "--device", "cpu", "--epochs", "4", "--iters-per-epoch", "3",
+    cmd = [sys.executable, "-m", "kneeseg.cli.train", "0", "--device", "cpu", "--epochs", "4", "--iters-per-epoch", "2",
            "--val-iters", "1", "--no-progress", *path_flags(paths)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline:
         latest = fold / "checkpoint_latest.pth"
-        if latest.exists() and load_checkpoint(latest)["epoch"] >= 2:
+        if latest.exists() and load_checkpoint(latest)["epoch"] >= 1:
             break
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its augmentation workers
     proc.wait()
     killed_at = load_checkpoint(fold / "checkpoint_latest.pth")["epoch"]
-    assert 2 <= killed_at <= 4 and not (fold / "checkpoint_final.pth").exists() or killed_at == 4
+    assert 1 <= killed_at < 4 and not (fold / "checkpoint_final.pth").exists()
     assert train_main(["0", "--device", "cpu", "--continue", "--no-progress", *path_flags(paths)]) == 0
     state = load_checkpoint(fold / "checkpoint_final.pth")
     assert state["epoch"] == state["num_epochs"] == 4
-    assert state["history"]["lr"] == pytest.approx([poly_lr(0.01, e, 4) for e in range(4)])
+    lrs = state["history"]["lr"]
+    assert lrs == pytest.approx([poly_lr(lrs[0], e, 4) for e in range(4)])  # the schedule of an uninterrupted run
     assert "continuing" in (fold / "training_log.txt").read_text()
 
 
@@ -106,8 +107,8 @@ def test_time_budget_scales_the_schedule(prepared, tmp_path):
     state = load_checkpoint(paths.results / FOLD_DIR.format(0) / "checkpoint_final.pth")
     assert 1 <= state["num_epochs"] < 500 and state["epoch"] == state["num_epochs"]
     lrs = state["history"]["lr"]
-    assert lrs == pytest.approx([poly_lr(0.01, e, state["num_epochs"]) for e in range(len(lrs))], rel=0.5) or lrs[-1] < lrs[0]
-    assert lrs[-1] <= lrs[0]
+    # The first epoch's estimate fixes the schedule (later ones may only shorten it): the LR decays towards 0.
+    assert lrs[-1] < 0.5 * lrs[0] or state["num_epochs"] <= 2
 
 
 def _free_port() -> int:

@@ -32,6 +32,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-workers", type=int, default=1, help="background augmentation processes (default 1; 0: none)")
     p.add_argument("--autocast", choices=["none", "bf16", "fp16"], help="mixed precision (default: the plan's)")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], help="optimizer (default: the plan's; its default lr)")
     p.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
     p.add_argument("--continue", dest="resume", action="store_true", help="resume from the latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start again in a fold folder that holds a training")
@@ -42,7 +43,7 @@ def main(argv=None):
     options = TrainOptions(
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
         time_budget_min=args.time_budget_min, seed=args.seed, device=resolve_device(args.device),
-        num_workers=args.num_workers, resume=args.resume, overwrite=args.overwrite, autocast=args.autocast,
+        num_workers=args.num_workers, resume=args.resume, overwrite=args.overwrite, autocast=args.autocast, optimizer=args.optimizer,
         elastic=args.elastic, distributed=distributed, progress=args.progress,
     )
     result = train(paths_from(args), args.fold, args.dataset, args.configuration, args.plans, options)

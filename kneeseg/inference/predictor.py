@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from kneeseg.errors import KneesegError
+from kneeseg.hardware import usable_autocast
 from kneeseg.inference.model import TrainedModel
 from kneeseg.inference.sliding_window import predict_sliding_window
 from kneeseg.io import Geometry
@@ -35,7 +36,8 @@ class Predictor:
         self.config = model.config
         self.label_values = sorted(model.ds.labels.values())
         self.mirror_axes = list(self.config.training.mirror_axes) if tta else []
-        self.autocast = autocast or "none"
+        # Predict in the precision the model was trained in, where this machine runs it natively.
+        self.autocast = usable_autocast(autocast or self.config.training.autocast, device)
         self.networks = []
         for path in model.checkpoints:
             state = load_checkpoint(path)

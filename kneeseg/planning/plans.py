@@ -65,6 +65,9 @@ class TrainingPlan:
     num_epochs: int
     iterations_per_epoch: int
     val_iterations: int
+    # "sgd": Nesterov SGD, nnU-Net's choice for long GPU schedules; "adamw": for the short CPU
+    # schedules, where SGD with momentum 0.99 has not left its initial phase (benchmarks/optimizer_short_schedule.py).
+    optimizer: str = "sgd"
     initial_lr: float = 1e-2
     weight_decay: float = 3e-5
     momentum: float = 0.99

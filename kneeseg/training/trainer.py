@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from kneeseg.dataset.layout import DatasetJson
 from kneeseg.errors import KneesegError
+from kneeseg.hardware import usable_autocast
 from kneeseg.io import atomic_write_json
 from kneeseg.planning.plans import ConfigurationPlan, Plans
 from kneeseg.preprocessing.pipeline import check_cache
@@ -33,6 +34,7 @@ from kneeseg.training.splits import fold_cases, load_or_make_splits
 
 TRAINER_NAME = "kneesegTrainer"
 EMA_MOMENTUM = 0.9
+DEFAULT_LR = {"sgd": 1e-2, "adamw": 1e-3}
 
 
 @dataclass
@@ -48,6 +50,7 @@ class TrainOptions:
     resume: bool = False
     overwrite: bool = False
     autocast: str | None = None  # default: the plan's ("none" | "bf16" | "fp16")
+    optimizer: str | None = None  # default: the plan's ("sgd" | "adamw", with that optimizer's default lr)
     elastic: bool = False
     distributed: bool = False
     progress: bool = True
@@ -107,7 +110,7 @@ class Trainer:
         self.num_epochs = options.epochs or t.num_epochs
         self.iters = options.iters_per_epoch or t.iterations_per_epoch
         self.val_iters = options.val_iters or t.val_iterations
-        self.autocast = options.autocast or t.autocast
+        self.autocast = usable_autocast(options.autocast or t.autocast, options.device)
         self.class_names = [self.ds.label_name(v) for v in self.ds.foreground_labels]
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -127,9 +130,7 @@ class Trainer:
         random.seed(seed)
         self.network = UNet(self.config.network, self.ds.num_channels, len(self.ds.labels)).to(self.device)
         self.loss = DeepSupervisionLoss(self.config.network.num_stages - 1 if self.config.network.deep_supervision else 1)
-        t = self.config.training
-        self.optimizer = torch.optim.SGD(self.network.parameters(), t.initial_lr, momentum=t.momentum,
-                                         nesterov=True, weight_decay=t.weight_decay)
+        self.optimizer = self._make_optimizer()
         self.model = self.network
         if o.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -159,6 +160,17 @@ class Trainer:
                                                                "configuration": self.config.name})
             if not o.resume and (self.fold_dir / "training_log.txt").exists():
                 (self.fold_dir / "training_log.txt").unlink()
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        t = self.config.training
+        kind = self.options.optimizer or t.optimizer
+        self.initial_lr = t.initial_lr if kind == t.optimizer else DEFAULT_LR[kind]
+        if kind == "sgd":
+            return torch.optim.SGD(self.network.parameters(), self.initial_lr, momentum=t.momentum, nesterov=True,
+                                   weight_decay=t.weight_decay)
+        if kind == "adamw":
+            return torch.optim.AdamW(self.network.parameters(), self.initial_lr, weight_decay=t.weight_decay)
+        raise KneesegError(f"optimizer '{kind}': unknown (use sgd or adamw)")
 
     def _restore(self, state: dict) -> None:
         self.network.load_state_dict(state["network"])
@@ -250,12 +262,13 @@ class Trainer:
         o = self.options
         self._log(f"{'continuing' if o.resume else 'training'} {self.plans.dataset_name} {self.config.name} fold {o.fold} on "
                   f"{self.device} (world {self.world}), {len(self.train_ids)} train / {len(self.val_ids)} val cases, "
-                  f"patch {self.config.patch_size}, batch {self.batch_size}/rank, autocast {self.autocast}")
+                  f"patch {self.config.patch_size}, batch {self.batch_size}/rank, {type(self.optimizer).__name__} lr {self.initial_lr}, "
+                  f"autocast {self.autocast}")
         epoch_times, waits = [], []
         try:
             while self.epoch < self.num_epochs:
                 start = time.perf_counter()
-                lr = poly_lr(self.config.training.initial_lr, self.epoch, self.num_epochs)
+                lr = poly_lr(self.initial_lr, self.epoch, self.num_epochs)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 self.model.train()

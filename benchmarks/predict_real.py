@@ -1,0 +1,54 @@
+"""Benchmark: predict the full real scan (512x512x286) on the CPU, with and without mirror TTA.
+
+Needs a trained model for the imported KneeBones3Dify dataset; with --quick-model it trains one
+for a few iterations first (the timing and memory do not depend on how well it is trained).
+Prints wall time and peak RSS of each kneeseg_predict run. Targets: <= 20 s with mirror TTA on
+2 cores, <= 3 GB peak RSS.
+
+    python benchmarks/predict_real.py --quick-model [--workdir DIR] [--autocast bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import kneeseg_command, run_measured  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "KneeBones3Dify")
+    p.add_argument("--workdir", type=Path, help="reuse a work folder (raw/, preprocessed/, results/)")
+    p.add_argument("--quick-model", action="store_true", help="train a model for 2 x 5 iterations first")
+    p.add_argument("--autocast", choices=["none", "bf16"], default="none")
+    args = p.parse_args()
+    tmp = tempfile.TemporaryDirectory()
+    work = args.workdir or Path(tmp.name)
+    flags = ["--raw", str(work / "raw"), "--preprocessed", str(work / "pre"), "--results", str(work / "res")]
+    if args.quick_model:
+        if not (work / "raw" / "Dataset901_KneeBones3Dify").exists():
+            run_measured(kneeseg_command("import_kneebones3dify", str(args.shared / "knee_0000.nii.gz"), "--mask",
+                                         str(args.shared / "knee_bone.nii.gz"), *flags))
+        run_measured(kneeseg_command("plan_and_preprocess", "--device", "cpu", "--no-progress", *flags))
+        _, _, rc = run_measured(kneeseg_command("train", "0", "--device", "cpu", "--epochs", "2", "--iters-per-epoch", "5",
+                                                "--val-iters", "1", "--overwrite", "--no-progress", *flags), quiet=True)
+        assert rc == 0, "quick training failed"
+    scan = args.shared / "knee_0000.nii.gz"
+    print(f"date {date.today()}  machine {platform.node()} ({platform.machine()}), autocast {args.autocast}")
+    for tta in ("mirror", "none"):
+        seconds, rss, rc = run_measured(kneeseg_command(
+            "predict", "-i", str(scan), "-o", str(work / f"pred_{tta}.nii.gz"), "--tta", tta, "--device", "cpu",
+            "--autocast", args.autocast, "--no-progress", *flags))
+        assert rc == 0, "prediction failed"
+        print(f"predict full scan, tta {tta:6s}: {seconds:6.1f} s  peak RSS {rss:6.0f} MB  (targets <= 20 s with mirror, <= 3072 MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
