@@ -1,26 +1,41 @@
-"""Benchmark: one training step of the planned U-Net on this CPU.
+"""Benchmark: the trainer's training step against a bare PyTorch loop, same network and patch.
 
-Compares the bare PyTorch step (forward, loss, backward, SGD) in fp32, with channels_last_3d and with
-bf16 autocast, and prints the measured throughput that calibrates CPU_GFLOPS_PER_THREAD in
-kneeseg/planning/estimate.py.
+1. Bare loop (fp32, channels_last_3d, bf16 autocast): forward, loss, backward, SGD step on one
+   in-memory batch; prints the throughput that calibrates CPU_GFLOPS_PER_THREAD (planning/estimate.py).
+2. The trainer (kneeseg.training.trainer.Trainer) on a phantom cache with the same patch: its step
+   includes fetching the augmented batch from the background worker, deep-supervision loss and
+   gradient clipping. Target: within 10 % of the bare loop in the same precision.
 
-    python benchmarks/train_step.py [--patch 64 64 64] [--batch 2] [--iters 5]
+    python benchmarks/train_step.py [--patch 64 64 64] [--batch 2] [--iters 6]
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
+from kneeseg.dataset.layout import DatasetJson
+from kneeseg.dataset.phantom import PhantomOptions, synthesize_dataset
+from kneeseg.paths import KneesegPaths
 from kneeseg.planning.estimate import count_network
 from kneeseg.planning.planner import CPU_FEATURES, build_network
+from kneeseg.preprocessing.pipeline import plan_and_preprocess
+from kneeseg.training.loss import DeepSupervisionLoss
 from kneeseg.training.network import UNet
+from kneeseg.training.trainer import Trainer, TrainOptions
 
 
-def time_steps(net, x, y, iters, autocast=False, channels_last=False):
+def bare_step_seconds(plan, patch, batch, iters, autocast=False, channels_last=False):
+    torch.manual_seed(0)
+    net = UNet(plan, 1, 4).train()
+    loss_fn = DeepSupervisionLoss(plan.num_stages - 1)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+    x = torch.randn(batch, 1, *patch)
+    y = torch.randint(0, 4, (batch, *patch))
     if channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
         x = x.to(memory_format=torch.channels_last_3d)
@@ -29,7 +44,7 @@ def time_steps(net, x, y, iters, autocast=False, channels_last=False):
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = net(x)
-            loss = sum(torch.nn.functional.cross_entropy(o.float(), torch.nn.functional.interpolate(y[:, None].float(), o.shape[2:]).long()[:, 0]) for o in out)
+        loss = loss_fn(out, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -38,25 +53,49 @@ def time_steps(net, x, y, iters, autocast=False, channels_last=False):
     return sorted(times)[len(times) // 2]
 
 
+def trainer_step_seconds(patch, batch, iters, autocast):
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = KneesegPaths(Path(tmp, "raw"), Path(tmp, "pre"), Path(tmp, "res"))
+        synthesize_dataset(paths.raw / "Dataset900_KneePhantom", 2, 0, PhantomOptions(), progress=False)
+        result = plan_and_preprocess(paths, 900, device="cpu", progress=False)
+        config = result.plans.configuration("3d_cpu")
+        config.patch_size, config.batch_size = list(patch), batch
+        config.network = build_network(config.spacing, list(patch), CPU_FEATURES)
+        ds = DatasetJson.load(paths.preprocessed / "Dataset900_KneePhantom" / "dataset.json")
+        options = TrainOptions(device="cpu", autocast="bf16" if autocast else "none", optimizer="sgd", progress=False)
+        trainer = Trainer(result.plans, config, ds, paths.preprocessed, paths.results, options)
+        trainer._setup()
+        times = []
+        try:
+            for i in range(iters + 1):
+                t = time.perf_counter()
+                trainer.train_step(next(trainer.train_batches))
+                if i:
+                    times.append(time.perf_counter() - t)
+        finally:
+            trainer.train_batches._finish()
+        return sorted(times)[len(times) // 2]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--patch", type=int, nargs=3, default=[64, 64, 64])
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--iters", type=int, default=6)
     args = p.parse_args()
-    torch.manual_seed(0)
     plan = build_network([1.0, 1.0, 1.0], args.patch, CPU_FEATURES)
     flops, _, _ = count_network(args.patch, plan, 1, 4)
-    x = torch.randn(args.batch, 1, *args.patch)
-    y = torch.randint(0, 4, (args.batch, *args.patch))
     threads = torch.get_num_threads()
     print(f"patch {args.patch} batch {args.batch} features {plan.features_per_stage} threads {threads}")
+    bare = {}
     for name, kw in [("fp32", {}), ("fp32 channels_last_3d", {"channels_last": True}), ("bf16 autocast", {"autocast": True})]:
-        torch.manual_seed(0)
-        net = UNet(plan, 1, 4).train()
-        sec = time_steps(net, x, y, args.iters, **kw)
+        sec = bare_step_seconds(plan, args.patch, args.batch, args.iters, **kw)
+        bare[name] = sec
         gflops = 3 * flops * args.batch / sec / 1e9
-        print(f"{name:24s} {sec:6.2f} s/step   {gflops:6.1f} GFLOP/s   {gflops / threads:5.1f} GFLOP/s per thread")
+        print(f"bare    {name:22s} {sec:6.2f} s/step  {gflops:6.1f} GFLOP/s  ({gflops / threads:5.1f} per thread)")
+    for name, autocast in (("fp32", False), ("bf16 autocast", True)):
+        sec = trainer_step_seconds(args.patch, args.batch, args.iters, autocast)
+        print(f"trainer {name:22s} {sec:6.2f} s/step  ({100 * (sec / bare[name] - 1):+.1f}% vs bare loop; target within 10%)")
 
 
 if __name__ == "__main__":

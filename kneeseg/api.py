@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from kneeseg.export.stl import export_stl as export_meshes
 from kneeseg.inference.cases import InputCase, discover_cases
 from kneeseg.inference.model import TrainedModel, find_model, load_model
 from kneeseg.inference.predictor import Predictor
-from kneeseg.io import Geometry, atomic_path, read_image, read_json, strip_ending, write_image
+from kneeseg.io import Geometry, atomic_path, ensure_writable_folder, read_image, read_json, strip_ending, write_image
 from kneeseg.io.nifti import nifti_nonfinite_count
 from kneeseg.paths import KneesegPaths
 from kneeseg.planning.plans import Plans
@@ -80,12 +79,7 @@ def _predict_cases(model: TrainedModel, cases: list[InputCase], device: str, tta
     from tqdm import tqdm
 
     for folder in {c.output.parent for c in cases} | ({Path(overlays)} if overlays else set()):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise KneesegError(f"{folder}: cannot create output folder ({exc.strerror})") from None
-        if not os.access(folder, os.W_OK):
-            raise KneesegError(f"{folder}: output folder is not writable")
+        ensure_writable_folder(folder)  # before any work: fail early, write nothing
     steps = []
     if postprocess and model.postprocessing_file.exists():
         steps = read_json(model.postprocessing_file)["steps"]

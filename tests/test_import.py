@@ -99,3 +99,19 @@ def test_bad_mask_inputs(tmp_path, capsys):
     assert import_main([str(tmp_path / "scan.nii.gz"), *path_flags(paths)]) == 2
     assert "scan.nii.gz: give a Zenodo folder" in capsys.readouterr().err
     assert not paths.raw.exists() or not any(paths.raw.iterdir())
+
+
+@pytest.mark.slow
+def test_half_b_keeps_voxels_in_place_and_the_anatomical_names(tmp_path, shared_dir):
+    paths = make_paths(tmp_path)
+    flags = [str(shared_dir / "knee_0000.nii.gz"), "--mask", str(shared_dir / "knee_bone.nii.gz"), *path_flags(paths)]
+    assert import_main([*flags, "--half", "B", "-d", "903", "--name", "HalfB"]) == 0
+    labels, geometry = read_image(paths.raw / "Dataset903_HalfB" / "labelsTr" / "knee.nii.gz")
+    image, _ = read_image(paths.raw / "Dataset903_HalfB" / "imagesTr" / "knee_0000.nii.gz")
+    full = sitk.ReadImage(str(shared_dir / "knee_0000.nii.gz"))
+    assert labels.shape == (286, 512, 256)
+    assert set(np.unique(labels)) == {0, 1, 2}  # half B holds femur and tibia only, still named as such
+    # Voxel (z, y, 0) of half B is voxel (z, y, 256) of the full scan, at the same physical point.
+    point = geometry.index_to_physical(np.array([[0, 10, 20]]))[0]
+    assert full.TransformPhysicalPointToIndex(tuple(point)) == (256, 10, 20)
+    np.testing.assert_array_equal(image[20, 10], sitk.GetArrayFromImage(full)[20, 10, 256:])

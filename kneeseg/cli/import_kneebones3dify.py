@@ -25,12 +25,13 @@ def main(argv=None):
     p.add_argument("--name", default="KneeBones3Dify", help="dataset name (default KneeBones3Dify)")
     p.add_argument("--case-id", default="knee", help="case identifier (default knee)")
     p.add_argument("--binary", action="store_true", help="keep one 'bone' label instead of femur/tibia/patella")
+    p.add_argument("--half", choices=["A", "B"], help="keep half A (image columns < 256) or B (>= 256) of the scan")
     add_path_flags(p)
     args = p.parse_args(argv)
     paths = paths_from(args)
     result = import_kneebones3dify(
         Path(args.source), paths.raw, Path(args.mask) if args.mask else None,
-        args.dataset_id, args.name, args.case_id, args.binary,
+        args.dataset_id, args.name, args.case_id, args.binary, args.half,
     )
     for line in result.report:
         print(line)

@@ -26,6 +26,7 @@ from kneeseg.io import Geometry, read_image, write_image
 
 _MASK_RE = re.compile(r"^Mask_(\d+)\.png$", re.IGNORECASE)
 INSTANCE_NUMBER_TAG = "0020|0013"
+HALF_COLUMN = 256  # the benchmark protocol: half A = image columns (x) < 256, half B = the rest
 
 
 @dataclass
@@ -77,6 +78,20 @@ def read_zenodo_layout(folder: Path) -> tuple[np.ndarray, Geometry, np.ndarray, 
     return image, geometry, mask, notes
 
 
+def cut_half(image: np.ndarray, labels: np.ndarray, geometry: Geometry, half: str):
+    """Half 'A' (x < HALF_COLUMN) or 'B' (x >= HALF_COLUMN) of a (z, y, x) scan and its labels."""
+    if half not in ("A", "B"):
+        raise KneesegError(f"--half {half}: must be A or B")
+    if image.shape[2] <= HALF_COLUMN:
+        raise KneesegError(f"scan is only {image.shape[2]} columns wide; cannot cut at column {HALF_COLUMN}")
+    cols = slice(0, HALF_COLUMN) if half == "A" else slice(HALF_COLUMN, None)
+    first = 0 if half == "A" else HALF_COLUMN
+    origin = geometry.index_to_physical(np.array([[first, 0, 0]]))[0]
+    image, labels = image[:, :, cols], labels[:, :, cols]
+    cut = Geometry((image.shape[2], *geometry.size[1:]), geometry.spacing, tuple(float(v) for v in origin), geometry.direction)
+    return image, labels, cut
+
+
 def import_kneebones3dify(
     source: Path,
     raw_root: Path,
@@ -85,9 +100,14 @@ def import_kneebones3dify(
     name: str = "KneeBones3Dify",
     case_id: str = "knee",
     binary: bool = False,
+    half: str | None = None,
 ) -> ImportResult:
     """Import the scan at ``source`` (Zenodo folder, or image file with ``mask``) into
-    ``raw_root/DatasetNNN_Name``. The output folder appears complete or not at all."""
+    ``raw_root/DatasetNNN_Name``. The output folder appears complete or not at all.
+
+    ``half`` ('A' or 'B') keeps one side of the honest one-scan protocol: the scan cut at image column
+    HALF_COLUMN, labelled before the cut (so half B, which holds no patella, keeps femur and tibia
+    named by the whole knee's anatomy), with the origin moved so that every voxel stays in place."""
     source = Path(source)
     if source.is_dir() and mask is None:
         image, geometry, binary_mask, report = read_zenodo_layout(source)
@@ -113,6 +133,11 @@ def import_kneebones3dify(
         labels, label_map = split.labels, dict(KNEE_LABELS)
         counts = {c.label: c.voxels for c in split.bones}
         report += split.report()
+
+    if half is not None:
+        image, labels, geometry = cut_half(image, labels, geometry, half)
+        counts = {k: int((labels == v).sum()) for k, v in label_map.items() if v != 0}
+        report.append(f"half {half}: columns {'0-255' if half == 'A' else '256-'} kept, {counts}")
 
     folder = raw_root / dataset_folder_name(dataset_id, name)
     if folder.exists():

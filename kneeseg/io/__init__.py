@@ -1,6 +1,6 @@
 """Image and file I/O with geometry; imported by every stage, imports no other stage."""
 
-from kneeseg.io.atomic import atomic_path, atomic_write_json, atomic_write_text, read_json
+from kneeseg.io.atomic import atomic_path, atomic_write_json, atomic_write_text, ensure_writable_folder, read_json
 from kneeseg.io.image import (
     SUPPORTED_ENDINGS,
     Geometry,
@@ -16,6 +16,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_json",
     "atomic_write_text",
+    "ensure_writable_folder",
     "file_ending",
     "read_image",
     "read_json",

@@ -15,6 +15,16 @@ from typing import Any, Iterator
 from kneeseg.errors import KneesegError
 
 
+def ensure_writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed; a folder that cannot be made or written is a KneesegError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KneesegError(f"{folder}: cannot create output folder ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise KneesegError(f"{folder}: output folder is not writable")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` if the block succeeds.
@@ -24,12 +34,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KneesegError(f"{parent}: cannot create output folder ({exc.strerror})") from None
-    if not os.access(parent, os.W_OK):
-        raise KneesegError(f"{parent}: output folder is not writable")
+    ensure_writable_folder(parent)
     name = target.name
     dot = name.find(".")
     stem, ending = (name, "") if dot <= 0 else (name[:dot], name[dot:])
