@@ -25,7 +25,7 @@ test: venv
 
 # Regenerate the reference plans in plans/ (tests fail when they drift).
 plans: venv
-	$(PY) -m kneeseg.reference_plans --write plans --shared $(SHARED)
+	$(PY) -m kneeseg.reference --write plans --shared $(SHARED)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) kneeseg_data .pytest_cache

@@ -1,7 +1,6 @@
 """plans/ holds the plans of the reference datasets; regenerating them must give the same files."""
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
-from pathlib import Path
 
 import numpy as np
 
