@@ -2,7 +2,7 @@
 
 The scan is cut at image column 256 into half A (femur, tibia, patella) and half B (femur, tibia).
 Trains the CPU configuration on half A within a wall-clock budget, prints the training's pseudo-Dice
-curve, predicts half B with mirror TTA and evaluates it with kneeseg_evaluate (per-bone Dice, IoU,
+curve, chooses post-processing, predicts half B with mirror TTA and evaluates it with kneeseg_evaluate (per-bone Dice, IoU,
 HD95, ASSD, average Hausdorff, and the binary all-bone Dice: the paper's headline metric, 0.9838 on
 its own split). With --reverse it also trains on B and predicts A. Prints training time, prediction
 time and peak RSS.
@@ -43,6 +43,9 @@ def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float
         "train", "0", "-d", str(number), "--device", "cpu", "--time-budget-min", str(budget), "--overwrite",
         "--no-progress", *extra, *flags))
     assert rc == 0, "training failed"
+    # Post-processing chosen on the fold's validation prediction (here: half A itself, the only case).
+    _, _, rc = run_measured(kneeseg_command("find_postprocessing", "-d", str(number), "--no-progress", *flags))
+    assert rc == 0, "find_postprocessing failed"
     ckpt = next((work / "res" / f"Dataset{number}_{name}").rglob("fold_0/checkpoint_final.pth"))
     history = load_checkpoint(ckpt)["history"]
     test_number, test_name = HALVES[test_half]

@@ -24,9 +24,10 @@ from _measure import kneeseg_command, run_measured  # noqa: E402
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "KneeBones3Dify")
+    p.add_argument("--step", type=float, default=0.5, help="sliding-window step (default 0.5)")
     p.add_argument("--workdir", type=Path, help="reuse a work folder (raw/, preprocessed/, results/)")
     p.add_argument("--quick-model", action="store_true", help="train a model for 2 x 5 iterations first")
-    p.add_argument("--autocast", choices=["none", "bf16"], default="none")
+    p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
     args = p.parse_args()
     tmp = tempfile.TemporaryDirectory()
     work = args.workdir or Path(tmp.name)
@@ -40,11 +41,11 @@ def main() -> int:
                                                 "--val-iters", "1", "--overwrite", "--no-progress", *flags), quiet=True)
         assert rc == 0, "quick training failed"
     scan = args.shared / "knee_0000.nii.gz"
-    print(f"date {date.today()}  machine {platform.node()} ({platform.machine()}), autocast {args.autocast}")
+    print(f"date {date.today()}  machine {platform.node()} ({platform.machine()}), autocast {args.autocast or 'as planned'}, step {args.step}")
     for tta in ("mirror", "none"):
         seconds, rss, rc = run_measured(kneeseg_command(
-            "predict", "-i", str(scan), "-o", str(work / f"pred_{tta}.nii.gz"), "--tta", tta, "--device", "cpu",
-            "--autocast", args.autocast, "--no-progress", *flags))
+            "predict", "-i", str(scan), "-o", str(work / f"pred_{tta}.nii.gz"), "--tta", tta, "--step", str(args.step), "--device", "cpu",
+            *(["--autocast", args.autocast] if args.autocast else []), "--no-progress", *flags))
         assert rc == 0, "prediction failed"
         print(f"predict full scan, tta {tta:6s}: {seconds:6.1f} s  peak RSS {rss:6.0f} MB  (targets <= 20 s with mirror, <= 3072 MB)")
     return 0

@@ -63,8 +63,8 @@ def train(paths: KneesegPaths, fold: str = "0", dataset: str | int | None = None
 def _read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
     images, geometry = [], None
     for path in case.channels:
-        image, g = read_image(path, np.float32)
-        if not np.all(np.isfinite(image)) or nifti_nonfinite_count(path):
+        image, g = read_image(path)
+        if np.issubdtype(image.dtype, np.floating) and (not np.all(np.isfinite(image)) or nifti_nonfinite_count(path)):
             raise KneesegError(f"{path}: contains NaN or Inf values")
         if geometry is not None and geometry.matches(g):
             raise KneesegError(f"{path}: geometry does not match channel 0 ({geometry.matches(g)})")

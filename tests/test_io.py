@@ -75,3 +75,19 @@ def test_nonfinite_voxels_are_found_in_nifti_although_itk_zeroes_them(tmp_path, 
     assert nifti_nonfinite_count(tmp_path / f"ok{ending}") == 0
     write_image(np.ones((3, 4, 5), np.int16), GEOM, tmp_path / f"int{ending}")
     assert nifti_nonfinite_count(tmp_path / f"int{ending}") == 0
+
+
+@pytest.mark.parametrize("order,flip", [((2, 0, 1), (False, True, False)), ((1, 2, 0), (True, False, True)),
+                                        ((0, 1, 2), (False, False, True))])
+def test_canonical_orientation_undoes_permuted_and_flipped_storage(order, flip):
+    from kneeseg.io.orientation import Orientation, canonical_geometry
+
+    array = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32)
+    axial = Geometry((7, 6, 5), (0.5, 0.7, 2.0), (1.0, 2.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    stored = sitk.Flip(sitk.PermuteAxes(axial.apply_to(sitk.GetImageFromArray(array)), order), flip)
+    geometry, layout = Geometry.of(stored), sitk.GetArrayFromImage(stored)
+    o = Orientation.of(geometry.direction)
+    np.testing.assert_array_equal(o.to_canonical(layout), array)
+    np.testing.assert_array_equal(o.from_canonical(o.to_canonical(layout)), layout)
+    assert canonical_geometry(geometry).matches(axial) is None
+    assert o.spacing(geometry.spacing_zyx) == list(axial.spacing_zyx)

@@ -183,3 +183,26 @@ def test_export_stl_is_watertight_and_keeps_volume(small_model, tmp_path, capsys
         assert np.all(verts.min(0) >= np.minimum(lo, hi) - margin) and np.all(verts.max(0) <= np.maximum(lo, hi) + margin)
     assert "femur" in capsys.readouterr().out
     assert stl_main([str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("order,flip", [((2, 0, 1), (False, False, True)), ((0, 1, 2), (True, True, False))],
+                         ids=["sagittal-stored", "flipped"])
+def test_scans_stored_in_another_orientation_get_the_same_bones(small_model, tmp_path, order, flip):
+    """A scan stored sagittally, or with flipped axes, is the same knee in space: after the canonical
+    orientation the network sees the same array, so the labels are the same voxels, in the input's layout."""
+    paths = small_model
+    source = paths.raw / DS / "imagesTs" / "phantom_test_001_0000.nii.gz"
+    assert predict_main(["-i", str(source), "-o", str(tmp_path / "axial.nii.gz"), "--device", "cpu", "--no-progress",
+                         *path_flags(paths)]) == 0
+    stored = sitk.Flip(sitk.PermuteAxes(sitk.ReadImage(str(source)), order), flip)
+    sitk.WriteImage(stored, str(tmp_path / "other_0000.nii.gz"))
+    assert predict_main(["-i", str(tmp_path / "other_0000.nii.gz"), "-o", str(tmp_path / "other.nii.gz"), "--device", "cpu",
+                         "--no-progress", *path_flags(paths)]) == 0
+    out = sitk.ReadImage(str(tmp_path / "other.nii.gz"))
+    assert _geometry_equal(Geometry.of(stored), Geometry.of(out))
+    axial = sitk.ReadImage(str(tmp_path / "axial.nii.gz"))
+    expected = sitk.GetArrayFromImage(sitk.Flip(sitk.PermuteAxes(axial, order), flip))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(out), expected)
+    # And anatomy is where it belongs: the femur above the tibia in scanner space.
+    labels = sitk.GetArrayFromImage(axial)
+    assert np.argwhere(labels == 1)[:, 0].mean() > np.argwhere(labels == 2)[:, 0].mean()

@@ -1,6 +1,7 @@
 """Dataset fingerprint: the facts the planner decides from.
 
-Spacings and shapes are stored in array order (z, y, x), like every spacing in kneeseg's plans.
+Spacings and shapes are stored in canonical array order (z, y, x along patient S, P, L; see
+kneeseg/io/orientation.py), like every spacing in kneeseg's plans.
 Foreground intensity statistics pool up to ``VOXELS_PER_CASE`` labelled voxels per case, drawn
 with a seeded generator so that the fingerprint (and hence the plans) are reproducible.
 """
@@ -14,6 +15,7 @@ import numpy as np
 
 from kneeseg.dataset.layout import DatasetJson, RawCase
 from kneeseg.io import read_image
+from kneeseg.io.orientation import Orientation
 
 VOXELS_PER_CASE = 100_000
 
@@ -58,7 +60,7 @@ class CaseFingerprint:
     spacing: list[float]  # z, y, x mm
     shape: list[int]  # z, y, x voxels
     shape_after_crop: list[int]
-    direction: list[float]  # SimpleITK row-major 3x3
+    direction: list[float]  # the input's, SimpleITK row-major 3x3
     class_volumes_mm3: dict[str, float]
 
 
@@ -98,8 +100,10 @@ class Fingerprint:
 
 def _case_fingerprint(job):
     case, ds, seed = job
-    images = [read_image(p, np.float32)[0] for p in case.images]
     labels, geometry = read_image(case.label)
+    orientation = Orientation.of(geometry.direction)  # facts are recorded in canonical (S, P, L) axes
+    images = [orientation.to_canonical(read_image(p, np.float32)[0]) for p in case.images]
+    labels = orientation.to_canonical(labels)
     box = nonzero_bbox(images)
     voxel_mm3 = float(np.prod(geometry.spacing))
     volumes = {ds.label_name(v): float((labels == v).sum() * voxel_mm3) for v in ds.foreground_labels}
@@ -113,8 +117,8 @@ def _case_fingerprint(job):
         samples.append(values)
     fp = CaseFingerprint(
         case_id=case.case_id,
-        spacing=list(geometry.spacing_zyx),
-        shape=list(geometry.shape_zyx),
+        spacing=orientation.spacing(geometry.spacing_zyx),
+        shape=orientation.shape(geometry.shape_zyx),
         shape_after_crop=[hi - lo for lo, hi in box],
         direction=list(geometry.direction),
         class_volumes_mm3=volumes,

@@ -39,7 +39,7 @@ def mirror_combinations(axes: list[int]) -> list[tuple[int, ...]]:
     return [tuple(a + 2 for a in combo) for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_sliding_window(
     network: torch.nn.Module,
     data: np.ndarray,
@@ -75,7 +75,7 @@ def predict_sliding_window(
         region = tuple(slice(s, s + p) for s, p in zip(start, patch))
         tile = volume[(slice(None), *region)][None].to(device)
         probs = torch.zeros((num_classes, *patch), dtype=torch.float32, device=device)
-        for dims in flips:
+        for dims in flips:  # one mirrored copy at a time: memory stays flat with 8 flips
             x = torch.flip(tile, dims) if dims else tile
             with torch.autocast(device.type, dtype=dtype, enabled=enabled):
                 logits = network(x)

@@ -47,17 +47,14 @@ class HardwareTarget:
     cpu_training_hours: float = 1.0
 
 
-def left_right_axis(directions: np.ndarray) -> int:
-    """Array axis (z, y, x order) that runs closest to the patient's left-right (LPS x) axis."""
-    d = np.median(np.asarray(directions, float), axis=0).reshape(3, 3)  # rows: physical, cols: index x, y, z
-    return int(2 - np.argmax(np.abs(d[0])))
+LEFT_RIGHT_AXIS = 2  # arrays are in canonical orientation: axis 2 runs along the patient's left-right
 
 
-def mirror_axes(ds: DatasetJson, directions: np.ndarray) -> list[int]:
+def mirror_axes(ds: DatasetJson) -> list[int]:
     """Knee bones are anatomical labels (the femur is above the tibia, the patella in front): a knee
     mirrored left-right is another knee, one mirrored top-bottom is not. Other datasets: all axes."""
     if {"femur", "tibia"} & set(ds.labels):
-        return [left_right_axis(directions)]
+        return [LEFT_RIGHT_AXIS]
     return [0, 1, 2]
 
 
@@ -139,7 +136,7 @@ def plan_experiment(
     if max(full_spacing) / min(full_spacing) > ANISOTROPY_THRESHOLD:
         separate_z = int(np.argmax(full_spacing))
     total_mm3 = float(np.sum(np.prod(shapes_mm, axis=1)))
-    mirror = mirror_axes(ds, np.array([c.direction for c in fingerprint.cases]))
+    mirror = mirror_axes(ds)
 
     def median_at(spacing):
         return [int(round(m / s)) for m, s in zip(median_mm, spacing)]

@@ -1,10 +1,11 @@
 """Choosing post-processing on cross-validation predictions (kneeseg_find_postprocessing).
 
-Candidates, tried in this order and kept greedily, each only if it raises the mean Dice over all
-cases and bones, or leaves it equal (within 1e-6) while lowering the mean ASSD:
-keep the n largest foreground components (n = number of bones); per bone: keep the largest
-component, remove components under 10 % of the smallest volume of that bone in the training
-labels, fill holes, and a closing with a 1-voxel (coarsest axis) ball.
+Candidates, tried in this order and kept greedily: per bone, keep the largest component; keep the
+n largest foreground components (n = number of bones); per bone, remove components under 10 % of
+the smallest volume of that bone in the training labels, fill holes, and a closing with a 1-voxel
+(coarsest axis) ball. Component removal is kept unless it lowers the mean Dice over all cases and
+bones (each bone is one piece: nnU-Net's rule); filling and closing only if they raise it, or leave
+it equal (within 1e-6) while lowering the mean ASSD.
 """
 
 from __future__ import annotations
@@ -15,18 +16,17 @@ import numpy as np
 
 from kneeseg.evaluation.metrics import binary_metrics
 from kneeseg.io import atomic_write_json, read_image
-from kneeseg.postprocessing.operations import apply_postprocessing
+from kneeseg.postprocessing.operations import apply_step
 
 TOLERANCE = 1e-6
+COMPONENT_OPS = ("keep_largest", "keep_largest_foreground", "remove_small")
 
 
-def _scores(cases, steps, labels: dict[str, int], with_distance: bool) -> tuple[float, float]:
+def _scores(cases, predictions, labels: dict[str, int], with_distance: bool) -> tuple[float, float]:
+    """Mean Dice (and mean ASSD) over cases and bones of ``predictions`` (one label map per case)."""
     dice, assd = [], []
-    for ref, pred, spacing in cases:
-        post = apply_postprocessing(pred, steps, spacing)
+    for (ref, _, spacing), post in zip(cases, predictions):
         for value in labels.values():
-            if value == 0:
-                continue
             if with_distance:
                 m = binary_metrics(ref == value, post == value, spacing)
                 dice.append(m["dice"])
@@ -51,29 +51,35 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
     bones = {k: v for k, v in labels.items() if v != 0}
     smallest = {v: min(int((ref == v).sum()) for ref, _, _ in cases) for v in bones.values()}
     coarsest = max(max(s) for _, _, s in cases)
-    candidates = [{"op": "keep_largest_foreground", "n": len(bones)}]
+    candidates = [{"op": "keep_largest", "label": v} for v in bones.values()]
+    candidates.append({"op": "keep_largest_foreground", "n": len(bones)})
     for v in bones.values():
         candidates += [
-            {"op": "keep_largest", "label": v},
             {"op": "remove_small", "label": v, "min_voxels": max(1, smallest[v] // 10)},
             {"op": "fill_holes", "label": v},
             {"op": "closing", "label": v, "radius_mm": round(coarsest, 4)},
         ]
+    current = [pred for _, pred, _ in cases]  # predictions after the steps kept so far
     steps: list[dict] = []
-    base_dice, base_assd = _scores(cases, steps, bones, with_distance=True)
+    base_dice, base_assd = _scores(cases, current, bones, with_distance=True)
     start = (base_dice, base_assd)
     decisions = []
     for candidate in tqdm(candidates, desc="post-processing candidates", disable=not progress):
-        dice, assd = _scores(cases, steps + [candidate], bones, with_distance=False), None
-        dice = dice[0]
-        keep = dice > base_dice + TOLERANCE
-        if not keep and abs(dice - base_dice) <= TOLERANCE:
-            dice, assd = _scores(cases, steps + [candidate], bones, with_distance=True)
-            keep = assd < base_assd - TOLERANCE
+        trial = [apply_step(pred, candidate, spacing) for pred, (_, _, spacing) in zip(current, cases)]
+        dice, _ = _scores(cases, trial, bones, with_distance=False)
+        if candidate["op"] in COMPONENT_OPS:
+            # A bone is one piece: dropping its other pieces is kept unless it costs Dice (nnU-Net's rule),
+            # so that a stray component the validation cases happen not to have is still removed later.
+            keep = dice >= base_dice - TOLERANCE
+        else:
+            keep = dice > base_dice + TOLERANCE
+            if not keep and abs(dice - base_dice) <= TOLERANCE:
+                keep = _scores(cases, trial, bones, with_distance=True)[1] < base_assd - TOLERANCE
         decisions.append({**candidate, "mean_dice": dice, "kept": bool(keep)})
         if keep:
             steps.append(candidate)
-            base_dice, base_assd = _scores(cases, steps, bones, with_distance=True)
+            current = trial
+            base_dice, base_assd = _scores(cases, current, bones, with_distance=True)
     result = {"steps": steps, "cv_cases": len(cases), "mean_dice_before": start[0], "mean_assd_before": start[1],
               "mean_dice_after": base_dice, "mean_assd_after": base_assd, "candidates": decisions}
     if output is not None:

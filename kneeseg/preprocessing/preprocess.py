@@ -1,4 +1,5 @@
-"""One preprocessing function for training and prediction: crop to nonzero, normalise, resample.
+"""One preprocessing function for training and prediction: canonical orientation, crop to nonzero,
+normalise, resample.
 
 Every case carries a properties record (original geometry, crop box, shapes, spacings) from which
 :func:`kneeseg.preprocessing.restore.restore_original` maps a prediction back onto the input's grid.
@@ -12,6 +13,7 @@ import numpy as np
 
 from kneeseg.fingerprint import nonzero_bbox
 from kneeseg.io import Geometry
+from kneeseg.io.orientation import Orientation
 from kneeseg.planning.plans import ConfigurationPlan
 from kneeseg.preprocessing.normalization import normalize
 from kneeseg.preprocessing.resampling import resample_channels, resample_labels, target_shape
@@ -39,19 +41,24 @@ def preprocess_case(
     With ``seg`` (training), the label map is resampled too and up to MAX_LOCATIONS_PER_CLASS voxel
     positions per foreground class are sampled for foreground-oversampled patch selection.
     """
+    orientation = Orientation.of(geometry.direction)
+    images = [orientation.to_canonical(np.asarray(im)) for im in images]
+    spacing = orientation.spacing(geometry.spacing_zyx)
     box = nonzero_bbox(images)
     crop = tuple(slice(lo, hi) for lo, hi in box)
     data = np.stack([np.asarray(im)[crop] for im in images]).astype(np.float32)
     nonzero = np.any(data != 0, axis=0)
     data = normalize(data, config.normalization, config.use_mask_for_norm, nonzero)
-    new_shape = target_shape(data.shape[1:], geometry.spacing_zyx, config.spacing)
+    new_shape = target_shape(data.shape[1:], spacing, config.spacing)
     separate = config.resampling.separate_z_axis
     data = resample_channels(data, new_shape, separate)
     properties = {
         "geometry": geometry.to_dict(),
+        "orientation": orientation.to_dict(),
+        "canonical_shape": orientation.shape(geometry.shape_zyx),
         "crop_bbox": box,
         "shape_after_crop": [hi - lo for lo, hi in box],
-        "original_spacing": list(geometry.spacing_zyx),
+        "original_spacing": spacing,
         "spacing": list(config.spacing),
         "shape_after_resampling": list(new_shape),
         "separate_z_axis": separate,
@@ -59,7 +66,8 @@ def preprocess_case(
     out_seg = None
     if seg is not None:
         labels = labels or sorted(int(v) for v in np.unique(seg) if v != 0)
-        out_seg = resample_labels(np.asarray(seg)[crop].astype(np.int8), new_shape, labels, separate)
+        seg = orientation.to_canonical(np.asarray(seg))
+        out_seg = resample_labels(seg[crop].astype(np.int8), new_shape, labels, separate)
         rng = rng or np.random.default_rng(0)
         locations = {}
         for value in labels:

@@ -1,4 +1,5 @@
-"""The inverse of preprocessing: class probabilities on the plan's grid -> labels on the input's grid.
+"""The inverse of preprocessing: class probabilities on the plan's grid -> labels on the input's grid
+(and in the input's own array layout: the canonical orientation is undone last).
 
 Probabilities are resampled class by class (linear / area, as in the plans) to the cropped original
 shape and reduced to an argmax on the fly, so the peak memory is two float volumes of the original
@@ -8,7 +9,9 @@ crop, not one per class; the crop is then pasted back into the original extent.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from kneeseg.io.orientation import Orientation
 from kneeseg.preprocessing.resampling import resample_channels
 
 
@@ -21,21 +24,23 @@ def restore_original(probabilities: np.ndarray, properties: dict, label_values: 
     crop_shape = properties["shape_after_crop"]
     box = properties["crop_bbox"]
     separate = properties.get("separate_z_axis")
-    original = list(reversed(properties["geometry"]["size"]))
+    original = properties["canonical_shape"]
     crop = tuple(slice(lo, hi) for lo, hi in box)
     labels = np.zeros(original, np.uint8)
     full_probs = None
     if keep_probabilities:
         full_probs = np.zeros((len(label_values), *original), np.float32)
         full_probs[0] = 1.0  # outside the crop: background
-    best = np.full(crop_shape, -1.0, np.float32)
-    region = np.zeros(crop_shape, np.uint8)
+    # Running argmax in torch (multi-threaded; numpy's masked assignment is single-threaded).
+    best = torch.full(crop_shape, -1.0)
+    region = torch.zeros(crop_shape, dtype=torch.uint8)
     for k, value in enumerate(label_values):
-        channel = resample_channels(probabilities[k : k + 1], crop_shape, separate)[0]
+        channel = torch.from_numpy(resample_channels(probabilities[k : k + 1], crop_shape, separate)[0])
         better = channel > best
-        region[better] = value
-        best[better] = channel[better]
+        region.masked_fill_(better, value)
+        torch.maximum(best, channel, out=best)
         if full_probs is not None:
-            full_probs[k][crop] = channel
-    labels[crop] = region
-    return labels, full_probs
+            full_probs[k][crop] = channel.numpy()
+    labels[crop] = region.numpy()
+    orientation = Orientation.from_dict(properties["orientation"])  # back to the input's array layout
+    return orientation.from_canonical(labels), None if full_probs is None else orientation.from_canonical(full_probs)
