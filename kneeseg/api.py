@@ -10,15 +10,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kneeseg.dataset.layout import KNEE_LABELS, DatasetJson, channel_files, find_dataset
 from kneeseg.errors import KneesegError
-from kneeseg.evaluation.evaluate import evaluate as evaluate_folders
 from kneeseg.export.overlays import save_overlay
-from kneeseg.export.stl import MeshReport
-from kneeseg.export.stl import export_stl as export_meshes
 from kneeseg.inference.cases import InputCase, discover_cases
 from kneeseg.inference.model import TrainedModel, find_model, load_model
 from kneeseg.inference.predictor import Predictor
@@ -26,9 +24,13 @@ from kneeseg.io import Geometry, atomic_path, ensure_writable_folder, read_image
 from kneeseg.io.nifti import nifti_nonfinite_count
 from kneeseg.paths import KneesegPaths
 from kneeseg.planning.plans import Plans
-from kneeseg.postprocessing.chooser import choose_postprocessing
 from kneeseg.postprocessing.operations import apply_postprocessing
-from kneeseg.training.trainer import Trainer, TrainingResult, TrainOptions
+
+# The training stack (batchgenerators, scipy.signal) and scikit-image take seconds to import; the
+# everyday command, kneeseg_predict, needs neither, so they are imported where they are used.
+if TYPE_CHECKING:
+    from kneeseg.export.stl import MeshReport
+    from kneeseg.training.trainer import TrainingResult, TrainOptions
 
 
 def load_plans(paths: KneesegPaths, dataset: str | int | None, plans_name: str = "kneesegPlans") -> tuple[str, Plans, DatasetJson]:
@@ -45,6 +47,8 @@ def train(paths: KneesegPaths, fold: str = "0", dataset: str | int | None = None
           plans_name: str = "kneesegPlans", options: TrainOptions | None = None, predict_validation: bool = True) -> TrainingResult:
     """Train one fold, then (rank 0) predict its validation cases in full into ``fold_N/validation``
     so that kneeseg_find_postprocessing has cross-validation predictions to choose from."""
+    from kneeseg.training.trainer import Trainer, TrainOptions
+
     options = options or TrainOptions()
     options.fold = str(fold)
     name, plans, ds = load_plans(paths, dataset, plans_name)
@@ -123,6 +127,8 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
 def find_postprocessing(paths: KneesegPaths, dataset=None, configuration: str | None = None, model_dir: Path | None = None,
                         device: str = "cpu", progress: bool = True) -> dict:
     """Choose post-processing on the folds' validation predictions; writes postprocessing.json."""
+    from kneeseg.postprocessing.chooser import choose_postprocessing
+
     model = resolve_model(paths, model_dir, dataset, configuration, None, device)
     raw_labels = paths.raw / model.plans.dataset_name / "labelsTr"
     pairs = []
@@ -140,6 +146,8 @@ def find_postprocessing(paths: KneesegPaths, dataset=None, configuration: str | 
 def evaluate(ref: Path, pred: Path, output: Path | None = None, labels: dict[str, int] | None = None,
              overlays: Path | None = None, images: Path | None = None, progress: bool = True) -> dict:
     """Metrics per case and bone (+ all bones); overlays drawn on ``images`` (CASE_0000.*) when given."""
+    from kneeseg.evaluation.evaluate import evaluate as evaluate_folders
+
     labels = labels or {k: v for k, v in KNEE_LABELS.items() if v != 0}
     summary = evaluate_folders(Path(ref), Path(pred), labels, output, progress)
     if overlays:
@@ -159,6 +167,8 @@ def evaluate(ref: Path, pred: Path, output: Path | None = None, labels: dict[str
 
 def export_stl(segmentation: Path, out_dir: Path, labels: dict[str, int] | None = None, smoothing_iterations: int = 20) -> list[MeshReport]:
     """One watertight, smoothed STL per bone of a label image, in scanner millimetres."""
+    from kneeseg.export.stl import export_stl as export_meshes
+
     seg, geometry = read_image(segmentation)
     labels = labels or {k: v for k, v in KNEE_LABELS.items() if v != 0}
     if not np.any(np.isin(seg, list(labels.values()))):

@@ -10,7 +10,7 @@ from kneeseg.dataset.layout import DatasetJson, list_datasets
 from kneeseg.errors import KneesegError
 from kneeseg.io import read_json
 from kneeseg.planning.plans import ConfigurationPlan, Plans
-from kneeseg.training.trainer import TRAINER_NAME
+from kneeseg.training.layout import TRAINER_NAME
 
 CHECKPOINT = "checkpoint_final.pth"
 

@@ -27,12 +27,12 @@ from kneeseg.planning.plans import ConfigurationPlan, Plans
 from kneeseg.preprocessing.pipeline import check_cache
 from kneeseg.training.checkpoint import load_checkpoint, save_checkpoint
 from kneeseg.training.data import CaseStore, PatchLoader, center_crop_transform, loader_patch_size, make_augmenter, training_transforms
+from kneeseg.training.layout import TRAINER_NAME, model_dir
 from kneeseg.training.loss import DeepSupervisionLoss
 from kneeseg.training.network import UNet
 from kneeseg.training.progress import plot_progress
 from kneeseg.training.splits import fold_cases, load_or_make_splits
 
-TRAINER_NAME = "kneesegTrainer"
 EMA_MOMENTUM = 0.9  # nnU-Net's, for 1000 epochs
 
 
@@ -70,10 +70,6 @@ class TrainingResult:
     final_pseudo_dice: list[float]
     history: dict = field(default_factory=dict)
     data_wait_fraction: float = 0.0
-
-
-def model_dir(results: Path, dataset_name: str, plans_name: str, configuration: str) -> Path:
-    return results / dataset_name / f"{TRAINER_NAME}__{plans_name}__{configuration}"
 
 
 def poly_lr(initial: float, epoch: int, num_epochs: int, exponent: float = 0.9) -> float:
