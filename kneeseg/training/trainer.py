@@ -242,7 +242,8 @@ class Trainer:
         """Epochs that fit the time budget, judged from this run's epochs (the first is often slower)."""
         budget = self.options.time_budget_min * 60
         typical = float(np.mean(epoch_times[1:] if len(epoch_times) > 1 else epoch_times))
-        return max(self.epoch + 1, self.epoch + 1 + int((budget - self.elapsed) / typical))
+        # self.epoch epochs are done; add as many more as the remaining budget holds (possibly none).
+        return max(1, self.epoch + int(max(0.0, budget - self.elapsed) / typical))
 
     def _checkpoint(self, name: str) -> None:
         if self.rank != 0:
