@@ -21,7 +21,7 @@ from kneeseg.inference.cases import InputCase, discover_cases
 from kneeseg.inference.model import TrainedModel, find_model, load_model
 from kneeseg.inference.predictor import Predictor
 from kneeseg.io import Geometry, atomic_path, ensure_writable_folder, read_image, read_json, strip_ending, write_image
-from kneeseg.io.nifti import nifti_nonfinite_count
+from kneeseg.io.nifti import has_nonfinite
 from kneeseg.paths import KneesegPaths
 from kneeseg.planning.plans import Plans
 from kneeseg.postprocessing.operations import apply_postprocessing
@@ -68,10 +68,11 @@ def _read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
     images, geometry = [], None
     for path in case.channels:
         image, g = read_image(path)
-        if np.issubdtype(image.dtype, np.floating) and (not np.all(np.isfinite(image)) or nifti_nonfinite_count(path)):
+        if has_nonfinite(image, path):
             raise KneesegError(f"{path}: contains NaN or Inf values")
-        if geometry is not None and geometry.matches(g):
-            raise KneesegError(f"{path}: geometry does not match channel 0 ({geometry.matches(g)})")
+        problem = geometry.matches(g) if geometry is not None else None
+        if problem:
+            raise KneesegError(f"{path}: geometry does not match channel 0 ({problem})")
         images.append(image)
         geometry = geometry or g
     return images, geometry

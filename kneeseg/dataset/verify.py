@@ -10,7 +10,7 @@ import numpy as np
 from kneeseg.dataset.layout import DatasetJson, RawCase, training_cases
 from kneeseg.errors import KneesegError
 from kneeseg.io import read_image
-from kneeseg.io.nifti import nifti_nonfinite_count
+from kneeseg.io.nifti import has_nonfinite
 
 
 def _check_case(job) -> list[str]:
@@ -26,7 +26,7 @@ def _check_case(job) -> list[str]:
         except KneesegError as exc:
             problems.append(str(exc))
             continue
-        if np.issubdtype(image.dtype, np.floating) and (not np.all(np.isfinite(image)) or nifti_nonfinite_count(path)):
+        if has_nonfinite(image, path):
             problems.append(f"{path}: contains NaN or Inf values")
         geometries.append((path, geometry))
     if case.label is None or not case.label.exists():
@@ -36,7 +36,7 @@ def _check_case(job) -> list[str]:
             labels, geometry = read_image(case.label)
         except KneesegError as exc:
             return problems + [str(exc)]
-        if np.issubdtype(labels.dtype, np.floating) and (not np.all(np.isfinite(labels)) or nifti_nonfinite_count(case.label)):
+        if has_nonfinite(labels, case.label):
             problems.append(f"{case.label}: contains NaN or Inf values")
         else:
             values = set(np.unique(labels).tolist())

@@ -48,3 +48,10 @@ def nifti_nonfinite_count(path: str | Path) -> int:
             bad += int((~np.isfinite(values)).sum())
             left -= values.size
     return bad
+
+
+def has_nonfinite(array: np.ndarray, path: str | Path) -> bool:
+    """True if a float image read from ``path`` holds NaN/Inf, in memory or (NIfTI) on disk."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return False
+    return not np.all(np.isfinite(array)) or nifti_nonfinite_count(path) > 0

@@ -61,16 +61,31 @@ def resample_channels(data: np.ndarray, new_shape, separate_axis: int | None = N
     return out
 
 
+def resampled_argmax(channels: np.ndarray | None, values: list[int], new_shape, separate_axis: int | None = None,
+                     channel_of=None, on_channel=None) -> np.ndarray:
+    """Argmax over class channels resampled one at a time to ``new_shape`` (peak: two float volumes).
+
+    Channel k (``channels[k]``, or ``channel_of(k)`` when given) stands for ``values[k]``; ties go to
+    the earlier class. ``on_channel(k, resampled)`` sees each resampled channel (to keep probabilities).
+    Returns int16 labels. The running maximum is kept in torch: multi-threaded, unlike numpy's masking.
+    """
+    new_shape = [int(s) for s in new_shape]
+    best = torch.full(new_shape, -1.0)
+    region = torch.zeros(new_shape, dtype=torch.int16)
+    for k, value in enumerate(values):
+        source = channel_of(k) if channel_of is not None else channels[k : k + 1]
+        channel = torch.from_numpy(resample_channels(source, new_shape, separate_axis)[0])
+        region.masked_fill_(channel > best, value)
+        torch.maximum(best, channel, out=best)
+        if on_channel is not None:
+            on_channel(k, channel)
+    return region.numpy()
+
+
 def resample_labels(seg: np.ndarray, new_shape, labels: list[int], separate_axis: int | None = None) -> np.ndarray:
     """Resample an integer label map (Z, Y, X) via one-hot channels; returns the input's dtype."""
-    new_shape = [int(s) for s in new_shape]
-    if list(seg.shape) == new_shape:
+    if list(seg.shape) == [int(s) for s in new_shape]:
         return seg
-    best = np.full(new_shape, -1.0, np.float32)
-    out = np.zeros(new_shape, seg.dtype)
-    for value in sorted(set(labels) | {0}):
-        channel = resample_channels((seg == value)[None].astype(np.float32), new_shape, separate_axis)[0]
-        better = channel > best
-        out[better] = value
-        best[better] = channel[better]
-    return out
+    values = sorted(set(labels) | {0})
+    one_hot = lambda k: (seg == values[k])[None].astype(np.float32)  # noqa: E731
+    return resampled_argmax(None, values, new_shape, separate_axis, channel_of=one_hot).astype(seg.dtype)

@@ -9,10 +9,9 @@ crop, not one per class; the crop is then pasted back into the original extent.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from kneeseg.io.orientation import Orientation
-from kneeseg.preprocessing.resampling import resample_channels
+from kneeseg.preprocessing.resampling import resampled_argmax
 
 
 def restore_original(probabilities: np.ndarray, properties: dict, label_values: list[int],
@@ -31,16 +30,11 @@ def restore_original(probabilities: np.ndarray, properties: dict, label_values: 
     if keep_probabilities:
         full_probs = np.zeros((len(label_values), *original), np.float32)
         full_probs[0] = 1.0  # outside the crop: background
-    # Running argmax in torch (multi-threaded; numpy's masked assignment is single-threaded).
-    best = torch.full(crop_shape, -1.0)
-    region = torch.zeros(crop_shape, dtype=torch.uint8)
-    for k, value in enumerate(label_values):
-        channel = torch.from_numpy(resample_channels(probabilities[k : k + 1], crop_shape, separate)[0])
-        better = channel > best
-        region.masked_fill_(better, value)
-        torch.maximum(best, channel, out=best)
-        if full_probs is not None:
-            full_probs[k][crop] = channel.numpy()
-    labels[crop] = region.numpy()
+
+    def keep(k, channel):
+        full_probs[k][crop] = channel.numpy()
+
+    labels[crop] = resampled_argmax(probabilities, label_values, crop_shape, separate,
+                                    on_channel=keep if keep_probabilities else None)
     orientation = Orientation.from_dict(properties["orientation"])  # back to the input's array layout
     return orientation.from_canonical(labels), None if full_probs is None else orientation.from_canonical(full_probs)
