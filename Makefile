@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_output
 SHARED ?= ../shared/data/KneeBones3Dify
 
-.PHONY: venv demo test plans clean
+.PHONY: venv demo demo-real test plans clean
 
 venv: $(VENV)/.installed
 
@@ -20,6 +20,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: venv
 	$(PY) -m kneeseg.demo --output $(DEMO_DIR)
 
+# The real scan with the half-A / half-B protocol; SHARED may also be the Zenodo download's folder.
+REAL_MINUTES ?= 60
+demo-real: venv
+	$(PY) -m kneeseg.demo --real $(SHARED) --train-minutes $(REAL_MINUTES) --output $(DEMO_DIR)_real
+
 test: venv
 	$(PY) -m pytest -q tests
 
@@ -28,4 +33,4 @@ plans: venv
 	$(PY) -m kneeseg.reference --write plans --shared $(SHARED)
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) kneeseg_data .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)_real kneeseg_data .pytest_cache

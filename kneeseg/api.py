@@ -9,14 +9,16 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kneeseg.dataset.layout import KNEE_LABELS, DatasetJson, channel_files, find_dataset
+from kneeseg.dataset.layout import KNEE_LABELS, DatasetJson, channel_files, find_dataset, foreground_labels
 from kneeseg.errors import KneesegError
 from kneeseg.export.overlays import save_overlay
+from kneeseg.inference.acquisition import acquisition_warnings
 from kneeseg.inference.cases import InputCase, discover_cases
 from kneeseg.inference.model import TrainedModel, find_model, load_model
 from kneeseg.inference.predictor import Predictor
@@ -93,6 +95,8 @@ def _predict_cases(model: TrainedModel, cases: list[InputCase], device: str, tta
     written = []
     for case in tqdm(cases, desc="predicting", unit="case", disable=not progress or len(cases) < 2):
         images, geometry = _read_case(case)
+        for warning in acquisition_warnings(geometry, model.config):
+            tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
         prediction = predictor.predict(images, geometry, keep_probabilities=save_probabilities)
         labels = apply_postprocessing(prediction.labels, steps, geometry.spacing_zyx) if steps else prediction.labels
         write_image(labels, geometry, case.output)
@@ -140,7 +144,7 @@ def find_postprocessing(paths: KneesegPaths, dataset=None, configuration: str | 
         pairs.append((ref, pred))
     if not pairs:
         raise KneesegError(f"{model.folder}: no cross-validation predictions (fold_*/validation); train folds first")
-    labels = {k: v for k, v in model.ds.labels.items() if v != 0}
+    labels = model.ds.foreground
     return choose_postprocessing(pairs, labels, model.postprocessing_file, progress)
 
 
@@ -149,7 +153,7 @@ def evaluate(ref: Path, pred: Path, output: Path | None = None, labels: dict[str
     """Metrics per case and bone (+ all bones); overlays drawn on ``images`` (CASE_0000.*) when given."""
     from kneeseg.evaluation.evaluate import evaluate as evaluate_folders
 
-    labels = labels or {k: v for k, v in KNEE_LABELS.items() if v != 0}
+    labels = labels or foreground_labels(KNEE_LABELS)
     summary = evaluate_folders(Path(ref), Path(pred), labels, output, progress)
     if overlays:
         for case in summary["per_case"]:
@@ -171,7 +175,7 @@ def export_stl(segmentation: Path, out_dir: Path, labels: dict[str, int] | None 
     from kneeseg.export.stl import export_stl as export_meshes
 
     seg, geometry = read_image(segmentation)
-    labels = labels or {k: v for k, v in KNEE_LABELS.items() if v != 0}
+    labels = labels or foreground_labels(KNEE_LABELS)
     if not np.any(np.isin(seg, list(labels.values()))):
         raise KneesegError(f"{segmentation}: contains none of the labels {labels}")
     return export_meshes(seg, geometry, Path(out_dir), labels, smoothing_iterations)

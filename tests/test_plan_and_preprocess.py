@@ -7,6 +7,7 @@ from conftest import make_phantom, path_flags
 from kneeseg.cli.plan_and_preprocess import main as pp_main
 from kneeseg.dataset.phantom import PhantomOptions
 from kneeseg.fingerprint import nonzero_bbox
+from kneeseg.preprocessing.normalization import zscore
 from kneeseg.io import Geometry
 from kneeseg.planning.estimate import estimate_iteration
 from kneeseg.planning.plans import Plans
@@ -119,6 +120,33 @@ def test_preprocess_case_crops_resamples_and_records_geometry():
     assert case.properties["shape_after_crop"] == [10, 20, 20]
     # Label volume in mm^3 is kept by the one-hot resampling.
     assert abs((case.seg == 2).sum() * 4.0 - (seg == 2).sum() * 2.0) / ((seg == 2).sum() * 2.0) < 0.15
+
+
+@pytest.mark.parametrize("separate,masked", [(None, False), (0, False), (None, True)])
+def test_zscore_after_resampling_equals_zscore_before_it(separate, masked):
+    """The preprocessing measures mean/std on the original voxels and applies them after resampling;
+    both resamplers are weighted means, so this equals normalising first (also with the nonzero mask,
+    where outside voxels are 0 before and after)."""
+    rng = np.random.default_rng(1)
+    image = rng.gamma(2.0, 300.0, (18, 30, 40)).astype(np.float32) + 1.0
+    image[:, :5, :7] = 0  # a corner outside the mask (the bounding-box crop keeps it)
+    original = image.copy()
+    geometry = Geometry((40, 30, 18), (0.7, 0.7, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+    class Config:  # the fields preprocess_case reads from a ConfigurationPlan
+        normalization, use_mask_for_norm, spacing = ["zscore"], [masked], [1.3, 1.0, 1.0]
+
+        class resampling:
+            separate_z_axis = separate
+
+    case = preprocess_case([image], geometry, Config)
+    before = zscore(image, image != 0 if masked else None)
+    expected = resample_channels(before[None], case.data.shape[1:], separate)
+    assert case.data.shape == (1, 28, 21, 28)  # 18*2/1.3, 30*0.7, 40*0.7
+    np.testing.assert_allclose(case.data, expected, atol=1e-5)
+    if masked:
+        assert abs(before[image != 0].mean()) < 1e-5 and np.all(before[image == 0] == 0)
+    np.testing.assert_array_equal(image, original)  # the caller's array is left as it was
 
 
 def test_resampling_helpers_keep_values_and_shapes():

@@ -105,6 +105,9 @@ def test_postprocessing_is_chosen_on_cross_validation_and_applied(small_model, t
     assert len(chosen["candidates"]) == 1 + 4 * 3
     kept = [{k: v for k, v in c.items() if k not in ("mean_dice", "kept")} for c in chosen["candidates"] if c["kept"]]
     assert kept == chosen["steps"]
+    # Steps made no-ops by steps kept before them are skipped (a bone kept in one piece has no small pieces).
+    largest = {st["label"] for st in chosen["steps"] if st["op"] == "keep_largest"}
+    assert not any(st["op"] == "remove_small" and st["label"] in largest for st in chosen["steps"])
     case = paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz"
     assert predict_main(["-i", str(case), "-o", str(tmp_path / "a.nii.gz"), "-m", str(model), "--device", "cpu", "--no-progress"]) == 0
     assert predict_main(["-i", str(case), "-o", str(tmp_path / "b.nii.gz"), "-m", str(model), "--device", "cpu",

@@ -162,3 +162,31 @@ def test_cache_missing_or_from_other_plans(prepared, tmp_path, capsys):
     _assert_refused(["0"], paths, capsys, "preprocessed with other plans")
     shutil.rmtree(paths.preprocessed / "Dataset900_KneePhantom" / plans["configurations"]["3d_cpu"]["data_identifier"])
     _assert_refused(["0"], paths, capsys, "no preprocessed data")
+
+
+THICK_SLICES_IN_A_WORKER = """
+import numpy as np, torch
+from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.transforms.abstract_transforms import Compose
+from kneeseg.training.thick_slices import ThickSliceTransform
+
+class Loader(SlimDataLoaderBase):
+    def generate_train_batch(self):
+        return {"data": np.ones((2, 1, 16, 20, 24), np.float32), "seg": np.zeros((2, 1, 16, 20, 24), np.float32)}
+
+torch.set_num_threads(2)
+torch.randn(4_000_000).reshape(40, 100, 1000).sum(dim=(1, 2))  # the parent's thread pool is running
+augmenter = MultiThreadedAugmenter(Loader(None, 2), Compose([ThickSliceTransform(p_per_sample=1.0)]), 1, seeds=[0])
+batch = next(augmenter)
+augmenter._finish()
+assert np.allclose(batch["data"], 1.0), "averaging and interpolating a constant changed it"
+print("ok")
+"""
+
+
+def test_thick_slice_augmentation_runs_in_a_forked_worker_after_torch_has_run():
+    """The transform runs in batchgenerators' forked workers, after the parent (the demo, the trainer)
+    has used torch's thread pool; torch ops in such a child deadlock, so it must not use them."""
+    done = subprocess.run([sys.executable, "-c", THICK_SLICES_IN_A_WORKER], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -29,7 +29,7 @@ def main(argv=None):
         raise KneesegError(f"{args.output}: the summary must be a .json file")
     labels = None
     if args.dataset_json:
-        labels = {k: v for k, v in DatasetJson.load(args.dataset_json).labels.items() if v != 0}
+        labels = DatasetJson.load(args.dataset_json).foreground
     summary = evaluate(args.reference, args.prediction, args.output, labels, args.overlays, args.images, args.progress)
     for name, values in summary["mean"].items():
         print(f"{name:10s} Dice {values['dice']:.4f}  IoU {values['iou']:.4f}  HD95 {values['hd95']:.2f} mm  "

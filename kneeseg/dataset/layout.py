@@ -17,6 +17,11 @@ from kneeseg.errors import KneesegError
 from kneeseg.io import atomic_write_json, read_json
 
 KNEE_LABELS = {"background": 0, "femur": 1, "tibia": 2, "patella": 3}
+
+
+def foreground_labels(labels: dict[str, int]) -> dict[str, int]:
+    """The labels without background (value 0): the structures metrics and post-processing are about."""
+    return {name: value for name, value in labels.items() if value != 0}
 BONE_NAMES = ("femur", "tibia", "patella")
 _DATASET_RE = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_\-]+)$")
 
@@ -34,6 +39,10 @@ class DatasetJson:
     reference: str = ""
     licence: str = ""
     extra: dict = field(default_factory=dict)
+
+    @property
+    def foreground(self) -> dict[str, int]:
+        return foreground_labels(self.labels)
 
     def to_dict(self) -> dict:
         d = {

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from kneeseg.dataset.layout import foreground_labels
+
 METRICS = ("dice", "iou", "hd95", "assd", "avg_hausdorff", "volume_similarity", "sensitivity", "precision",
            "ref_volume_mm3", "pred_volume_mm3")
 
@@ -74,6 +76,6 @@ def binary_metrics(ref: np.ndarray, pred: np.ndarray, spacing) -> dict[str, floa
 
 def label_metrics(ref: np.ndarray, pred: np.ndarray, spacing, labels: dict[str, int]) -> dict[str, dict[str, float]]:
     """Metrics per named label, plus 'all_bones': the binary union of every foreground label."""
-    result = {name: binary_metrics(ref == value, pred == value, spacing) for name, value in labels.items() if value != 0}
+    result = {name: binary_metrics(ref == value, pred == value, spacing) for name, value in foreground_labels(labels).items()}
     result["all_bones"] = binary_metrics(ref > 0, pred > 0, spacing)
     return result

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 
 import numpy as np
+import torch
 
 from kneeseg.dataset.layout import DatasetJson, RawCase
 from kneeseg.io import read_image
@@ -25,13 +26,17 @@ def nonzero_bbox(images: list[np.ndarray] | np.ndarray) -> list[list[int]]:
 
     An image with no nonzero voxel gets the full extent, so cropping never produces an empty array.
     """
-    stack = np.asarray(images) if isinstance(images, list) else images[None] if images.ndim == 3 else images
-    nonzero = np.any(stack != 0, axis=0)
+    stack = list(images) if isinstance(images, list) else [images] if images.ndim == 3 else list(images)
+    # torch reductions: multi-threaded, and ~4x faster than numpy's on a 512x512x286 scan.
+    nonzero = None
+    for image in stack:
+        channel = torch.from_numpy(np.asarray(image) != 0)  # numpy compares any dtype (torch lacks uint32 ops)
+        nonzero = channel if nonzero is None else nonzero.logical_or_(channel)
     box = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(np.any(nonzero, axis=other))
-        box.append([int(hits[0]), int(hits[-1]) + 1] if hits.size else [0, nonzero.shape[axis]])
+        hits = torch.nonzero(nonzero.any(dim=other)).flatten()
+        box.append([int(hits[0]), int(hits[-1]) + 1] if hits.numel() else [0, nonzero.shape[axis]])
     return box
 
 

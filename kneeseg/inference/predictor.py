@@ -50,7 +50,7 @@ class Predictor:
     def predict(self, images: list[np.ndarray], geometry: Geometry, keep_probabilities: bool = False) -> Prediction:
         if len(images) != self.model.ds.num_channels:
             raise KneesegError(f"model expects {self.model.ds.num_channels} channel(s), got {len(images)}")
-        case = preprocess_case([np.asarray(im, np.float32) for im in images], geometry, self.config)
+        case = preprocess_case(images, geometry, self.config)  # converts to float32 after cropping
         probs = None
         for net in self.networks:
             p = predict_sliding_window(net, case.data, self.config.patch_size, len(self.label_values), self.step,

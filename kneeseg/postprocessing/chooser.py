@@ -5,7 +5,8 @@ n largest foreground components (n = number of bones); per bone, remove componen
 the smallest volume of that bone in the training labels, fill holes, and a closing with a 1-voxel
 (coarsest axis) ball. Component removal is kept unless it lowers the mean Dice over all cases and
 bones (each bone is one piece: nnU-Net's rule); filling and closing only if they raise it, or leave
-it equal (within 1e-6) while lowering the mean ASSD.
+it equal (within 1e-6) while lowering the mean ASSD. A candidate that the steps already kept make a
+no-op (removing small pieces of a bone kept in one piece) is skipped.
 """
 
 from __future__ import annotations
@@ -14,12 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
+from kneeseg.dataset.layout import foreground_labels
 from kneeseg.evaluation.metrics import binary_metrics
 from kneeseg.io import atomic_write_json, read_image
 from kneeseg.postprocessing.operations import apply_step
 
 TOLERANCE = 1e-6
 COMPONENT_OPS = ("keep_largest", "keep_largest_foreground", "remove_small")
+
+
+def _implied(candidate: dict, steps: list[dict], bones: dict[str, int]) -> bool:
+    """True when the steps kept so far already do what ``candidate`` would (it could change nothing)."""
+    largest = {st["label"] for st in steps if st["op"] == "keep_largest"}
+    if candidate["op"] == "remove_small":  # a bone already in one piece has no small pieces
+        return candidate["label"] in largest
+    if candidate["op"] == "keep_largest_foreground":  # one piece per bone: at most n pieces in all
+        return candidate["n"] >= len(bones) and set(bones.values()) <= largest
+    return False
 
 
 def _scores(cases, predictions, labels: dict[str, int], with_distance: bool) -> tuple[float, float]:
@@ -48,7 +60,7 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
         ref, geometry = read_image(ref_path)
         pred, _ = read_image(pred_path)
         cases.append((ref, pred.astype(np.uint8), geometry.spacing_zyx))
-    bones = {k: v for k, v in labels.items() if v != 0}
+    bones = foreground_labels(labels)
     smallest = {v: min(int((ref == v).sum()) for ref, _, _ in cases) for v in bones.values()}
     coarsest = max(max(s) for _, _, s in cases)
     candidates = [{"op": "keep_largest", "label": v} for v in bones.values()]
@@ -65,6 +77,9 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
     start = (base_dice, base_assd)
     decisions = []
     for candidate in tqdm(candidates, desc="post-processing candidates", disable=not progress):
+        if _implied(candidate, steps, bones):  # a no-op at prediction time too: not worth its seconds
+            decisions.append({**candidate, "kept": False, "implied_by_kept_steps": True})
+            continue
         trial = [apply_step(pred, candidate, spacing) for pred, (_, _, spacing) in zip(current, cases)]
         dice, _ = _scores(cases, trial, bones, with_distance=False)
         if candidate["op"] in COMPONENT_OPS:

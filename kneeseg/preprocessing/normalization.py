@@ -1,36 +1,65 @@
-"""Intensity normalisation named in the plans (per channel)."""
+"""Intensity normalisation named in the plans (per channel).
+
+Z-score is affine, and the resampling that follows it (area averaging, linear interpolation) is a
+weighted mean with weights summing to one, so the two commute. ``normalize_and_resample`` therefore
+measures mean and std on the original voxels (as nnU-Net does) but applies them after resampling,
+to ~40x fewer voxels on a 0.35 mm scan planned at 1 mm. With the nonzero mask (voxels outside it are
+zero, and become zero) the normalised image is x/std - mean/std * mask: still linear, in the image
+and in the mask, so the resampled mask carries the offset.
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import torch
 
 from kneeseg.errors import KneesegError
 
+KNOWN_SCHEMES = ("zscore",)
 
-def zscore(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Z-score per case; with a mask, statistics come from inside it and outside becomes 0.
+
+def check_schemes(schemes: list[str]) -> None:
+    for scheme in schemes:
+        if scheme not in KNOWN_SCHEMES:
+            raise KneesegError(f"normalisation '{scheme}' is not known (known: {', '.join(KNOWN_SCHEMES)})")
+
+
+def zscore(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Z-score of one image (float32, a new array); with a mask, statistics come from inside it and
+    outside becomes 0. The definition that ``normalize_and_resample`` computes in the other order.
 
     MRI intensities have no absolute scale, so each scan is normalised on its own (nnU-Net's rule).
     """
-    image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    inside = torch.from_numpy(mask) if mask is not None and mask.any() else None
-    # Multi-threaded float64 sums instead of a masked copy: this runs on 10^8 voxels at prediction time.
-    kept = image if inside is None else torch.where(inside, image, 0.0)
-    n = float(image.numel() if inside is None else inside.sum())
-    mean = float(kept.sum(dtype=torch.float64)) / n
-    std = (max(float((kept * kept).sum(dtype=torch.float64)) / n - mean * mean, 0.0)) ** 0.5
-    out = kept.sub_(mean).div_(max(std, 1e-8)) if inside is not None else (image - mean) / max(std, 1e-8)
-    if inside is not None:
-        out.masked_fill_(~inside, 0.0)
+    x = np.asarray(image, np.float64)
+    inside = mask if mask is not None and mask.any() else np.ones(x.shape, bool)
+    mean, std = x[inside].mean(), x[inside].std()
+    return np.where(inside, (x - mean) / max(std, 1e-8), 0.0).astype(np.float32)
+
+
+def normalize_and_resample(data: np.ndarray, schemes: list[str], use_mask: list[bool],
+                           resample: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``resample`` of the z-scored (C, Z, Y, X) data, channel c inside the nonzero mask when
+    ``use_mask[c]``; ``resample`` must be linear with weights summing to one (the plans' resampling)."""
+    check_schemes(schemes)
+    inside = np.any(data != 0, axis=0) if any(use_mask) else None
+    n_inside = int(np.count_nonzero(inside)) if inside is not None else 0
+    offsets = []  # (mean, std, masked) per channel, measured on the original voxels
+    for c, masked in enumerate(use_mask):
+        x = torch.from_numpy(np.ascontiguousarray(data[c], dtype=np.float32))
+        if masked and n_inside:  # outside the mask x is 0, so sums over everything are sums inside it
+            mean = float(x.sum(dtype=torch.float64)) / n_inside
+            std = max(float(x.square().sum(dtype=torch.float64)) / n_inside - mean * mean, 0.0) ** 0.5
+        else:  # multi-threaded and numerically stable in float32 (10^8 voxels at prediction time)
+            var, mean = torch.var_mean(x, correction=0)
+            mean, std = float(mean), float(var) ** 0.5
+        offsets.append((mean, max(std, 1e-8), bool(masked and n_inside)))
+    mask_after = torch.from_numpy(resample(inside[None].astype(np.float32))[0]) if n_inside else None
+    out = torch.from_numpy(resample(data))  # may be ``data`` itself when no axis changes: stats are taken
+    for c, (mean, std, masked) in enumerate(offsets):
+        if masked:
+            out[c].sub_(mask_after, alpha=mean).div_(std)
+        else:
+            out[c].sub_(mean).div_(std)
     return out.numpy()
-
-
-def normalize(data: np.ndarray, schemes: list[str], use_mask: list[bool], nonzero: np.ndarray) -> np.ndarray:
-    """Normalise (C, Z, Y, X) data channel by channel as the plans say."""
-    out = np.empty(data.shape, np.float32)
-    for c, (scheme, masked) in enumerate(zip(schemes, use_mask)):
-        if scheme != "zscore":
-            raise KneesegError(f"normalisation '{scheme}' is not known (known: zscore)")
-        out[c] = zscore(data[c], nonzero if masked else None)
-    return out

@@ -15,7 +15,7 @@ from kneeseg.fingerprint import nonzero_bbox
 from kneeseg.io import Geometry
 from kneeseg.io.orientation import Orientation
 from kneeseg.planning.plans import ConfigurationPlan
-from kneeseg.preprocessing.normalization import normalize
+from kneeseg.preprocessing.normalization import normalize_and_resample
 from kneeseg.preprocessing.resampling import resample_channels, resample_labels, target_shape
 
 MAX_LOCATIONS_PER_CLASS = 2000
@@ -46,12 +46,11 @@ def preprocess_case(
     spacing = orientation.spacing(geometry.spacing_zyx)
     box = nonzero_bbox(images)
     crop = tuple(slice(lo, hi) for lo, hi in box)
-    data = np.stack([np.asarray(im)[crop] for im in images]).astype(np.float32)
-    nonzero = np.any(data != 0, axis=0)
-    data = normalize(data, config.normalization, config.use_mask_for_norm, nonzero)
+    data = np.stack([np.asarray(im)[crop] for im in images]).astype(np.float32, copy=False)
     new_shape = target_shape(data.shape[1:], spacing, config.spacing)
     separate = config.resampling.separate_z_axis
-    data = resample_channels(data, new_shape, separate)
+    data = normalize_and_resample(data, config.normalization, config.use_mask_for_norm,
+                                  lambda channels: resample_channels(channels, new_shape, separate))
     properties = {
         "geometry": geometry.to_dict(),
         "orientation": orientation.to_dict(),

@@ -40,6 +40,32 @@ def _nearest_along(volume: torch.Tensor, axis: int, size: int) -> torch.Tensor:
     return volume.index_select(axis, index)
 
 
+def area_weights(n_old: int, n_new: int) -> np.ndarray:
+    """(n_new, n_old) float32: new voxel i as the exact volume-weighted mean of the old voxels it
+    overlaps (a thick slice). Plain numpy, so it is also safe in forked augmentation workers."""
+    old, new = np.arange(n_old + 1) / n_old, np.arange(n_new + 1) / n_new
+    overlap = np.minimum(new[1:, None], old[None, 1:]) - np.maximum(new[:-1, None], old[None, :-1])
+    overlap = np.clip(overlap, 0.0, None)
+    return (overlap / overlap.sum(1, keepdims=True)).astype(np.float32)
+
+
+def linear_weights(n_old: int, n_new: int) -> np.ndarray:
+    """(n_new, n_old) float32: linear interpolation with voxel corners aligned (as ``F.interpolate``
+    with align_corners=False, which the preprocessing uses to upsample)."""
+    x = np.clip((np.arange(n_new) + 0.5) * n_old / n_new - 0.5, 0.0, n_old - 1)
+    lo = np.floor(x).astype(int)
+    hi = np.minimum(lo + 1, n_old - 1)
+    weights = np.zeros((n_new, n_old), np.float32)
+    np.add.at(weights, (np.arange(n_new), lo), 1.0 - (x - lo))
+    np.add.at(weights, (np.arange(n_new), hi), x - lo)
+    return weights
+
+
+def along_axis(array: np.ndarray, matrix: np.ndarray, axis: int) -> np.ndarray:
+    """``matrix`` (new, old) applied along ``axis`` of ``array``."""
+    return np.moveaxis(np.tensordot(matrix, array, axes=(1, axis)), 0, axis)
+
+
 def resample_channels(data: np.ndarray, new_shape, separate_axis: int | None = None) -> np.ndarray:
     """Resample (C, Z, Y, X) float data to ``new_shape`` (Z, Y, X); returns float32."""
     new_shape = [int(s) for s in new_shape]

@@ -22,6 +22,7 @@ from batchgenerators.transforms.resample_transforms import SimulateLowResolution
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
 from kneeseg.errors import KneesegError
+from kneeseg.training.thick_slices import ThickSliceTransform
 
 ROTATION_DEG = 15.0
 SCALE = (0.75, 1.3)
@@ -101,7 +102,8 @@ class PatchLoader(SlimDataLoaderBase):
 
 def training_transforms(patch: list[int], mirror_axes: list[int], elastic: bool = False) -> Compose:
     """nnU-Net's augmentation recipe, with rotations limited to +-15 degrees (knees come roughly
-    aligned) and mirroring only along the axes the plans allow (anatomical labels are sided)."""
+    aligned), mirroring only along the axes the plans allow (anatomical labels are sided), and thick
+    slices along one random axis (low-field 2D protocols)."""
     a = np.deg2rad(ROTATION_DEG)
     transforms = [
         SpatialTransform(
@@ -116,6 +118,8 @@ def training_transforms(patch: list[int], mirror_axes: list[int], elastic: bool 
         ContrastAugmentationTransform(p_per_sample=0.15),
         SimulateLowResolutionTransform(zoom_range=(0.5, 1), per_channel=True, p_per_channel=0.5, order_downsample=0,
                                        order_upsample=3, p_per_sample=0.25),
+        # Anisotropic scans (e.g. 0.7 x 0.7 x 2 mm) arrive smooth along their slice axis after resampling.
+        ThickSliceTransform(factor_range=(1.5, 3.0), p_per_sample=0.15),
         GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
         GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
     ]

@@ -1,0 +1,121 @@
+"""Benchmark: the same real knee as other acquisitions would record it.
+
+Takes the model that benchmarks/kneebones3dify_holdout.py trained (on half A by default, in its
+--workdir) and predicts versions of a half of the real scan that this script makes
+(kneeseg.evaluation.variants): stored sagittally (axes permuted), stored with flipped axes,
+re-recorded with 2 mm thick slices (0.7 x 0.7 x 2.0 mm, along the stored slice axis and along
+left-right as a sagittal 2D protocol would), and at 1/2 and 1/3 of the scan's SNR (Rician noise).
+For each it prints Dice per bone and for all bones, HD95, whether the output has the input's
+geometry, and whether the bones are where anatomy puts them in scanner space (femur above tibia,
+patella in front of the femur). Half A is the training half (it measures what each change costs on a
+knee the model knows); half B is held out.
+
+    python benchmarks/robustness_real.py --workdir DIR [--train-half A] [--eval-half A B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import kneeseg_command, run_measured  # noqa: E402
+
+from kneeseg.demo import REAL_HALVES  # noqa: E402
+from kneeseg.evaluation.variants import noise_sigma, stored_differently, thick_slices, with_more_noise  # noqa: E402
+from kneeseg.io import Geometry, read_image, write_image  # noqa: E402
+
+HALVES = REAL_HALVES  # dataset number and name of each half, as make demo-real names them
+AXIS_NAMES = "LPS"  # the patient axes of scanner (LPS) space
+
+
+def anatomical_axis(geometry: Geometry, axis_xyz: int) -> str:
+    column = np.asarray(geometry.direction).reshape(3, 3)[:, axis_xyz]
+    return AXIS_NAMES[int(np.argmax(np.abs(column)))]
+
+
+def variants(image: np.ndarray, labels: np.ndarray, geometry: Geometry, seed: int):
+    """(name, image, labels, geometry) of each version of the scan."""
+    as_sitk = {}
+    for name, array in (("image", image), ("labels", labels)):
+        as_sitk[name] = geometry.apply_to(sitk.GetImageFromArray(array))
+    yield "as stored", image, labels, geometry
+    for name, order, flips in (("stored sagittally (axes permuted)", (2, 0, 1), (False, False, False)),
+                               ("stored with flipped axes", (0, 1, 2), (True, False, True))):
+        im, lab = (stored_differently(as_sitk[k], order, flips) for k in ("image", "labels"))
+        yield name, sitk.GetArrayFromImage(im), sitk.GetArrayFromImage(lab), Geometry.of(im)
+    lr_axis = next(a for a in range(3) if anatomical_axis(geometry, a) == "L")
+    for axis in dict.fromkeys([2, lr_axis]):  # the stored slice axis, and left-right (a sagittal 2D protocol)
+        spacing = [0.7, 0.7, 0.7]
+        spacing[axis] = 2.0
+        im, lab, grid = thick_slices(image, labels, geometry, tuple(spacing))
+        yield f"0.7x0.7x2.0 mm, thick along {anatomical_axis(geometry, axis)}", im, lab, grid
+    rng = np.random.default_rng(seed)
+    for factor in (2.0, 3.0):
+        yield f"SNR / {factor:g} (Rician noise)", with_more_noise(image, factor, rng), labels, geometry
+
+
+def centroid_mm(labels: np.ndarray, value: int, geometry: Geometry) -> np.ndarray | None:
+    where = np.argwhere(labels == value)
+    if len(where) == 0:
+        return None
+    return geometry.index_to_physical(where.mean(0)[None, ::-1])[0]
+
+
+def anatomy_ok(labels: np.ndarray, geometry: Geometry) -> str:
+    """Femur superior to tibia (LPS +z), patella anterior to the femur (LPS -y) when predicted."""
+    femur, tibia, patella = (centroid_mm(labels, v, geometry) for v in (1, 2, 3))
+    if femur is None or tibia is None:
+        return "bone missing"
+    checks = [femur[2] > tibia[2]] + ([patella[1] < femur[1]] if patella is not None else [])
+    return "yes" if all(checks) else "NO"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--workdir", type=Path, required=True, help="the holdout benchmark's --workdir")
+    p.add_argument("--train-half", choices=["A", "B"], default="A", help="the half the model was trained on")
+    p.add_argument("--eval-half", nargs="+", choices=["A", "B"], default=["A"])
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    flags = ["--raw", str(args.workdir / "raw"), "--preprocessed", str(args.workdir / "pre"), "--results", str(args.workdir / "res")]
+    model_number = str(HALVES[args.train_half][0])
+    for half in args.eval_half:
+        number, name = HALVES[half]
+        raw = args.workdir / "raw" / f"Dataset{number}_{name}"
+        image, geometry = read_image(raw / "imagesTr" / "knee_0000.nii.gz")
+        labels, _ = read_image(raw / "labelsTr" / "knee.nii.gz")
+        seen = "training half" if half == args.train_half else "held out"
+        print(f"\n== model trained on half {args.train_half}; versions of half {half} ({seen}); "
+              f"noise sigma of the scan {noise_sigma(image):.1f} ==")
+        print("| version | spacing (mm) | femur | tibia | patella | all bones | HD95 all (mm) | geometry kept | anatomy | predict (s) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for k, (variant, im, lab, geom) in enumerate(variants(image, labels, geometry, args.seed)):
+            folder = args.workdir / "robustness" / f"half{half}_{k}"
+            write_image(im, geom, folder / "images" / "knee_0000.nii.gz")
+            write_image(lab, geom, folder / "labels" / "knee.nii.gz")
+            seconds, _, rc = run_measured(kneeseg_command(
+                "predict", "-i", str(folder / "images"), "-o", str(folder / "pred"), "-d", model_number, "--device", "cpu",
+                "--no-progress", *flags))
+            assert rc == 0, f"prediction of {variant} failed"
+            summary = folder / "summary.json"
+            _, _, rc = run_measured(kneeseg_command("evaluate", "-ref", str(folder / "labels"), "-pred", str(folder / "pred"),
+                                                    "-o", str(summary), "--no-progress"))
+            assert rc == 0, f"evaluation of {variant} failed"
+            mean = json.loads(summary.read_text())["mean"]
+            pred, pred_geometry = read_image(folder / "pred" / "knee.nii.gz")
+            kept = "yes" if geom.matches(pred_geometry, tol=1e-6) is None else "NO"
+            dice = [f"{mean[s]['dice']:.3f}" if mean[s]["ref_volume_mm3"] > 0 else "–" for s in ("femur", "tibia", "patella")]
+            spacing = "×".join(f"{s:.2f}" for s in geom.spacing)
+            print(f"| {variant} | {spacing} | {' | '.join(dice)} | {mean['all_bones']['dice']:.3f} | "
+                  f"{mean['all_bones']['hd95']:.2f} | {kept} | {anatomy_ok(pred, pred_geometry)} | {seconds:.1f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""Versions of a scan as other acquisitions would have recorded it: for robustness checks.
+
+The same knee (image and label) stored in another axis order or with flipped axes (sagittal
+acquisitions, other vendors), re-recorded with thick slices (0.7 x 0.7 x 2 mm 2D protocols), or
+with more noise (lower field, faster sequences). Every function keeps the anatomy where it is in
+scanner space, so a prediction can be compared with the label transformed the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from kneeseg.io import Geometry
+from kneeseg.preprocessing.resampling import along_axis, area_weights, target_shape
+
+
+def stored_differently(image: sitk.Image, order: tuple[int, int, int], flips: tuple[bool, bool, bool]) -> sitk.Image:
+    """The same voxels in space, stored with axes permuted (SimpleITK order) and then flipped."""
+    return sitk.Flip(sitk.PermuteAxes(image, list(order)), list(flips))
+
+
+def resampled_grid(geometry: Geometry, spacing_xyz: tuple[float, float, float]) -> Geometry:
+    """The grid covering the same extent as ``geometry`` at ``spacing_xyz`` (voxel corners aligned)."""
+    size = tuple(reversed(target_shape(geometry.shape_zyx, geometry.spacing_zyx, tuple(reversed(spacing_xyz)))))
+    # Keep the extent: the first voxel centre moves by half the change of the voxel size.
+    shift = [(n_old * s_old / n_new - s_old) / 2 for n_old, s_old, n_new in zip(geometry.size, geometry.spacing, size)]
+    origin = geometry.index_to_physical(np.array([[d / s for d, s in zip(shift, geometry.spacing)]]))[0]
+    new_spacing = tuple(n_old * s_old / n_new for n_old, s_old, n_new in zip(geometry.size, geometry.spacing, size))
+    return Geometry(size=size, spacing=new_spacing, origin=tuple(float(o) for o in origin), direction=geometry.direction)
+
+
+def area_average(volume: np.ndarray, new_shape) -> np.ndarray:
+    """Each new voxel the exact volume-weighted mean of the old voxels it overlaps (float32)."""
+    out = np.asarray(volume, np.float32)
+    for axis, n_new in enumerate(new_shape):
+        if out.shape[axis] != n_new:
+            out = along_axis(out, area_weights(out.shape[axis], int(n_new)), axis)
+    return np.ascontiguousarray(out)
+
+
+def thick_slices(image: np.ndarray, labels: np.ndarray | None, geometry: Geometry,
+                 spacing_xyz: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
+    """Re-record a (z, y, x) image at coarser ``spacing_xyz``: each new voxel averages the old voxels it
+    covers (what a thick slice measures); labels go by the class covering most of each new voxel."""
+    grid = resampled_grid(geometry, spacing_xyz)
+    out = area_average(image, grid.shape_zyx)
+    if np.issubdtype(image.dtype, np.integer):
+        out = np.round(out)
+    out_labels = None
+    if labels is not None:
+        values = sorted(int(v) for v in np.unique(labels))
+        fractions = np.stack([area_average(labels == v, grid.shape_zyx) for v in values])
+        out_labels = np.asarray(values)[np.argmax(fractions, axis=0)].astype(labels.dtype)
+    return out.astype(image.dtype), out_labels, grid
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """Noise standard deviation from differences of neighbouring nonzero voxels (robust: median
+    absolute deviation), for scans whose background the scanner has zeroed."""
+    a = image.astype(np.float32)
+    d = (a[:, :, 1:] - a[:, :, :-1])[(a[:, :, 1:] != 0) & (a[:, :, :-1] != 0)]
+    if d.size == 0:
+        return 0.0
+    mad = float(np.median(np.abs(d - np.median(d))))
+    return mad / 0.6745 / np.sqrt(2.0)  # a difference of two voxels has twice the variance of one
+
+
+def with_more_noise(image: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:
+    """The image at ``factor`` times its noise level (SNR / factor): Rician noise, as in a magnitude
+    image, added inside the scanner's nonzero region; background zeros stay zero."""
+    sigma = noise_sigma(image) * np.sqrt(max(factor ** 2 - 1.0, 0.0))
+    a = image.astype(np.float32)
+    noisy = np.sqrt((a + rng.normal(0, sigma, a.shape)) ** 2 + rng.normal(0, sigma, a.shape) ** 2)
+    noisy[a == 0] = 0
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        noisy = np.clip(np.round(noisy), info.min, info.max)
+    return noisy.astype(image.dtype)

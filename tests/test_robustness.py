@@ -1,0 +1,97 @@
+"""Scans recorded differently from the training data: thick slices, more noise (orientation: test_predict)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from conftest import path_flags
+from kneeseg.cli.evaluate import main as evaluate_main
+from kneeseg.cli.predict import main as predict_main
+from kneeseg.evaluation.variants import noise_sigma, thick_slices, with_more_noise
+from kneeseg.inference.acquisition import acquisition_warnings
+from kneeseg.io import Geometry, read_image, write_image
+
+DS = "Dataset900_KneePhantom"
+
+
+def test_thick_slices_keep_the_extent_and_the_anatomy_in_space():
+    geometry = Geometry(size=(40, 30, 20), spacing=(0.5, 0.6, 0.7), origin=(10.0, -5.0, 3.0),
+                        direction=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    labels = np.zeros(geometry.shape_zyx, np.uint8)
+    labels[4:16, 5:25, 8:32] = 2
+    image = labels.astype(np.int16) * 500 + 100
+    thick_image, thick_labels, grid = thick_slices(image, labels, geometry, (0.5, 0.6, 2.0))
+    assert grid.size == (40, 30, 7) and grid.direction == geometry.direction
+    corners = np.array([[-0.5, -0.5, -0.5]])
+    np.testing.assert_allclose(grid.index_to_physical(corners), geometry.index_to_physical(corners), atol=1e-9)
+    far = np.array(geometry.size)[None] - 0.5
+    np.testing.assert_allclose(grid.index_to_physical(np.array(grid.size)[None] - 0.5), geometry.index_to_physical(far), atol=1e-9)
+    assert thick_image.dtype == np.int16 and thick_labels.dtype == np.uint8
+    # 20 slices of 0.7 mm become 7 of 2.0 mm; at each face of the block a thick slice goes to the class
+    # covering most of it, so the volume stays within one thick slice (half a slice per face) of the truth.
+    assert grid.spacing[2] == 2.0
+    volume = (labels == 2).sum() * np.prod(geometry.spacing)
+    thick_volume = (thick_labels == 2).sum() * np.prod(grid.spacing)
+    assert abs(thick_volume - volume) <= 20 * 24 * 0.5 * 0.6 * grid.spacing[2]
+    centre = lambda g, lab: g.index_to_physical(np.argwhere(lab == 2).mean(0)[None, ::-1])[0]  # noqa: E731
+    np.testing.assert_allclose(centre(grid, thick_labels), centre(geometry, labels), atol=0.7)
+
+
+def test_more_noise_lowers_the_snr_by_the_factor_and_keeps_the_background():
+    rng = np.random.default_rng(3)
+    image = np.zeros((24, 24, 24), np.int16)
+    image[:, :, 4:20] = (800 + rng.normal(0, 15, (24, 24, 16))).astype(np.int16)
+    assert abs(noise_sigma(image) - 15) < 1.5
+    original = image.copy()
+    for factor in (2.0, 3.0):
+        noisy = with_more_noise(image, factor, rng)
+        assert noisy.dtype == image.dtype and np.all(noisy[image == 0] == 0)
+        assert abs(noise_sigma(noisy) / noise_sigma(image) - factor) < 0.15 * factor
+    np.testing.assert_array_equal(image, original)  # a new array; the given one is left as it was
+
+
+def test_a_thick_slice_scan_gets_its_bones_in_place_with_its_geometry(small_model, tmp_path, capsys):
+    """The phantom test knee re-recorded with slices 2.5x as thick along the superior axis (as a 2D
+    axial protocol would) is predicted on its own grid, with the femur above the tibia, and the
+    user is told that the slices are much thicker than the model's spacing."""
+    paths = small_model
+    image, geometry = read_image(paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz")
+    labels, _ = read_image(paths.raw / DS / "labelsTs" / "phantom_test_000.nii.gz")
+    superior = int(np.argmax(np.abs(np.asarray(geometry.direction).reshape(3, 3)[2])))  # the axis closest to S
+    spacing = list(geometry.spacing)
+    spacing[superior] *= 2.5
+    thick_image, thick_labels, grid = thick_slices(image, labels, geometry, tuple(spacing))
+    write_image(thick_image, grid, tmp_path / "in" / "thick_0000.nii.gz")
+    write_image(thick_labels, grid, tmp_path / "ref" / "thick.nii.gz")
+    assert predict_main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "pred"), "--device", "cpu", "--no-progress",
+                         *path_flags(paths)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "thick_0000.nii.gz" in warnings[0] and "superior-inferior" in warnings[0]
+    pred, pred_geometry = read_image(tmp_path / "pred" / "thick.nii.gz")
+    assert grid.matches(pred_geometry, tol=1e-6) is None
+    femur, tibia = (grid.index_to_physical(np.argwhere(pred == v).mean(0)[None, ::-1])[0] for v in (1, 2))
+    assert femur[2] > tibia[2] + 10  # LPS: +z is superior; the phantom's joint line separates them by > 10 mm
+    assert evaluate_main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "-o",
+                          str(tmp_path / "summary.json"), "--no-progress"]) == 0
+    mean = json.loads((tmp_path / "summary.json").read_text())["mean"]
+    # The same thresholds as the held-out test at the training spacing (test_predict): the small model
+    # must not lose the bones because the slices are thicker.
+    assert mean["femur"]["dice"] > 0.5 and mean["tibia"]["dice"] > 0.5, mean
+
+
+def test_acquisition_warnings_name_thick_axes_in_patient_terms_and_oblique_scans():
+    class Config:  # the field acquisition_warnings reads from a ConfigurationPlan (canonical S, P, L order)
+        spacing = [0.75, 0.75, 0.75]
+
+    axial = Geometry((200, 200, 50), (0.7, 0.7, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert [w.split(" mm along ")[1].split(",")[0] for w in acquisition_warnings(axial, Config)] == ["superior-inferior"]
+    # Stored sagittally: the thick first index axis runs left-right.
+    sagittal = Geometry((50, 200, 200), (2.0, 0.7, 0.7), (0.0, 0.0, 0.0), (1, 0, 0, 0, 0, 1, 0, 1, 0))
+    assert "left-right" in acquisition_warnings(sagittal, Config)[0]
+    assert acquisition_warnings(Geometry((200, 200, 200), (0.7, 0.7, 1.4), (0.0, 0.0, 0.0), axial.direction), Config) == []
+    c, s = np.cos(np.radians(25)), np.sin(np.radians(25))
+    oblique = Geometry((200, 200, 200), (0.7, 0.7, 0.7), (0.0, 0.0, 0.0), (c, -s, 0, s, c, 0, 0, 0, 1))
+    [warning] = acquisition_warnings(oblique, Config)
+    assert "25 degrees oblique" in warning
