@@ -26,18 +26,16 @@ from _measure import kneeseg_command, run_measured  # noqa: E402
 from kneeseg.demo import REAL_HALVES  # noqa: E402
 from kneeseg.training.checkpoint import load_checkpoint  # noqa: E402
 
-HALVES = REAL_HALVES  # dataset number and name of each half, as make demo-real names them
-
 
 def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float, autocast: str | None) -> None:
     flags = ["--raw", str(work / "raw"), "--preprocessed", str(work / "pre"), "--results", str(work / "res")]
-    for half, (number, name) in HALVES.items():
+    for half, (number, name) in REAL_HALVES.items():
         if not (work / "raw" / f"Dataset{number}_{name}").exists():
             _, _, rc = run_measured(kneeseg_command("import_kneebones3dify", str(shared / "knee_0000.nii.gz"), "--mask",
                                                     str(shared / "knee_bone.nii.gz"), "--half", half, "-d", str(number),
                                                     "--name", name, *flags))
             assert rc == 0, f"import of half {half} failed"
-    number, name = HALVES[train_half]
+    number, name = REAL_HALVES[train_half]
     run_measured(kneeseg_command("plan_and_preprocess", "-d", str(number), "--device", "cpu", "--no-progress", *flags))
     extra = ["--autocast", autocast] if autocast else []
     t_train, rss_train, rc = run_measured(kneeseg_command(
@@ -49,7 +47,7 @@ def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float
     assert rc == 0, "find_postprocessing failed"
     ckpt = next((work / "res" / f"Dataset{number}_{name}").rglob("fold_0/checkpoint_final.pth"))
     history = load_checkpoint(ckpt)["history"]
-    test_number, test_name = HALVES[test_half]
+    test_number, test_name = REAL_HALVES[test_half]
     test_raw = work / "raw" / f"Dataset{test_number}_{test_name}"
     pred = work / f"pred_{test_half}"
     t_pred, rss_pred, rc = run_measured(kneeseg_command(

@@ -29,14 +29,14 @@ from _measure import kneeseg_command, run_measured  # noqa: E402
 from kneeseg.demo import REAL_HALVES  # noqa: E402
 from kneeseg.evaluation.variants import noise_sigma, stored_differently, thick_slices, with_more_noise  # noqa: E402
 from kneeseg.io import Geometry, read_image, write_image  # noqa: E402
-
-HALVES = REAL_HALVES  # dataset number and name of each half, as make demo-real names them
-AXIS_NAMES = "LPS"  # the patient axes of scanner (LPS) space
+from kneeseg.io.orientation import Orientation  # noqa: E402
 
 
 def anatomical_axis(geometry: Geometry, axis_xyz: int) -> str:
-    column = np.asarray(geometry.direction).reshape(3, 3)[:, axis_xyz]
-    return AXIS_NAMES[int(np.argmax(np.abs(column)))]
+    """S, P or L: the patient axis that image index axis ``axis_xyz`` is paired with by the canonical
+    orientation the preprocessing uses (canonical array axis a is index axis 2 - perm[a])."""
+    perm = Orientation.of(geometry.direction).perm
+    return "SPL"[next(a for a in range(3) if 2 - perm[a] == axis_xyz)]
 
 
 def variants(image: np.ndarray, labels: np.ndarray, geometry: Geometry, seed: int):
@@ -84,9 +84,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     flags = ["--raw", str(args.workdir / "raw"), "--preprocessed", str(args.workdir / "pre"), "--results", str(args.workdir / "res")]
-    model_number = str(HALVES[args.train_half][0])
+    model_number = str(REAL_HALVES[args.train_half][0])
     for half in args.eval_half:
-        number, name = HALVES[half]
+        number, name = REAL_HALVES[half]
         raw = args.workdir / "raw" / f"Dataset{number}_{name}"
         image, geometry = read_image(raw / "imagesTr" / "knee_0000.nii.gz")
         labels, _ = read_image(raw / "labelsTr" / "knee.nii.gz")

@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from kneeseg.dataset.bones import split_bones
-from kneeseg.dataset.layout import KNEE_LABELS, DatasetJson, dataset_folder_name
+from kneeseg.dataset.layout import KNEE_LABELS, DatasetJson, dataset_folder_name, foreground_labels
 from kneeseg.errors import KneesegError
 from kneeseg.io import Geometry, read_image, write_image
 
@@ -136,7 +136,7 @@ def import_kneebones3dify(
 
     if half is not None:
         image, labels, geometry = cut_half(image, labels, geometry, half)
-        counts = {k: int((labels == v).sum()) for k, v in label_map.items() if v != 0}
+        counts = {k: int((labels == v).sum()) for k, v in foreground_labels(label_map).items()}
         report.append(f"half {half}: columns {'0-255' if half == 'A' else '256-'} kept, {counts}")
 
     folder = raw_root / dataset_folder_name(dataset_id, name)

@@ -17,13 +17,13 @@ from kneeseg.errors import KneesegError
 from kneeseg.io import atomic_write_json, read_json
 
 KNEE_LABELS = {"background": 0, "femur": 1, "tibia": 2, "patella": 3}
+BONE_NAMES = ("femur", "tibia", "patella")
+_DATASET_RE = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_\-]+)$")
 
 
 def foreground_labels(labels: dict[str, int]) -> dict[str, int]:
     """The labels without background (value 0): the structures metrics and post-processing are about."""
     return {name: value for name, value in labels.items() if value != 0}
-BONE_NAMES = ("femur", "tibia", "patella")
-_DATASET_RE = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_\-]+)$")
 
 
 @dataclass

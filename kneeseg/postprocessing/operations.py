@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from kneeseg.fingerprint import nonzero_bbox
+
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     components, n = ndimage.label(mask)
@@ -26,11 +28,7 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _around(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     """The mask's bounding box widened by ``margin`` voxels (clipped to the array): morphology on a
     bone needs only this much of a 37-million-voxel scan."""
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(0, hits[0] - margin), min(mask.shape[axis], hits[-1] + 1 + margin)))
-    return tuple(box)
+    return tuple(slice(max(0, lo - margin), min(n, hi + margin)) for (lo, hi), n in zip(nonzero_bbox(mask), mask.shape))
 
 
 def _ball(radius_mm: float, spacing) -> np.ndarray:

@@ -34,13 +34,13 @@ from kneeseg.training.progress import plot_progress
 from kneeseg.training.splits import fold_cases, load_or_make_splits
 
 EMA_MOMENTUM = 0.9  # nnU-Net's, for 1000 epochs
+DEFAULT_LR = {"sgd": 1e-2, "adamw": 1e-3}
 
 
 def ema_momentum(num_epochs: int) -> float:
     """The pseudo-Dice average spans about a quarter of the schedule: nnU-Net's 0.9 for long GPU
     schedules, less for the 8-30 epochs of a CPU budget, where 0.9 would lag behind to the end."""
     return min(EMA_MOMENTUM, 1.0 - 4.0 / max(num_epochs, 5))
-DEFAULT_LR = {"sgd": 1e-2, "adamw": 1e-3}
 
 
 @dataclass
