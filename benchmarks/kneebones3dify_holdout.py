@@ -55,8 +55,9 @@ def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float
         "--overlays", str(work / f"overlays_{test_half}"), "--no-progress", *flags))
     assert rc == 0, "prediction failed"
     summary_path = work / f"summary_{train_half}_to_{test_half}.json"
+    qc = work / f"errors_{train_half}_to_{test_half}"  # planes through the scan and through its largest error
     run_measured(kneeseg_command("evaluate", "-ref", str(test_raw / "labelsTr"), "-pred", str(pred), "-o", str(summary_path),
-                                 "--no-progress"))
+                                 "--overlays", str(qc), "--images", str(test_raw / "imagesTr"), "--no-progress"))
     mean = json.loads(summary_path.read_text())["mean"]
     print(f"\n== train on half {train_half}, predict half {test_half} ({date.today()}, {platform.node()}) ==")
     print(f"training: budget {budget} min, {len(history['lr'])} epochs, {t_train / 60:.1f} min, peak RSS {rss_train:.0f} MB")
@@ -66,7 +67,7 @@ def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float
     post = json.loads(next((work / "res" / f"Dataset{number}_{name}").glob("*/postprocessing.json")).read_text())
     print(f"post-processing chosen in {t_post:.0f} s: " + (", ".join(
         st["op"] + (f" {st['label']}" if "label" in st else "") for st in post["steps"]) or "none"))
-    print(f"prediction of half {test_half}: {t_pred:.1f} s, peak RSS {rss_pred:.0f} MB")
+    print(f"prediction of half {test_half}: {t_pred:.1f} s, peak RSS {rss_pred:.0f} MB; QC pictures in {qc}")
     for structure in ("femur", "tibia", "patella", "all_bones"):
         m = mean[structure]
         if structure == "patella" and m["ref_volume_mm3"] == 0:

@@ -152,6 +152,7 @@ def evaluate(ref: Path, pred: Path, output: Path | None = None, labels: dict[str
              overlays: Path | None = None, images: Path | None = None, progress: bool = True) -> dict:
     """Metrics per case and bone (+ all bones); overlays drawn on ``images`` (CASE_0000.*) when given."""
     from kneeseg.evaluation.evaluate import evaluate as evaluate_folders
+    from kneeseg.evaluation.metrics import largest_disagreement
 
     labels = labels or foreground_labels(KNEE_LABELS)
     summary = evaluate_folders(Path(ref), Path(pred), labels, output, progress)
@@ -167,6 +168,12 @@ def evaluate(ref: Path, pred: Path, output: Path | None = None, labels: dict[str
             save_overlay(background, predicted, geometry.spacing_zyx, Path(overlays) / f"{case['case']}.png",
                          f"{case['case']}: Dice " + ", ".join(f"{k} {v['dice']:.3f}" for k, v in case["metrics"].items()),
                          reference=reference)
+            worst = largest_disagreement(reference, predicted)
+            if worst is not None:  # a second picture, through the largest region where the two differ
+                (z, y, x), size = worst
+                save_overlay(background, predicted, geometry.spacing_zyx, Path(overlays) / f"{case['case']}_largest_error.png",
+                             f"{case['case']}: largest disagreement, {size * np.prod(geometry.spacing_zyx):.0f} mm³ "
+                             f"around voxel (x {x}, y {y}, z {z})", reference=reference, centre=(z, y, x))
     return summary
 
 

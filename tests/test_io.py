@@ -91,3 +91,21 @@ def test_canonical_orientation_undoes_permuted_and_flipped_storage(order, flip):
     np.testing.assert_array_equal(o.from_canonical(o.to_canonical(layout)), layout)
     assert canonical_geometry(geometry).matches(axial) is None
     assert o.spacing(geometry.spacing_zyx) == list(axial.spacing_zyx)
+
+
+@pytest.mark.parametrize("degrees", [10.0, 30.0, 44.0])
+def test_oblique_directions_pair_each_axis_with_its_closest_physical_axis(degrees):
+    """A scan tilted by less than 45 degrees keeps the axis pairing (and signs) of its untilted
+    version, for every stored axis order and flip."""
+    from itertools import permutations, product
+
+    from kneeseg.io.orientation import Orientation
+
+    a = np.radians(degrees)
+    tilt = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])  # about the x axis
+    for order, signs in product(permutations(range(3)), product((1, -1), repeat=3)):
+        straight = np.zeros((3, 3))
+        straight[list(order), range(3)] = signs  # index axis i runs along physical axis order[i]
+        expected = Orientation.of(straight.ravel())
+        assert Orientation.of((tilt @ straight).ravel()) == expected
+        assert sorted(expected.perm) == [0, 1, 2]

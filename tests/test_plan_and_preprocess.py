@@ -12,7 +12,7 @@ from kneeseg.io import Geometry
 from kneeseg.planning.estimate import estimate_iteration
 from kneeseg.planning.plans import Plans
 from kneeseg.preprocessing.preprocess import preprocess_case
-from kneeseg.preprocessing.resampling import resample_channels, resample_labels
+from kneeseg.preprocessing.resampling import resample_channels, resample_labels, resampled_argmax, upsampled_argmax
 
 DS = "Dataset900_KneePhantom"
 
@@ -161,6 +161,30 @@ def test_resampling_helpers_keep_values_and_shapes():
     assert resample_labels(labels, (16, 16, 16), [1]).sum() == 8 * labels.sum() - 8
     thick = resample_channels(ramp.transpose(0, 3, 1, 2), (4, 8, 8), separate_axis=0)
     np.testing.assert_array_equal(thick[0, :, 0, 0], [2, 6, 10, 14])  # nearest slices, not averages
+
+
+@pytest.mark.parametrize("shape,new_shape", [((9, 11, 13), (25, 30, 40)), ((6, 1, 7), (6, 5, 21)), ((5, 5, 5), (5, 5, 5))])
+@pytest.mark.parametrize("disagreeing", [1.0, 0.0])  # let every input take the fast way, or none
+def test_upsampled_argmax_gives_the_labels_of_interpolating_every_class(shape, new_shape, disagreeing, monkeypatch):
+    """The fast restore path (interpolate only between disagreeing source voxels) against the plain one
+    (interpolate each class everywhere): the same labels; ties go to the first class."""
+    monkeypatch.setattr("kneeseg.preprocessing.resampling.MAX_DISAGREEING_CELLS", disagreeing)
+    rng = np.random.default_rng(3)
+    grid = np.stack(np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij"))
+    centres = rng.random((4, 3, 1, 1, 1))
+    smooth = np.exp(-8 * ((grid[None] - centres) ** 2).sum(1)).astype(np.float32)  # few disagreeing cells
+    noise = rng.random((4, *shape)).astype(np.float32) ** 4  # mostly disagreeing cells: the plain way
+    values = [0, 1, 2, 5]
+    for probs in (smooth, noise):
+        fast = upsampled_argmax(probs, values, new_shape)
+        assert fast.dtype == np.uint8 and fast.shape == tuple(new_shape)
+        assert len(np.unique(fast)) > 1
+        np.testing.assert_array_equal(fast, resampled_argmax(probs, values, new_shape))
+    probs = noise
+    probs[2] = probs[1] = probs.max(0) + 0.1  # classes 1 and 2 tie everywhere, above 0 and 5
+    np.testing.assert_array_equal(upsampled_argmax(probs, values, new_shape), 1)
+    with pytest.raises(ValueError):
+        upsampled_argmax(probs, values, [s - 1 for s in shape])
 
 
 def test_estimate_grows_with_patch_and_batch():

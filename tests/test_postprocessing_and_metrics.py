@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kneeseg.evaluation.metrics import binary_metrics, label_metrics
+from kneeseg.evaluation.metrics import binary_metrics, label_metrics, largest_disagreement
 from kneeseg.postprocessing.operations import apply_postprocessing, apply_step
 
 
@@ -43,6 +43,18 @@ def test_label_metrics_include_the_all_bone_union():
     pred[pred == 2] = 1  # right bone, wrong label
     m = label_metrics(ref, pred, (1, 1, 1), {"femur": 1, "tibia": 2})
     assert m["tibia"]["dice"] == 0 and m["all_bones"]["dice"] == 1
+
+
+def test_largest_disagreement_points_into_the_biggest_error():
+    ref = np.zeros((20, 30, 40), np.uint8)
+    ref[5:15, 5:25, 5:35] = 1
+    assert largest_disagreement(ref, ref.copy()) is None
+    pred = ref.copy()
+    pred[8:12, 10:14, 30:36] = 2  # 96 voxels labelled as the other bone (some outside the bone too)
+    pred[16, 2, 2] = 1  # one stray voxel
+    pred[5, 5:25, 5:35] = 0  # a one-voxel-thick boundary error: larger (600 voxels), but thin
+    (z, y, x), size = largest_disagreement(ref, pred)
+    assert 16 < size <= 96 and 8 <= z < 12 and 10 <= y < 14 and 30 <= x < 36 and pred[z, y, x] != ref[z, y, x]
 
 
 def test_postprocessing_steps():

@@ -49,6 +49,7 @@ def test_predict_and_evaluate_the_held_out_cases(small_model, tmp_path):
     csv = summary_path.with_suffix(".csv").read_text().splitlines()
     assert csv[0].startswith("case,structure,dice,iou,hd95") and len(csv) == 1 + 2 * 4
     assert (tmp_path / "eval_qc" / "phantom_test_000.png").exists()
+    assert (tmp_path / "eval_qc" / "phantom_test_000_largest_error.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_geometry_is_kept_for_nrrd_and_rotated_nifti(small_model, tmp_path):

@@ -106,8 +106,10 @@ def test_time_budget_scales_the_schedule(prepared, tmp_path):
     assert time.time() - start < 0.3 * 60 + 45  # budget plus the final validation prediction
     state = load_checkpoint(paths.results / FOLD_DIR.format(0) / "checkpoint_final.pth")
     assert 1 <= state["num_epochs"] < 500 and state["epoch"] == state["num_epochs"]
-    lrs = state["history"]["lr"]
-    # The first epoch's estimate fixes the schedule (later ones may only shorten it): the LR decays towards 0.
+    lrs, epoch_s = state["history"]["lr"], state["history"]["epoch_s"]
+    # The schedule follows the measured epochs: the budget is used (less than two epochs left over) and
+    # the LR decays towards 0.
+    assert 0.3 * 60 - 2 * max(epoch_s) <= state["elapsed_s"] <= 0.3 * 60 + max(epoch_s)
     assert lrs[-1] < 0.5 * lrs[0] or state["num_epochs"] <= 2
 
 

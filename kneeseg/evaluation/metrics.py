@@ -79,3 +79,24 @@ def label_metrics(ref: np.ndarray, pred: np.ndarray, spacing, labels: dict[str, 
     result = {name: binary_metrics(ref == value, pred == value, spacing) for name, value in foreground_labels(labels).items()}
     result["all_bones"] = binary_metrics(ref > 0, pred > 0, spacing)
     return result
+
+
+def largest_disagreement(ref: np.ndarray, pred: np.ndarray) -> tuple[tuple[int, int, int], int] | None:
+    """(a voxel near the middle of, size in voxels of) the largest region where the label maps differ,
+    judged on its core (one erosion): 1-voxel boundary disagreements join into a shell around every
+    bone, which is not where a person should look first. None when the maps agree."""
+    differ = ref != pred
+    if not differ.any():
+        return None
+    box = _bbox(differ, margin=1)
+    differ = differ[box]
+    core = ndimage.binary_erosion(differ)
+    core = core if core.any() else differ
+    regions, _ = ndimage.label(core, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(regions.ravel())
+    sizes[0] = 0
+    largest = regions == sizes.argmax()
+    voxels = np.argwhere(largest)
+    middle = voxels[np.argmin(((voxels - voxels.mean(0)) ** 2).sum(1))]  # a voxel of it, nearest its centroid
+    size = int(np.count_nonzero(ndimage.binary_dilation(largest) & differ))  # the core and its rim
+    return tuple(int(m + b.start) for m, b in zip(middle, box)), size

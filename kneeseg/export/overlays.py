@@ -12,16 +12,17 @@ COLOURS = {1: "#e6194b", 2: "#3cb44b", 3: "#4363d8"}
 
 
 def save_overlay(image: np.ndarray, labels: np.ndarray, spacing_zyx, path: Path, title: str = "",
-                 reference: np.ndarray | None = None) -> None:
-    """Axial, coronal and sagittal planes through the bones' centre; contours of each label
-    (dashed: the reference, when given). Aspect ratios follow the voxel spacing."""
+                 reference: np.ndarray | None = None, centre=None) -> None:
+    """Axial, coronal and sagittal planes through ``centre`` (z, y, x; default: the bones' centre);
+    contours of each label (dashed: the reference, when given). Aspect ratios follow the voxel spacing."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fg = np.argwhere(labels > 0)
-    centre = fg.mean(0).astype(int) if len(fg) else np.array(labels.shape) // 2
+    if centre is None:
+        fg = np.argwhere(labels > 0)
+        centre = fg.mean(0).astype(int) if len(fg) else np.array(labels.shape) // 2
     lo, hi = np.percentile(image, [1, 99.5])
     sz, sy, sx = spacing_zyx
     planes = [  # (image plane, label plane, reference plane, aspect, name)

@@ -5,7 +5,10 @@ from kneeseg.fingerprint.extract import (
     Fingerprint,
     IntensityStats,
     extract_fingerprint,
+    mask_bbox,
     nonzero_bbox,
+    nonzero_mask,
 )
 
-__all__ = ["CaseFingerprint", "Fingerprint", "IntensityStats", "extract_fingerprint", "nonzero_bbox"]
+__all__ = ["CaseFingerprint", "Fingerprint", "IntensityStats", "extract_fingerprint", "mask_bbox", "nonzero_bbox",
+           "nonzero_mask"]

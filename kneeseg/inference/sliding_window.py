@@ -65,9 +65,10 @@ def predict_sliding_window(
         volume = F.pad(volume, widths)
     padded = list(volume.shape[1:])
     weights = gaussian_importance(patch).to(device)
+    flips = mirror_combinations(mirror_axes or [])
+    flip_weights = weights / len(flips)  # each mirrored copy's share of a tile's Gaussian weight
     scores = torch.zeros((num_classes, *padded), dtype=torch.float32, device=device)
     norm = torch.zeros(padded, dtype=torch.float32, device=device)
-    flips = mirror_combinations(mirror_axes or [])
     tiles = list(itertools.product(*(window_starts(s, p, step) for s, p in zip(padded, patch))))
     enabled = autocast in ("bf16", "fp16") and device.type in ("cpu", "cuda")
     dtype = torch.float16 if autocast == "fp16" else torch.bfloat16
@@ -83,7 +84,7 @@ def predict_sliding_window(
                 logits = logits[0]
             out = torch.softmax(logits.float(), 1)
             probs += (torch.flip(out, dims) if dims else out)[0]
-        scores[(slice(None), *region)] += probs / len(flips) * weights
+        scores[(slice(None), *region)] += probs.mul_(flip_weights)
         norm[region] += weights
     scores /= norm
     crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, shape))

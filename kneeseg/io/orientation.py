@@ -9,10 +9,10 @@ Only axis permutations and flips are used (no interpolation): oblique scans stay
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from kneeseg.io.image import Geometry
 
@@ -27,9 +27,10 @@ class Orientation:
     @classmethod
     def of(cls, direction) -> "Orientation":
         d = np.asarray(direction, float).reshape(3, 3)  # d[physical axis, index axis (x, y, z)]
-        physical_of_index = np.empty(3, int)
-        rows, cols = linear_sum_assignment(-np.abs(d))  # each index axis gets its closest physical axis
-        physical_of_index[cols] = rows
+        # Each index axis gets its closest physical axis: the one-to-one pairing with the largest total
+        # |cosine| (3! candidates; a first-found maximum breaks the ties of 45-degree obliques).
+        physical_of_index = np.array(max(itertools.permutations(range(3)),
+                                         key=lambda phys: sum(abs(d[p, i]) for i, p in enumerate(phys))))
         perm, flips = [0, 0, 0], [False, False, False]
         for a in range(3):  # canonical array axis a runs along physical axis 2 - a (z, y, x)
             j = int(np.flatnonzero(physical_of_index == 2 - a)[0])  # index axis holding it

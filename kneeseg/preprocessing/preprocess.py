@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kneeseg.fingerprint import nonzero_bbox
+from kneeseg.fingerprint import mask_bbox, nonzero_mask
 from kneeseg.io import Geometry
 from kneeseg.io.orientation import Orientation
 from kneeseg.planning.plans import ConfigurationPlan
@@ -44,13 +44,17 @@ def preprocess_case(
     orientation = Orientation.of(geometry.direction)
     images = [orientation.to_canonical(np.asarray(im)) for im in images]
     spacing = orientation.spacing(geometry.spacing_zyx)
-    box = nonzero_bbox(images)
+    nonzero = nonzero_mask(images)
+    box = mask_bbox(nonzero)
     crop = tuple(slice(lo, hi) for lo, hi in box)
-    data = np.stack([np.asarray(im)[crop] for im in images]).astype(np.float32, copy=False)
+    data = np.empty((len(images), *(hi - lo for lo, hi in box)), np.float32)
+    for c, image in enumerate(images):  # crop and convert in one pass: no full-size float copy
+        data[c] = np.asarray(image)[crop]
     new_shape = target_shape(data.shape[1:], spacing, config.spacing)
     separate = config.resampling.separate_z_axis
     data = normalize_and_resample(data, config.normalization, config.use_mask_for_norm,
-                                  lambda channels: resample_channels(channels, new_shape, separate))
+                                  lambda channels: resample_channels(channels, new_shape, separate),
+                                  inside=nonzero[crop].numpy())
     properties = {
         "geometry": geometry.to_dict(),
         "orientation": orientation.to_dict(),

@@ -11,9 +11,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+# Above this fraction of disagreeing cells, interpolating every class is faster (2-core measurement
+# on the full real scan: ~0.15 s + 21 s x fraction, against ~1.1 s for the plain way).
+MAX_DISAGREEING_CELLS = 0.05
 
 
 def target_shape(shape, old_spacing, new_spacing) -> list[int]:
@@ -49,21 +56,40 @@ def area_weights(n_old: int, n_new: int) -> np.ndarray:
     return (overlap / overlap.sum(1, keepdims=True)).astype(np.float32)
 
 
+def _linear_stencil(n_old: int, n_new: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lo, hi, weight of hi) per new voxel: linear interpolation as ``F.interpolate`` with
+    align_corners=False (source positions clamped to the first and last voxel)."""
+    x = np.clip((np.arange(n_new) + 0.5) * n_old / n_new - 0.5, 0.0, n_old - 1)
+    lo = np.floor(x).astype(np.int64)
+    return lo, np.minimum(lo + 1, n_old - 1), (x - lo).astype(np.float32)
+
+
 def linear_weights(n_old: int, n_new: int) -> np.ndarray:
     """(n_new, n_old) float32: linear interpolation with voxel corners aligned (as ``F.interpolate``
     with align_corners=False, which the preprocessing uses to upsample)."""
-    x = np.clip((np.arange(n_new) + 0.5) * n_old / n_new - 0.5, 0.0, n_old - 1)
-    lo = np.floor(x).astype(int)
-    hi = np.minimum(lo + 1, n_old - 1)
+    lo, hi, frac = _linear_stencil(n_old, n_new)
     weights = np.zeros((n_new, n_old), np.float32)
-    np.add.at(weights, (np.arange(n_new), lo), 1.0 - (x - lo))
-    np.add.at(weights, (np.arange(n_new), hi), x - lo)
+    np.add.at(weights, (np.arange(n_new), lo), 1.0 - frac)
+    np.add.at(weights, (np.arange(n_new), hi), frac)
     return weights
 
 
 def along_axis(array: np.ndarray, matrix: np.ndarray, axis: int) -> np.ndarray:
     """``matrix`` (new, old) applied along ``axis`` of ``array``."""
     return np.moveaxis(np.tensordot(matrix, array, axes=(1, axis)), 0, axis)
+
+
+def resample_volume(volume: torch.Tensor, new_shape: list[int], separate_axis: int | None = None) -> torch.Tensor:
+    """Resample one float (Z, Y, X) tensor to ``new_shape``."""
+    if list(volume.shape) == list(new_shape):
+        return volume
+    if separate_axis is None:
+        return _interpolate(volume[None, None], new_shape)[0, 0]
+    # In-plane: the separate axis becomes the batch; then nearest slice along it.
+    moved = volume.movedim(separate_axis, 0)[:, None]
+    plane = [s for a, s in enumerate(new_shape) if a != separate_axis]
+    moved = _interpolate(moved, plane)[:, 0].movedim(0, separate_axis)
+    return _nearest_along(moved, separate_axis, new_shape[separate_axis])
 
 
 def resample_channels(data: np.ndarray, new_shape, separate_axis: int | None = None) -> np.ndarray:
@@ -75,15 +101,7 @@ def resample_channels(data: np.ndarray, new_shape, separate_axis: int | None = N
     with torch.no_grad():
         for c in range(data.shape[0]):
             volume = torch.from_numpy(np.ascontiguousarray(data[c], dtype=np.float32))
-            if separate_axis is None:
-                result = _interpolate(volume[None, None], new_shape)[0, 0]
-            else:
-                # In-plane: the separate axis becomes the batch; then nearest slice along it.
-                moved = volume.movedim(separate_axis, 0)[:, None]
-                plane = [s for a, s in enumerate(new_shape) if a != separate_axis]
-                moved = _interpolate(moved, plane)[:, 0].movedim(0, separate_axis)
-                result = _nearest_along(moved, separate_axis, new_shape[separate_axis])
-            out[c] = result.numpy()
+            out[c] = resample_volume(volume, new_shape, separate_axis).numpy()
     return out
 
 
@@ -91,21 +109,85 @@ def resampled_argmax(channels: np.ndarray | None, values: list[int], new_shape, 
                      channel_of=None, on_channel=None) -> np.ndarray:
     """Argmax over class channels resampled one at a time to ``new_shape`` (peak: two float volumes).
 
-    Channel k (``channels[k]``, or ``channel_of(k)`` when given) stands for ``values[k]``; ties go to
-    the earlier class. ``on_channel(k, resampled)`` sees each resampled channel (to keep probabilities).
-    Returns int16 labels. The running maximum is kept in torch: multi-threaded, unlike numpy's masking.
+    Channel k (``channels[k]``, or ``channel_of(k)`` when given, both (1, Z, Y, X)) stands for
+    ``values[k]``; ties go to the earlier class. ``on_channel(k, resampled)`` sees each resampled
+    channel (to keep probabilities). Returns int16 labels. The running maximum is kept in torch:
+    multi-threaded, unlike numpy's masking.
     """
     new_shape = [int(s) for s in new_shape]
     best = torch.full(new_shape, -1.0)
     region = torch.zeros(new_shape, dtype=torch.int16)
-    for k, value in enumerate(values):
-        source = channel_of(k) if channel_of is not None else channels[k : k + 1]
-        channel = torch.from_numpy(resample_channels(source, new_shape, separate_axis)[0])
-        region.masked_fill_(channel > best, value)
-        torch.maximum(best, channel, out=best)
-        if on_channel is not None:
-            on_channel(k, channel)
+    with torch.no_grad():
+        for k, value in enumerate(values):
+            source = channel_of(k) if channel_of is not None else channels[k : k + 1]
+            volume = torch.from_numpy(np.ascontiguousarray(source[0], dtype=np.float32))
+            channel = resample_volume(volume, new_shape, separate_axis)
+            region.masked_fill_(channel > best, value)
+            torch.maximum(best, channel, out=best)
+            if on_channel is not None:
+                on_channel(k, channel)
     return region.numpy()
+
+
+def _first_argmax(stack: np.ndarray) -> np.ndarray:
+    """Index of the largest of the (K, ...) channels, the first on ties (a running comparison: several
+    times faster than a strided argmax over the leading axis)."""
+    best, index = stack[0].copy(), np.zeros(stack.shape[1:], np.intp)
+    for k in range(1, len(stack)):
+        better = stack[k] > best
+        index[better] = k
+        np.maximum(best, stack[k], out=best)
+    return index
+
+
+def upsampled_argmax(probabilities: np.ndarray, values: list[int], new_shape) -> np.ndarray:
+    """``resampled_argmax`` for linear upsampling (no axis shrinks; values 0..254), computed where it
+    can differ from the source grid's argmax.
+
+    A linearly interpolated voxel is a convex combination of the 8 source voxels around it; if all 8
+    have the same argmax k, so does any convex combination (ties included: k beats earlier classes
+    strictly in each, so in the sum too). Such voxels take k by a gather; only the voxels between
+    source voxels that disagree (~2 % of the cells of a knee at 1 mm) are interpolated, exactly.
+    Several times faster than interpolating every class everywhere, and no full-size float volume;
+    when more than MAX_DISAGREEING_CELLS of the cells disagree (an untrained model's noise), the plain
+    ``resampled_argmax`` is faster and is used. Returns uint8 labels.
+    """
+    probs = np.ascontiguousarray(probabilities, dtype=np.float32)
+    old, new_shape = list(probs.shape[1:]), [int(s) for s in new_shape]
+    if any(n < o for n, o in zip(new_shape, old)) or max(values) >= 255:
+        raise ValueError(f"upsampled_argmax grows axes of labels below 255: {old} -> {new_shape}, {values}")
+    lut = np.array(values, np.uint8)
+    cell = lut[_first_argmax(probs)]
+    ahead = np.pad(cell, [(0, 1)] * 3, mode="edge")  # each source voxel's neighbours towards +z, +y, +x
+    uniform = np.ones(old, bool)
+    for dz, dy, dx in itertools.product((0, 1), repeat=3):
+        uniform &= ahead[dz : dz + old[0], dy : dy + old[1], dx : dx + old[2]] == cell
+    if np.count_nonzero(~uniform) > MAX_DISAGREEING_CELLS * uniform.size:  # noise: the plain way is faster
+        return resampled_argmax(probs, values, new_shape).astype(np.uint8)
+    cell[~uniform] = 255
+    stencils = [_linear_stencil(o, n) for o, n in zip(old, new_shape)]
+    labels = cell
+    for axis, (lo, _, _) in enumerate(stencils):  # each new voxel's cell starts at (lo_z, lo_y, lo_x)
+        labels = np.take(labels, lo, axis=axis)
+    flat = labels.reshape(-1)
+    todo = np.flatnonzero(flat == 255)
+    if todo.size:
+        position = np.unravel_index(todo, new_shape)
+        strides = [old[1] * old[2], old[2], 1]
+        ends, weights = [], []  # per axis: source offsets and weights of the lower and upper neighbour
+        for (lo, hi, frac), at, stride in zip(stencils, position, strides):
+            w = frac[at]
+            ends.append((lo[at] * stride, hi[at] * stride))
+            weights.append((1.0 - w, w))
+        sums = np.zeros((len(values), todo.size), np.float32)
+        source = probs.reshape(len(values), -1)
+        for a, b, c in itertools.product((0, 1), repeat=3):
+            index = ends[0][a] + ends[1][b] + ends[2][c]
+            weight = weights[0][a] * weights[1][b] * weights[2][c]
+            for k in range(len(values)):
+                sums[k] += weight * source[k].take(index)
+        flat[todo] = lut[_first_argmax(sums)]
+    return labels
 
 
 def resample_labels(seg: np.ndarray, new_shape, labels: list[int], separate_axis: int | None = None) -> np.ndarray:

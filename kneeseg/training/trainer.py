@@ -239,9 +239,10 @@ class Trainer:
         return value
 
     def _budget_epochs(self, epoch_times: list[float]) -> int:
-        """Epochs that fit the time budget, judged from this run's epochs (the first is often slower)."""
+        """Epochs that fit the time budget, judged from this run's epochs: the median after the first
+        (which is often slower), so that a few epochs slowed by other work do not shorten the run."""
         budget = self.options.time_budget_min * 60
-        typical = float(np.mean(epoch_times[1:] if len(epoch_times) > 1 else epoch_times))
+        typical = float(np.median(epoch_times[1:] if len(epoch_times) > 1 else epoch_times))
         # self.epoch epochs are done; add as many more as the remaining budget holds (possibly none).
         return max(1, self.epoch + int(max(0.0, budget - self.elapsed) / typical))
 
@@ -310,9 +311,9 @@ class Trainer:
                     self.history[key].append(value)
                 self.epoch += 1
                 if o.time_budget_min:
-                    budget = self._budget_epochs(epoch_times)
-                    # The first estimate may lengthen the schedule; later ones only shorten it.
-                    self.num_epochs = self._sync_epochs(budget if len(epoch_times) == 1 else min(self.num_epochs, budget))
+                    # Re-estimated every epoch, both ways: a schedule fixed by a slow first epoch left up to
+                    # a fifth of a 60-minute budget unused. The poly LR follows the current length.
+                    self.num_epochs = self._sync_epochs(self._budget_epochs(epoch_times))
                 self._log(f"epoch {self.epoch}/{self.num_epochs} train loss {self.history['train_loss'][-1]:.4f} val loss "
                           f"{self.history['val_loss'][-1]:.4f} pseudo-Dice " + " ".join(f"{n} {d:.4f}" for n, d in zip(self.class_names, dice))
                           + f" EMA {self.ema:.4f} lr {lr:.5f} {seconds:.1f} s (data wait {100 * waits[-1]:.1f}%)")
