@@ -21,16 +21,10 @@ import numpy as np
 from scipy import ndimage
 
 from kneeseg.dataset.layout import foreground_labels
+from kneeseg.fingerprint import bbox_slices
 
 METRICS = ("dice", "iou", "hd95", "assd", "avg_hausdorff", "volume_similarity", "sensitivity", "precision",
            "ref_volume_mm3", "pred_volume_mm3")
-
-
-def _bbox(mask: np.ndarray, margin: int = 2):
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + margin + 1, mask.shape)
-    return tuple(slice(a, b) for a, b in zip(lo, hi))
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -51,7 +45,7 @@ def binary_metrics(ref: np.ndarray, pred: np.ndarray, spacing) -> dict[str, floa
         return {**out, "dice": 0.0, "iou": 0.0, "hd95": worst, "assd": worst, "avg_hausdorff": worst,
                 "volume_similarity": 0.0, "sensitivity": 1.0 if r == 0 else 0.0, "precision": 1.0 if p == 0 else 0.0}
     tp = int(np.logical_and(ref, pred).sum())
-    box = _bbox(ref | pred)
+    box = bbox_slices(ref | pred, 2)
     ref_c, pred_c = ref[box], pred[box]
     to_ref = ndimage.distance_transform_edt(~ref_c, sampling=spacing)  # distance of every voxel to the reference
     to_pred = ndimage.distance_transform_edt(~pred_c, sampling=spacing)
@@ -88,7 +82,7 @@ def largest_disagreement(ref: np.ndarray, pred: np.ndarray) -> tuple[tuple[int, 
     differ = ref != pred
     if not differ.any():
         return None
-    box = _bbox(differ, margin=1)
+    box = bbox_slices(differ, 1)
     differ = differ[box]
     core = ndimage.binary_erosion(differ)
     core = core if core.any() else differ

@@ -47,6 +47,12 @@ def nonzero_bbox(images: list[np.ndarray] | np.ndarray) -> list[list[int]]:
     return mask_bbox(nonzero_mask(images))
 
 
+def bbox_slices(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """Slices of the bounding box of a mask's nonzero voxels widened by ``margin`` (clipped to the
+    array): where morphology and surface distances on a bone need to look in a whole scan."""
+    return tuple(slice(max(0, lo - margin), min(n, hi + margin)) for (lo, hi), n in zip(nonzero_bbox(mask), mask.shape))
+
+
 @dataclass
 class IntensityStats:
     mean: float

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from kneeseg.fingerprint import nonzero_bbox
+from kneeseg.fingerprint import bbox_slices
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -23,12 +23,6 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sizes = np.bincount(components.ravel(), minlength=n + 1)
     sizes[0] = 0
     return components, sizes
-
-
-def _around(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """The mask's bounding box widened by ``margin`` voxels (clipped to the array): morphology on a
-    bone needs only this much of a 37-million-voxel scan."""
-    return tuple(slice(max(0, lo - margin), min(n, hi + margin)) for (lo, hi), n in zip(nonzero_bbox(mask), mask.shape))
 
 
 def _ball(radius_mm: float, spacing) -> np.ndarray:
@@ -44,7 +38,7 @@ def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
         mask = out > 0
         if not mask.any():
             return out
-        box = _around(mask, 0)  # components never leave the bounding box; labelling it is enough
+        box = bbox_slices(mask)  # components never leave the bounding box; labelling it is enough
         components, sizes = _components(mask[box])
         keep = np.argsort(sizes)[::-1][: step["n"]]
         keep = keep[sizes[keep] > 0]
@@ -54,19 +48,19 @@ def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
     if not mask.any():
         return out
     if op in ("keep_largest", "remove_small"):
-        box = _around(mask, 0)
+        box = bbox_slices(mask)
         components, sizes = _components(mask[box])
         drop = components != int(np.argmax(sizes)) if op == "keep_largest" else sizes[components] < step["min_voxels"]
         out[box][mask[box] & drop] = 0
     elif op == "fill_holes":
-        box = _around(mask, 1)  # enclosed background lies inside the bounding box
+        box = bbox_slices(mask, 1)  # enclosed background lies inside the bounding box
         region = out[box]
         region[ndimage.binary_fill_holes(mask[box]) & (region == 0)] = step["label"]
     elif op == "closing":
         # Pad so that closing near the border does not erode from the outside.
         k = _ball(step["radius_mm"], spacing)
         pad = max(k.shape) // 2 + 1
-        box = _around(mask, pad)  # dilation reaches at most the ball's radius beyond the mask
+        box = bbox_slices(mask, pad)  # dilation reaches at most the ball's radius beyond the mask
         closed = ndimage.binary_closing(np.pad(mask[box], pad), structure=k)[tuple(slice(pad, -pad) for _ in range(3))]
         region = out[box]
         region[closed & (region == 0)] = step["label"]
