@@ -12,7 +12,7 @@ from kneeseg.io import Geometry
 from kneeseg.planning.estimate import estimate_iteration
 from kneeseg.planning.plans import Plans
 from kneeseg.preprocessing.preprocess import preprocess_case
-from kneeseg.preprocessing.resampling import resample_channels, resample_labels, resampled_argmax, upsampled_argmax
+from kneeseg.preprocessing.resampling import resample_channels, resample_labels, resampled_argmax
 
 DS = "Dataset900_KneePhantom"
 
@@ -164,27 +164,40 @@ def test_resampling_helpers_keep_values_and_shapes():
 
 
 @pytest.mark.parametrize("shape,new_shape", [((9, 11, 13), (25, 30, 40)), ((6, 1, 7), (6, 5, 21)), ((5, 5, 5), (5, 5, 5))])
-@pytest.mark.parametrize("disagreeing", [1.0, 0.0])  # let every input take the fast way, or none
-def test_upsampled_argmax_gives_the_labels_of_interpolating_every_class(shape, new_shape, disagreeing, monkeypatch):
-    """The fast restore path (interpolate only between disagreeing source voxels) against the plain one
-    (interpolate each class everywhere): the same labels; ties go to the first class."""
-    monkeypatch.setattr("kneeseg.preprocessing.resampling.MAX_DISAGREEING_CELLS", disagreeing)
+def test_restore_shortcut_gives_the_labels_of_interpolating_every_class(shape, new_shape, monkeypatch):
+    """resampled_argmax's shortcut for upsampling (interpolate only between disagreeing source voxels)
+    against interpolating each class everywhere: the same labels; ties go to the first class."""
+    from kneeseg.preprocessing import resampling
+
+    shortcut, real = [], resampling._upsampled_argmax
+
+    def spy(*args):  # records what the shortcut returned: labels, or None (left to the plain way)
+        shortcut.append(real(*args))
+        return shortcut[-1]
+
+    monkeypatch.setattr(resampling, "_upsampled_argmax", spy)
+
+    def labels(probs, max_disagreeing):  # 2.0: every input takes the shortcut; -1.0: none does
+        monkeypatch.setattr(resampling, "MAX_DISAGREEING_CELLS", max_disagreeing)
+        return resampled_argmax(probs, values, new_shape)
+
     rng = np.random.default_rng(3)
     grid = np.stack(np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij"))
     centres = rng.random((4, 3, 1, 1, 1))
     smooth = np.exp(-8 * ((grid[None] - centres) ** 2).sum(1)).astype(np.float32)  # few disagreeing cells
-    noise = rng.random((4, *shape)).astype(np.float32) ** 4  # mostly disagreeing cells: the plain way
+    noise = rng.random((4, *shape)).astype(np.float32) ** 4  # mostly disagreeing cells
     values = [0, 1, 2, 5]
     for probs in (smooth, noise):
-        fast = upsampled_argmax(probs, values, new_shape)
-        assert fast.dtype == np.uint8 and fast.shape == tuple(new_shape)
+        fast, plain = labels(probs, 2.0), labels(probs, -1.0)
+        assert fast.dtype == plain.dtype == np.uint8 and fast.shape == tuple(new_shape)
         assert len(np.unique(fast)) > 1
-        np.testing.assert_array_equal(fast, resampled_argmax(probs, values, new_shape))
+        np.testing.assert_array_equal(fast, plain)
+    grows = shape != new_shape
+    assert [s is not None for s in shortcut] == [True, False, True, False] if grows else not shortcut
     probs = noise
     probs[2] = probs[1] = probs.max(0) + 0.1  # classes 1 and 2 tie everywhere, above 0 and 5
-    np.testing.assert_array_equal(upsampled_argmax(probs, values, new_shape), 1)
-    with pytest.raises(ValueError):
-        upsampled_argmax(probs, values, [s - 1 for s in shape])
+    np.testing.assert_array_equal(labels(probs, 2.0), 1)
+    np.testing.assert_array_equal(labels(probs, -1.0), 1)
 
 
 def test_estimate_grows_with_patch_and_batch():

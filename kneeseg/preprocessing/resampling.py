@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -105,66 +106,71 @@ def resample_channels(data: np.ndarray, new_shape, separate_axis: int | None = N
     return out
 
 
+def _running_argmax(channels: Iterable[torch.Tensor], values: list[int], shape: list[int]) -> torch.Tensor:
+    """``values[k]`` of the largest of the channels at each voxel, the first on ties. A running
+    comparison: one channel at a time (they may be made on the fly) and multi-threaded in torch, where
+    an argmax over a stacked leading axis is strided and several times slower. uint8 when the values
+    fit, else int16."""
+    dtype = torch.uint8 if 0 <= min(values) and max(values) <= 255 else torch.int16
+    best = torch.full(shape, -torch.inf)
+    region = torch.zeros(shape, dtype=dtype)
+    for value, channel in zip(values, channels):
+        region.masked_fill_(channel > best, value)
+        torch.maximum(best, channel, out=best)
+    return region
+
+
 def resampled_argmax(channels: np.ndarray | None, values: list[int], new_shape, separate_axis: int | None = None,
                      channel_of=None, on_channel=None) -> np.ndarray:
-    """Argmax over class channels resampled one at a time to ``new_shape`` (peak: two float volumes).
+    """Labels of the class channels resampled to ``new_shape``: the argmax, ties to the earlier class.
 
     Channel k (``channels[k]``, or ``channel_of(k)`` when given, both (1, Z, Y, X)) stands for
-    ``values[k]``; ties go to the earlier class. ``on_channel(k, resampled)`` sees each resampled
-    channel (to keep probabilities). Returns int16 labels. The running maximum is kept in torch:
-    multi-threaded, unlike numpy's masking.
+    ``values[k]``; ``on_channel(k, resampled)`` sees each resampled channel (to keep probabilities).
+    Channels are resampled one at a time, so the peak is two float volumes of the new grid. When the
+    grid only grows (linear upsampling, the usual restore) and no channel is to be kept, the same
+    labels come from ``_upsampled_argmax`` at a fraction of the cost. uint8 labels when the values
+    fit, else int16.
     """
     new_shape = [int(s) for s in new_shape]
-    best = torch.full(new_shape, -1.0)
-    region = torch.zeros(new_shape, dtype=torch.int16)
+    if channels is not None and on_channel is None and separate_axis is None and 0 <= min(values) and max(values) < 255:
+        old = list(channels.shape[1:])
+        if all(n >= o for n, o in zip(new_shape, old)) and new_shape != old:
+            labels = _upsampled_argmax(np.ascontiguousarray(channels, dtype=np.float32), values, new_shape)
+            if labels is not None:
+                return labels
+
+    def resampled(k: int) -> torch.Tensor:
+        source = channel_of(k) if channel_of is not None else channels[k : k + 1]
+        channel = resample_volume(torch.from_numpy(np.ascontiguousarray(source[0], dtype=np.float32)), new_shape, separate_axis)
+        if on_channel is not None:
+            on_channel(k, channel)
+        return channel
+
     with torch.no_grad():
-        for k, value in enumerate(values):
-            source = channel_of(k) if channel_of is not None else channels[k : k + 1]
-            volume = torch.from_numpy(np.ascontiguousarray(source[0], dtype=np.float32))
-            channel = resample_volume(volume, new_shape, separate_axis)
-            region.masked_fill_(channel > best, value)
-            torch.maximum(best, channel, out=best)
-            if on_channel is not None:
-                on_channel(k, channel)
-    return region.numpy()
+        return _running_argmax((resampled(k) for k in range(len(values))), values, new_shape).numpy()
 
 
-def _first_argmax(stack: np.ndarray) -> np.ndarray:
-    """Index of the largest of the (K, ...) channels, the first on ties (a running comparison: several
-    times faster than a strided argmax over the leading axis)."""
-    best, index = stack[0].copy(), np.zeros(stack.shape[1:], np.intp)
-    for k in range(1, len(stack)):
-        better = stack[k] > best
-        index[better] = k
-        np.maximum(best, stack[k], out=best)
-    return index
-
-
-def upsampled_argmax(probabilities: np.ndarray, values: list[int], new_shape) -> np.ndarray:
-    """``resampled_argmax`` for linear upsampling (no axis shrinks; values 0..254), computed where it
-    can differ from the source grid's argmax.
+def _upsampled_argmax(probs: np.ndarray, values: list[int], new_shape: list[int]) -> np.ndarray | None:
+    """``resampled_argmax`` of float32 (K, Z, Y, X) ``probs`` for linear upsampling (no axis shrinks;
+    values 0..254), computed only where it can differ from the source grid's argmax.
 
     A linearly interpolated voxel is a convex combination of the 8 source voxels around it; if all 8
     have the same argmax k, so does any convex combination (ties included: k beats earlier classes
     strictly in each, so in the sum too). Such voxels take k by a gather; only the voxels between
     source voxels that disagree (~2 % of the cells of a knee at 1 mm) are interpolated, exactly.
-    Several times faster than interpolating every class everywhere, and no full-size float volume;
-    when more than MAX_DISAGREEING_CELLS of the cells disagree (an untrained model's noise), the plain
-    ``resampled_argmax`` is faster and is used. Returns uint8 labels.
+    Several times faster than interpolating every class everywhere, and no full-size float volume.
+    None when more than MAX_DISAGREEING_CELLS of the cells disagree (an untrained model's noise):
+    interpolating every class is then faster.
     """
-    probs = np.ascontiguousarray(probabilities, dtype=np.float32)
-    old, new_shape = list(probs.shape[1:]), [int(s) for s in new_shape]
-    if any(n < o for n, o in zip(new_shape, old)) or max(values) >= 255:
-        raise ValueError(f"upsampled_argmax grows axes of labels below 255: {old} -> {new_shape}, {values}")
-    lut = np.array(values, np.uint8)
-    cell = lut[_first_argmax(probs)]
+    old = list(probs.shape[1:])
+    cell = _running_argmax((torch.from_numpy(p) for p in probs), values, old).numpy()
     ahead = np.pad(cell, [(0, 1)] * 3, mode="edge")  # each source voxel's neighbours towards +z, +y, +x
     uniform = np.ones(old, bool)
     for dz, dy, dx in itertools.product((0, 1), repeat=3):
         uniform &= ahead[dz : dz + old[0], dy : dy + old[1], dx : dx + old[2]] == cell
-    if np.count_nonzero(~uniform) > MAX_DISAGREEING_CELLS * uniform.size:  # noise: the plain way is faster
-        return resampled_argmax(probs, values, new_shape).astype(np.uint8)
-    cell[~uniform] = 255
+    if np.count_nonzero(~uniform) > MAX_DISAGREEING_CELLS * uniform.size:
+        return None
+    cell[~uniform] = 255  # to be interpolated
     stencils = [_linear_stencil(o, n) for o, n in zip(old, new_shape)]
     labels = cell
     for axis, (lo, _, _) in enumerate(stencils):  # each new voxel's cell starts at (lo_z, lo_y, lo_x)
@@ -186,7 +192,7 @@ def upsampled_argmax(probabilities: np.ndarray, values: list[int], new_shape) ->
             weight = weights[0][a] * weights[1][b] * weights[2][c]
             for k in range(len(values)):
                 sums[k] += weight * source[k].take(index)
-        flat[todo] = lut[_first_argmax(sums)]
+        flat[todo] = _running_argmax((torch.from_numpy(s) for s in sums), values, [todo.size]).numpy()
     return labels
 
 
@@ -196,4 +202,4 @@ def resample_labels(seg: np.ndarray, new_shape, labels: list[int], separate_axis
         return seg
     values = sorted(set(labels) | {0})
     one_hot = lambda k: (seg == values[k])[None].astype(np.float32)  # noqa: E731
-    return resampled_argmax(None, values, new_shape, separate_axis, channel_of=one_hot).astype(seg.dtype)
+    return resampled_argmax(None, values, new_shape, separate_axis, channel_of=one_hot).astype(seg.dtype, copy=False)

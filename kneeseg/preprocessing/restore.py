@@ -2,10 +2,10 @@
 (and in the input's own array layout: the canonical orientation is undone last).
 
 Probabilities are resampled class by class (linear / area, as in the plans) to the cropped original
-shape and reduced to an argmax on the fly, so the peak memory is two float volumes of the original
-crop, not one per class; the crop is then pasted back into the original extent. When every axis
-grows (the plan's grid is coarser than the scan's) and no probabilities are kept, the same labels
-come from ``upsampled_argmax``, which interpolates only between source voxels that disagree.
+shape and reduced to an argmax on the fly (``resampled_argmax``: where the plan's grid is the coarser
+one and no probabilities are kept, only between source voxels that disagree), so the peak memory is
+two float volumes of the original crop, not one per class; the crop is then pasted back into the
+original extent.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from kneeseg.io.orientation import Orientation
-from kneeseg.preprocessing.resampling import resampled_argmax, upsampled_argmax
+from kneeseg.preprocessing.resampling import resampled_argmax
 
 
 def restore_original(probabilities: np.ndarray, properties: dict, label_values: list[int],
@@ -36,11 +36,7 @@ def restore_original(probabilities: np.ndarray, properties: dict, label_values: 
     def keep(k, channel):
         full_probs[k][crop] = channel.numpy()
 
-    grows = all(n >= o for n, o in zip(crop_shape, probabilities.shape[1:]))
-    if grows and separate is None and not keep_probabilities and max(label_values) < 255:
-        labels[crop] = upsampled_argmax(probabilities, label_values, crop_shape)  # the usual case, fast
-    else:
-        labels[crop] = resampled_argmax(probabilities, label_values, crop_shape, separate,
-                                        on_channel=keep if keep_probabilities else None)
+    labels[crop] = resampled_argmax(probabilities, label_values, crop_shape, separate,
+                                    on_channel=keep if keep_probabilities else None)
     orientation = Orientation.from_dict(properties["orientation"])  # back to the input's array layout
     return orientation.from_canonical(labels), None if full_probs is None else orientation.from_canonical(full_probs)
