@@ -8,6 +8,7 @@ its own split). With --reverse it also trains on B and predicts A (--train-on B:
 Prints training time, prediction time and peak RSS.
 
     python benchmarks/kneebones3dify_holdout.py [--budget-min 60] [--reverse | --train-on B] [--workdir DIR]
+        [--no-intensity-augmentation]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from kneeseg.demo import REAL_HALVES  # noqa: E402
 from kneeseg.training.checkpoint import load_checkpoint  # noqa: E402
 
 
-def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float, autocast: str | None) -> None:
+def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float, train_flags: list[str]) -> None:
     flags = ["--raw", str(work / "raw"), "--preprocessed", str(work / "pre"), "--results", str(work / "res")]
     for half, (number, name) in REAL_HALVES.items():
         if not (work / "raw" / f"Dataset{number}_{name}").exists():
@@ -37,10 +38,9 @@ def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float
             assert rc == 0, f"import of half {half} failed"
     number, name = REAL_HALVES[train_half]
     run_measured(kneeseg_command("plan_and_preprocess", "-d", str(number), "--device", "cpu", "--no-progress", *flags))
-    extra = ["--autocast", autocast] if autocast else []
     t_train, rss_train, rc = run_measured(kneeseg_command(
         "train", "0", "-d", str(number), "--device", "cpu", "--time-budget-min", str(budget), "--overwrite",
-        "--no-progress", *extra, *flags))
+        "--no-progress", *train_flags, *flags))
     assert rc == 0, "training failed"
     # Post-processing chosen on the fold's validation prediction (here: half A itself, the only case).
     t_post, _, rc = run_measured(kneeseg_command("find_postprocessing", "-d", str(number), "--no-progress", *flags))
@@ -84,13 +84,16 @@ def main() -> int:
     p.add_argument("--reverse", action="store_true", help="also train on B and predict A")
     p.add_argument("--train-on", nargs="+", choices=["A", "B"], default=["A"], help="halves to train on (default A)")
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
+    p.add_argument("--no-intensity-augmentation", action="store_true", help="train with spatial augmentation and mirroring only")
     p.add_argument("--workdir", type=Path)
     args = p.parse_args()
+    train_flags = (["--autocast", args.autocast] if args.autocast else []) + (
+        ["--no-intensity-augmentation"] if args.no_intensity_augmentation else [])
     tmp = tempfile.TemporaryDirectory()
     work = args.workdir or Path(tmp.name)
     halves = list(dict.fromkeys(args.train_on + (["B"] if args.reverse else [])))
     for train_half in halves:
-        run(train_half, "B" if train_half == "A" else "A", args.shared, work, args.budget_min, args.autocast)
+        run(train_half, "B" if train_half == "A" else "A", args.shared, work, args.budget_min, train_flags)
     return 0
 
 

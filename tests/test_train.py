@@ -192,3 +192,24 @@ def test_thick_slice_augmentation_runs_in_a_forked_worker_after_torch_has_run():
     has used torch's thread pool; torch ops in such a child deadlock, so it must not use them."""
     done = subprocess.run([sys.executable, "-c", THICK_SLICES_IN_A_WORKER], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_without_intensity_augmentation_only_geometry_changes():
+    """--no-intensity-augmentation: patches of a constant image stay that constant inside (rotation and
+    scaling move voxels, they do not change values); the default recipe changes some of them."""
+    from kneeseg.training.data import training_transforms
+
+    np.random.seed(0)
+    patch = [16, 16, 16]
+
+    def centre_values(intensity: bool) -> list[float]:
+        transforms = training_transforms(patch, [2], intensity=intensity)
+        values = []
+        for _ in range(40):
+            batch = transforms(data=np.full((1, 1, 24, 24, 24), 3.0, np.float32), seg=np.zeros((1, 1, 24, 24, 24), np.float32))
+            assert list(batch["data"].shape[2:]) == patch
+            values.append(float(batch["data"][0, 0, 6:10, 6:10, 6:10].mean()))
+        return values
+
+    assert np.allclose(centre_values(False), 3.0, atol=1e-4)
+    assert not np.allclose(centre_values(True), 3.0, atol=1e-4)

@@ -100,10 +100,11 @@ class PatchLoader(SlimDataLoaderBase):
         return {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.float32)}
 
 
-def training_transforms(patch: list[int], mirror_axes: list[int], elastic: bool = False) -> Compose:
+def training_transforms(patch: list[int], mirror_axes: list[int], elastic: bool = False, intensity: bool = True) -> Compose:
     """nnU-Net's augmentation recipe, with rotations limited to +-15 degrees (knees come roughly
     aligned), mirroring only along the axes the plans allow (anatomical labels are sided), and thick
-    slices along one random axis (low-field 2D protocols)."""
+    slices along one random axis (low-field 2D protocols). ``intensity=False`` keeps only the spatial
+    transforms and mirroring (an ablation: scans from the training scanner only)."""
     a = np.deg2rad(ROTATION_DEG)
     transforms = [
         SpatialTransform(
@@ -112,6 +113,8 @@ def training_transforms(patch: list[int], mirror_axes: list[int], elastic: bool 
             border_mode_data="constant", border_cval_data=0, order_data=3, border_mode_seg="constant", border_cval_seg=0,
             order_seg=0, random_crop=False, p_el_per_sample=0.2, p_scale_per_sample=0.2, p_rot_per_sample=0.2,
         ),
+    ]
+    intensity_transforms = [
         GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),
         GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
         BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
@@ -123,6 +126,8 @@ def training_transforms(patch: list[int], mirror_axes: list[int], elastic: bool 
         GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
         GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
     ]
+    if intensity:
+        transforms += intensity_transforms
     if mirror_axes:
         transforms.append(MirrorTransform(tuple(mirror_axes)))
     return Compose(transforms)

@@ -58,6 +58,7 @@ class TrainOptions:
     autocast: str | None = None  # default: the plan's ("none" | "bf16" | "fp16")
     optimizer: str | None = None  # default: the plan's ("sgd" | "adamw", with that optimizer's default lr)
     elastic: bool = False
+    intensity_augmentation: bool = True  # False: spatial transforms and mirroring only
     distributed: bool = False
     progress: bool = True
 
@@ -150,7 +151,7 @@ class Trainer:
         oversample = self.config.training.oversample_foreground
         self.train_batches = make_augmenter(
             PatchLoader(train_store, self.batch_size, rotation_patch, oversample),
-            training_transforms(patch, self.config.training.mirror_axes, o.elastic), o.num_workers, data_seed)
+            training_transforms(patch, self.config.training.mirror_axes, o.elastic, o.intensity_augmentation), o.num_workers, data_seed)
         self.val_batches = make_augmenter(
             PatchLoader(val_store, self.batch_size, patch, oversample), center_crop_transform(patch), 0, data_seed + 1)
         if self.rank == 0:
