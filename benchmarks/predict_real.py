@@ -28,15 +28,18 @@ def main() -> int:
     p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "KneeBones3Dify")
     p.add_argument("--step", type=float, default=0.5, help="sliding-window step (default 0.5)")
     p.add_argument("--workdir", type=Path, help="reuse a work folder (raw/, preprocessed/, results/)")
-    p.add_argument("--train-minutes", type=float, help="train fold 0 for this many minutes first")
-    p.add_argument("--quick-model", action="store_true", help="train a model for 2 x 5 iterations first")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--train-minutes", type=float, help="train fold 0 for this many minutes first")
+    model.add_argument("--quick-model", action="store_true", help="train a model for 2 x 5 iterations first")
     p.add_argument("--repeats", type=int, default=1, help="predictions per TTA setting (default 1)")
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
     args = p.parse_args()
+    if args.train_minutes is not None and args.train_minutes <= 0 or args.repeats < 1:
+        p.error("--train-minutes must be > 0 and --repeats >= 1")
     tmp = tempfile.TemporaryDirectory()
     work = args.workdir or Path(tmp.name)
     flags = ["--raw", str(work / "raw"), "--preprocessed", str(work / "pre"), "--results", str(work / "res")]
-    if args.quick_model or args.train_minutes:
+    if args.quick_model or args.train_minutes is not None:
         if not (work / "raw" / "Dataset901_KneeBones3Dify").exists():
             run_measured(kneeseg_command("import_kneebones3dify", str(args.shared / "knee_0000.nii.gz"), "--mask",
                                          str(args.shared / "knee_bone.nii.gz"), *flags))
