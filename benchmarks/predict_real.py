@@ -22,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import kneeseg_command, run_measured  # noqa: E402
 
+from kneeseg.cli.common import positive_float, positive_int  # noqa: E402
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
@@ -29,13 +31,11 @@ def main() -> int:
     p.add_argument("--step", type=float, default=0.5, help="sliding-window step (default 0.5)")
     p.add_argument("--workdir", type=Path, help="reuse a work folder (raw/, preprocessed/, results/)")
     model = p.add_mutually_exclusive_group()
-    model.add_argument("--train-minutes", type=float, help="train fold 0 for this many minutes first")
+    model.add_argument("--train-minutes", type=positive_float, help="train fold 0 for this many minutes first")
     model.add_argument("--quick-model", action="store_true", help="train a model for 2 x 5 iterations first")
-    p.add_argument("--repeats", type=int, default=1, help="predictions per TTA setting (default 1)")
+    p.add_argument("--repeats", type=positive_int, default=1, help="predictions per TTA setting (default 1)")
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
     args = p.parse_args()
-    if args.train_minutes is not None and args.train_minutes <= 0 or args.repeats < 1:
-        p.error("--train-minutes must be > 0 and --repeats >= 1")
     tmp = tempfile.TemporaryDirectory()
     work = args.workdir or Path(tmp.name)
     flags = ["--raw", str(work / "raw"), "--preprocessed", str(work / "pre"), "--results", str(work / "res")]
