@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import kneeseg_command, run_measured  # noqa: E402
 
 from kneeseg.demo import REAL_HALVES  # noqa: E402
+from kneeseg.postprocessing.operations import describe_steps  # noqa: E402
 from kneeseg.training.checkpoint import load_checkpoint  # noqa: E402
 
 
@@ -65,8 +66,7 @@ def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float
     for e, (dice, ema) in enumerate(zip(history["pseudo_dice"], history["ema_dice"])):
         print(f"  {e + 1:3d}: " + " ".join(f"{d:.3f}" for d in dice) + f" | {ema:.3f}")
     post = json.loads(next((work / "res" / f"Dataset{number}_{name}").glob("*/postprocessing.json")).read_text())
-    print(f"post-processing chosen in {t_post:.0f} s: " + (", ".join(
-        st["op"] + (f" {st['label']}" if "label" in st else "") for st in post["steps"]) or "none"))
+    print(f"post-processing chosen in {t_post:.0f} s: {describe_steps(post['steps'])}")
     print(f"prediction of half {test_half}: {t_pred:.1f} s, peak RSS {rss_pred:.0f} MB; QC pictures in {qc}")
     for structure in ("femur", "tibia", "patella", "all_bones"):
         m = mean[structure]

@@ -26,7 +26,7 @@ from kneeseg.io import Geometry, atomic_path, ensure_writable_folder, read_image
 from kneeseg.io.nifti import has_nonfinite
 from kneeseg.paths import KneesegPaths
 from kneeseg.planning.plans import Plans
-from kneeseg.postprocessing.operations import apply_postprocessing
+from kneeseg.postprocessing.operations import apply_postprocessing, checked_steps
 
 # The training stack (batchgenerators, scipy.signal) and scikit-image take seconds to import; the
 # everyday command, kneeseg_predict, needs neither, so they are imported where they are used.
@@ -89,7 +89,7 @@ def _predict_cases(model: TrainedModel, cases: list[InputCase], device: str, tta
         ensure_writable_folder(folder)  # before any work: fail early, write nothing
     steps = []
     if postprocess and model.postprocessing_file.exists():
-        steps = read_json(model.postprocessing_file)["steps"]
+        steps = checked_steps(read_json(model.postprocessing_file), model.postprocessing_file)
     predictor = Predictor(model, device, tta, step, autocast, progress)
     label_values = sorted(model.ds.labels.values())
     written = []

@@ -24,6 +24,7 @@ from kneeseg.dataset.layout import dataset_folder_name
 from kneeseg.errors import KneesegError, cli_entry
 from kneeseg.io import atomic_write_text
 from kneeseg.paths import KneesegPaths
+from kneeseg.postprocessing.operations import describe_steps
 from kneeseg.preprocessing.pipeline import plan_and_preprocess
 from kneeseg.reference import PHANTOM_DATASET, REFERENCE_HARDWARE, make_phantom_dataset
 from kneeseg.training.trainer import TrainOptions
@@ -85,7 +86,7 @@ def run_demo(output: Path, train_minutes: float = 9.0, seed: int = 0, progress: 
         f"configuration   {config.name}: spacing {config.spacing} mm, patch {config.patch_size}, "
         f"{config.training.optimizer}, {trained.epochs} epochs x {config.training.iterations_per_epoch} iterations",
         f"training        best EMA pseudo-Dice {trained.best_ema_dice:.3f}, data wait {100 * trained.data_wait_fraction:.1f}%",
-        f"post-processing {', '.join(s['op'] + (' ' + str(s['label']) if 'label' in s else '') for s in post['steps']) or 'none'}",
+        f"post-processing {describe_steps(post['steps'])}",
         "held-out knees  (mean over cases)",
     ]
     for name, m in summary["mean"].items():

@@ -81,6 +81,52 @@ def test_postprocessing_steps():
     assert chain[20, 20, 20] == 0 and chain[5, 5, 5] == 1
 
 
+def _two_bones() -> np.ndarray:
+    """Femur (1) above tibia (2), two voxels apart."""
+    ref = np.zeros((30, 24, 24), np.uint8)
+    ref[2:14, 4:20, 4:20] = 1
+    ref[16:28, 4:20, 4:20] = 2
+    return ref
+
+
+def test_fragments_touching_another_bone_take_its_label():
+    ref = _two_bones()
+    pred = ref.copy()
+    pred[4:8, 4:10, 4:10] = 2  # a block of femur called tibia, on the femur's surface
+    pred[20:22, 21:23, 21:23] = 2  # a tibia speck in the background, touching no bone
+    pred[15, 10:12, 10:12] = 1  # a femur fragment lying on the tibia
+    spacing = (1.0, 1.0, 1.0)
+    relabelled = apply_step(pred, {"op": "keep_largest", "label": 2, "fragments": "neighbour"}, spacing)
+    np.testing.assert_array_equal(relabelled[4:8, 4:10, 4:10], 1)  # the block is femur again
+    assert relabelled[20, 21, 21] == 0 and relabelled[20, 10, 10] == 2
+    dropped = apply_step(pred, {"op": "keep_largest", "label": 2}, spacing)
+    assert (dropped[4:8, 4:10, 4:10] == 0).all() and dropped[20, 21, 21] == 0  # the default leaves a hole
+    # A femur fragment touching only the tibia becomes tibia; the femur's largest piece is untouched.
+    both = apply_step(relabelled, {"op": "keep_largest", "label": 1, "fragments": "neighbour"}, spacing)
+    assert (both[15, 10:12, 10:12] == 2).all() and (both[2:14, 4:20, 4:20] == 1).all()
+
+
+def test_chooser_relabels_fragments_only_where_that_helps_on_cross_validation(tmp_path):
+    from kneeseg.io import Geometry, write_image
+    from kneeseg.postprocessing.chooser import choose_postprocessing
+
+    g = Geometry((24, 24, 30), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    labels = {"background": 0, "femur": 1, "tibia": 2}
+
+    def chosen(pred: np.ndarray) -> list[dict]:
+        write_image(_two_bones(), g, tmp_path / "ref.nii.gz")
+        write_image(pred, g, tmp_path / "pred.nii.gz")
+        result = choose_postprocessing([(tmp_path / "ref.nii.gz", tmp_path / "pred.nii.gz")], labels, progress=False)
+        return [st for st in result["steps"] if st["op"] == "keep_largest" and st["label"] == 2]
+
+    mislabelled = _two_bones()
+    mislabelled[4:8, 4:10, 4:10] = 2  # femur called tibia: relabelling restores it
+    assert chosen(mislabelled) == [{"op": "keep_largest", "label": 2, "fragments": "neighbour"}]
+    spurious = _two_bones()
+    spurious[2:14, 20:23, 8:12] = 2  # tibia called in the background next to the femur: relabelling adds
+    assert chosen(spurious) == [{"op": "keep_largest", "label": 2}]  # false femur, dropping it does not
+
+
 def test_evaluate_refuses_mismatched_geometry(tmp_path, capsys):
     from kneeseg.cli.evaluate import main as evaluate_main
     from kneeseg.io import Geometry, write_image

@@ -103,7 +103,7 @@ def test_postprocessing_is_chosen_on_cross_validation_and_applied(small_model, t
     assert findpp_main(["-m", str(model), "--no-progress", "--raw", str(paths.raw)]) == 0
     chosen = json.loads((model / "postprocessing.json").read_text())
     assert chosen["cv_cases"] == 1 and chosen["mean_dice_after"] >= chosen["mean_dice_before"]
-    assert len(chosen["candidates"]) == 1 + 4 * 3
+    assert len(chosen["candidates"]) == 1 + 5 * 3  # per bone: keep largest (relabel / drop pieces), remove small, fill, close
     kept = [{k: v for k, v in c.items() if k not in ("mean_dice", "kept")} for c in chosen["candidates"] if c["kept"]]
     assert kept == chosen["steps"]
     # Steps made no-ops by steps kept before them are skipped (a bone kept in one piece has no small pieces).
@@ -152,6 +152,21 @@ def test_bad_input_is_refused_without_output(small_model, tmp_path, capsys):
     _refused(["-i", str(good), "-o", str(tmp_path / "blocker" / "x")], capsys, "cannot create output folder", paths)
     _refused(["-i", str(good), "-o", str(out), "--results", str(tmp_path / "empty")], capsys, "no trained model found")
     _refused(["-i", str(good), "-o", str(out), "-f", "3"], capsys, "fold 3 has no checkpoint_final.pth", paths)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_broken_postprocessing_file_is_refused_before_predicting(small_model, tmp_path, capsys):
+    paths = small_model
+    model = tmp_path / "model"
+    shutil.copytree(paths.results / MODEL_DIR, model)
+    good = paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz"
+    out = tmp_path / "out"
+    for steps, message in (([{"op": "keep_biggest", "label": 1}], "step 1: unknown post-processing op 'keep_biggest'"),
+                           ([{"op": "fill_holes", "label": 1}, {"op": "closing", "label": 2}], "step 2 (closing): missing radius_mm"),
+                           ([{"op": "keep_largest", "label": 1, "fragments": "nearest"}], "step 1 (keep_largest): fragments must be one of"),
+                           ({"op": "fill_holes"}, "no list of post-processing 'steps'")):
+        (model / "postprocessing.json").write_text(json.dumps({"steps": steps}))
+        _refused(["-i", str(good), "-o", str(out), "-m", str(model)], capsys, f"{model / 'postprocessing.json'}: {message}")
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -1,12 +1,16 @@
 """Choosing post-processing on cross-validation predictions (kneeseg_find_postprocessing).
 
-Candidates, tried in this order and kept greedily: per bone, keep the largest component; keep the
-n largest foreground components (n = number of bones); per bone, remove components under 10 % of
-the smallest volume of that bone in the training labels, fill holes, and a closing with a 1-voxel
-(coarsest axis) ball. Component removal is kept unless it lowers the mean Dice over all cases and
-bones (each bone is one piece: nnU-Net's rule); filling and closing only if they raise it, or leave
-it equal (within 1e-6) while lowering the mean ASSD. A candidate that the steps already kept make a
-no-op (removing small pieces of a bone kept in one piece) is skipped.
+Candidates, tried in this order and kept greedily: per bone, keep the largest component and give
+its other pieces that touch another bone that bone's label (if that scores no worse than dropping
+them), or else drop them; keep the n largest foreground components (n = number of bones); per bone,
+remove components under 10 % of the smallest volume of that bone in the training labels, fill holes,
+and a closing with a 1-voxel (coarsest axis) ball. Relabelling comes first because a network's
+bone/background call is more reliable than its femur/tibia call: a block of femur called tibia is
+bone, and dropping it leaves a hole in the femur. Component removal is kept unless it lowers the
+mean Dice over all cases and bones (each bone is one piece: nnU-Net's rule); filling and closing
+only if they raise it, or leave it equal (within 1e-6) while lowering the mean ASSD. A candidate
+that the steps already kept make a no-op (removing small pieces of a bone kept in one piece) is
+skipped.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ COMPONENT_OPS = ("keep_largest", "keep_largest_foreground", "remove_small")
 def _implied(candidate: dict, steps: list[dict], bones: dict[str, int]) -> bool:
     """True when the steps kept so far already do what ``candidate`` would (it could change nothing)."""
     largest = {st["label"] for st in steps if st["op"] == "keep_largest"}
-    if candidate["op"] == "remove_small":  # a bone already in one piece has no small pieces
+    if candidate["op"] in ("remove_small", "keep_largest"):  # a bone already in one piece has no small pieces
         return candidate["label"] in largest
     if candidate["op"] == "keep_largest_foreground":  # one piece per bone: at most n pieces in all
         return candidate["n"] >= len(bones) and set(bones.values()) <= largest
@@ -63,7 +67,7 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
     bones = foreground_labels(labels)
     smallest = {v: min(int((ref == v).sum()) for ref, _, _ in cases) for v in bones.values()}
     coarsest = max(max(s) for _, _, s in cases)
-    candidates = [{"op": "keep_largest", "label": v} for v in bones.values()]
+    candidates = [{"op": "keep_largest", "label": v, **extra} for v in bones.values() for extra in ({"fragments": "neighbour"}, {})]
     candidates.append({"op": "keep_largest_foreground", "n": len(bones)})
     for v in bones.values():
         candidates += [
@@ -86,6 +90,12 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
             # A bone is one piece: dropping its other pieces is kept unless it costs Dice (nnU-Net's rule),
             # so that a stray component the validation cases happen not to have is still removed later.
             keep = dice >= base_dice - TOLERANCE
+            if keep and candidate.get("fragments") == "neighbour":
+                # Relabelling must also do no worse than dropping the same pieces: a stray blob beside
+                # another bone would otherwise only move from one bone's false positives to the other's.
+                plain = {k: v for k, v in candidate.items() if k != "fragments"}
+                dropped = [apply_step(pred, plain, spacing) for pred, (_, _, spacing) in zip(current, cases)]
+                keep = dice >= _scores(cases, dropped, bones, with_distance=False)[0] - TOLERANCE
         else:
             keep = dice > base_dice + TOLERANCE
             if not keep and abs(dice - base_dice) <= TOLERANCE:

@@ -15,7 +15,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from kneeseg.errors import KneesegError
 from kneeseg.fingerprint import bbox_slices
+
+REQUIRED_KEYS = {"keep_largest_foreground": ("n",), "keep_largest": ("label",), "remove_small": ("label", "min_voxels"),
+                 "fill_holes": ("label",), "closing": ("label", "radius_mm")}
+FRAGMENTS = ("background", "neighbour")
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -29,6 +34,20 @@ def _ball(radius_mm: float, spacing) -> np.ndarray:
     r = [max(1, int(np.floor(radius_mm / s))) for s in spacing]
     grids = np.meshgrid(*[np.arange(-k, k + 1) * s for k, s in zip(r, spacing)], indexing="ij")
     return sum(g**2 for g in grids) <= radius_mm**2 + 1e-9
+
+
+def _reassign_fragments(region: np.ndarray, components: np.ndarray, keep: int, label: int) -> None:
+    """In place: each component of ``label`` but ``keep`` takes the label most of its face neighbours
+    of another bone have, or background when it touches none. ``region`` must reach one voxel beyond
+    the components, so that their neighbours are inside it."""
+    for index, box in enumerate(ndimage.find_objects(components), start=1):
+        if box is None or index == keep:
+            continue
+        grown = tuple(slice(max(0, b.start - 1), min(n, b.stop + 1)) for b, n in zip(box, region.shape))
+        piece = components[grown] == index
+        around = region[grown][ndimage.binary_dilation(piece) & ~piece]
+        bones = around[(around != 0) & (around != label)]
+        region[grown][piece] = np.bincount(bones).argmax() if bones.size else 0
 
 
 def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
@@ -47,7 +66,11 @@ def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
     mask = out == step["label"]
     if not mask.any():
         return out
-    if op in ("keep_largest", "remove_small"):
+    if op == "keep_largest" and step.get("fragments", "background") == "neighbour":
+        box = bbox_slices(mask, 1)  # one voxel beyond the label: the fragments' neighbours
+        components, sizes = _components(mask[box])
+        _reassign_fragments(out[box], components, int(np.argmax(sizes)), step["label"])
+    elif op in ("keep_largest", "remove_small"):
         box = bbox_slices(mask)
         components, sizes = _components(mask[box])
         drop = components != int(np.argmax(sizes)) if op == "keep_largest" else sizes[components] < step["min_voxels"]
@@ -67,6 +90,33 @@ def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
     else:
         raise ValueError(f"unknown post-processing op '{op}'")
     return out
+
+
+def checked_steps(document, source) -> list[dict]:
+    """The steps of ``document`` (a postprocessing.json read from ``source``), refused with one line
+    naming the file and the step if one is not an operation this module knows, so that a hand-edited
+    file fails before any prediction is made rather than after the first case."""
+    steps = document.get("steps") if isinstance(document, dict) else None
+    if not isinstance(steps, list):
+        raise KneesegError(f"{source}: no list of post-processing 'steps'")
+    for number, step in enumerate(steps, start=1):
+        op = step.get("op") if isinstance(step, dict) else None
+        if op not in REQUIRED_KEYS:
+            raise KneesegError(f"{source}: step {number}: unknown post-processing op {op!r} (known: {', '.join(REQUIRED_KEYS)})")
+        missing = [k for k in REQUIRED_KEYS[op] if k not in step]
+        if missing:
+            raise KneesegError(f"{source}: step {number} ({op}): missing {', '.join(missing)}")
+        if step.get("fragments", "background") not in FRAGMENTS:
+            raise KneesegError(f"{source}: step {number} ({op}): fragments must be one of {', '.join(FRAGMENTS)}")
+    return steps
+
+
+def describe_steps(steps: list[dict]) -> str:
+    """One line for reports: 'keep_largest 1 (relabel pieces), fill_holes 1, ...' or 'none'."""
+    def one(step: dict) -> str:
+        text = step["op"] + (f" {step['label']}" if "label" in step else "")
+        return text + (" (relabel pieces)" if step.get("fragments") == "neighbour" else "")
+    return ", ".join(one(st) for st in steps) or "none"
 
 
 def apply_postprocessing(labels: np.ndarray, steps: list[dict], spacing) -> np.ndarray:
