@@ -213,3 +213,31 @@ def test_without_intensity_augmentation_only_geometry_changes():
 
     assert np.allclose(centre_values(False), 3.0, atol=1e-4)
     assert not np.allclose(centre_values(True), 3.0, atol=1e-4)
+
+
+class _OneCase:
+    """A store with one 48^3 case whose only bone is a 4^3 cube: a uniformly placed 16^3 patch is
+    almost never centred on it, a foreground-centred one always is."""
+
+    case_ids = ["knee"]
+
+    def __init__(self):
+        self.labels = np.zeros((48, 48, 48), np.uint8)
+        self.labels[30:34, 30:34, 30:34] = 1
+        self.locations = {"knee": {1: np.argwhere(self.labels == 1)}}
+
+    def load(self, case_id):
+        return np.zeros((1, 48, 48, 48), np.float32), self.labels
+
+
+@pytest.mark.parametrize("batch_size,expected", [(1, 0.33), (2, 0.5), (3, 0.33)])
+def test_foreground_oversampling_holds_for_every_batch_size(batch_size, expected):
+    """nnU-Net's rule forces the last round(B * 0.33) patches of a batch onto a bone: none at all for
+    a batch of one (what each rank gets when a batch of 2 is split over two DDP processes)."""
+    from kneeseg.training.data import PatchLoader
+
+    np.random.seed(0)
+    loader = PatchLoader(_OneCase(), batch_size, [16, 16, 16], oversample=0.33)
+    centred = [b["seg"][i, 0, 8, 8, 8] > 0 for b in (loader.generate_train_batch() for _ in range(600 // batch_size))
+               for i in range(batch_size)]
+    assert abs(np.mean(centred) - expected) < 0.06

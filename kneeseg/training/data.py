@@ -1,7 +1,8 @@
 """Patches from the preprocessed cache, augmented with batchgenerators in background processes.
 
-- A third of each batch (the last samples) is centred on a random voxel of a random foreground
-  class present in the case (foreground oversampling); the rest is placed uniformly.
+- A third of each batch (the last round(B / 3) samples; for a batch of one, each sample with
+  probability 1/3) is centred on a random voxel of a random foreground class present in the case
+  (foreground oversampling); the rest is placed uniformly.
 - The loader cuts a patch larger than the network's, so that rotation and scaling never pull in
   empty borders; the spatial transform then cuts the network patch from its centre.
 """
@@ -94,7 +95,10 @@ class PatchLoader(SlimDataLoaderBase):
         for i in range(self.batch_size):
             case_id = self.store.case_ids[np.random.randint(len(self.store.case_ids))]
             image, labels = self.store.load(case_id)
-            start = self._start(case_id, np.asarray(labels.shape), force_fg=i >= self.batch_size - n_fg)
+            # nnU-Net's rule (the last round(B * p) patches) rounds to none for a batch of one, e.g. a batch
+            # of 2 split over two DDP ranks, which then never sees a foreground-centred patch.
+            force = i >= self.batch_size - n_fg if n_fg else bool(np.random.uniform() < self.oversample)
+            start = self._start(case_id, np.asarray(labels.shape), force_fg=force)
             data.append(crop_padded(image, start, self.size))
             seg.append(crop_padded(labels[None], start, self.size))
         return {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.float32)}
