@@ -80,12 +80,20 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
     base_dice, base_assd = _scores(cases, current, bones, with_distance=True)
     start = (base_dice, base_assd)
     decisions = []
+    spare = None  # (step, trial, mean Dice) of dropping pieces, made on ``current`` while judging relabelling
+
+    def attempt(step: dict) -> tuple[list[np.ndarray], float]:
+        if spare is not None and spare[0] == step:  # the trial the relabelling candidate was judged against
+            return spare[1], spare[2]
+        trial = [apply_step(pred, step, spacing) for pred, (_, _, spacing) in zip(current, cases)]
+        return trial, _scores(cases, trial, bones, with_distance=False)[0]
+
     for candidate in tqdm(candidates, desc="post-processing candidates", disable=not progress):
         if _implied(candidate, steps, bones):  # a no-op at prediction time too: not worth its seconds
             decisions.append({**candidate, "kept": False, "implied_by_kept_steps": True})
             continue
-        trial = [apply_step(pred, candidate, spacing) for pred, (_, _, spacing) in zip(current, cases)]
-        dice, _ = _scores(cases, trial, bones, with_distance=False)
+        trial, dice = attempt(candidate)
+        spare = None
         if candidate["op"] in COMPONENT_OPS:
             # A bone is one piece: dropping its other pieces is kept unless it costs Dice (nnU-Net's rule),
             # so that a stray component the validation cases happen not to have is still removed later.
@@ -94,8 +102,8 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
                 # Relabelling must also do no worse than dropping the same pieces: a stray blob beside
                 # another bone would otherwise only move from one bone's false positives to the other's.
                 plain = {k: v for k, v in candidate.items() if k != "fragments"}
-                dropped = [apply_step(pred, plain, spacing) for pred, (_, _, spacing) in zip(current, cases)]
-                keep = dice >= _scores(cases, dropped, bones, with_distance=False)[0] - TOLERANCE
+                spare = (plain, *attempt(plain))  # the next candidate: not made twice if this one is rejected
+                keep = dice >= spare[2] - TOLERANCE
         else:
             keep = dice > base_dice + TOLERANCE
             if not keep and abs(dice - base_dice) <= TOLERANCE:
@@ -103,7 +111,7 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
         decisions.append({**candidate, "mean_dice": dice, "kept": bool(keep)})
         if keep:
             steps.append(candidate)
-            current = trial
+            current, spare = trial, None
             base_dice, base_assd = _scores(cases, current, bones, with_distance=True)
     result = {"steps": steps, "cv_cases": len(cases), "mean_dice_before": start[0], "mean_assd_before": start[1],
               "mean_dice_after": base_dice, "mean_assd_after": base_assd, "candidates": decisions}

@@ -66,7 +66,7 @@ def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
     mask = out == step["label"]
     if not mask.any():
         return out
-    if op == "keep_largest" and step.get("fragments", "background") == "neighbour":
+    if op == "keep_largest" and step.get("fragments") == "neighbour":
         box = bbox_slices(mask, 1)  # one voxel beyond the label: the fragments' neighbours
         components, sizes = _components(mask[box])
         _reassign_fragments(out[box], components, int(np.argmax(sizes)), step["label"])
