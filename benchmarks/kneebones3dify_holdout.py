@@ -2,13 +2,14 @@
 
 The scan is cut at image column 256 into half A (femur, tibia, patella) and half B (femur, tibia).
 Trains the CPU configuration on half A within a wall-clock budget, prints the training's pseudo-Dice
-curve, chooses post-processing, predicts half B with mirror TTA and evaluates it with kneeseg_evaluate (per-bone Dice, IoU,
+curve, chooses post-processing, predicts half B with mirror TTA (and with --tta-scales, once more with those test-time
+scales) and evaluates it with kneeseg_evaluate (per-bone Dice, IoU,
 HD95, ASSD, average Hausdorff, and the binary all-bone Dice: the paper's headline metric, 0.9838 on
 its own split). With --reverse it also trains on B and predicts A (--train-on B: only that direction).
 Prints training time, prediction time and peak RSS.
 
     python benchmarks/kneebones3dify_holdout.py [--budget-min 60] [--reverse | --train-on B] [--workdir DIR]
-        [--no-intensity-augmentation]
+        [--no-intensity-augmentation] [--tta-scales 0.8 0.9 1.0 1.1]
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from kneeseg.postprocessing.operations import describe_steps  # noqa: E402
 from kneeseg.training.checkpoint import load_checkpoint  # noqa: E402
 
 
-def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float, train_flags: list[str]) -> None:
+def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float, train_flags: list[str],
+        tta_scales: list[float]) -> None:
     flags = ["--raw", str(work / "raw"), "--preprocessed", str(work / "pre"), "--results", str(work / "res")]
     for half, (number, name) in REAL_HALVES.items():
         if not (work / "raw" / f"Dataset{number}_{name}").exists():
@@ -50,16 +52,6 @@ def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float
     history = load_checkpoint(ckpt)["history"]
     test_number, test_name = REAL_HALVES[test_half]
     test_raw = work / "raw" / f"Dataset{test_number}_{test_name}"
-    pred = work / f"pred_{test_half}"
-    t_pred, rss_pred, rc = run_measured(kneeseg_command(
-        "predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred), "-d", str(number), "--device", "cpu",
-        "--overlays", str(work / f"overlays_{test_half}"), "--no-progress", *flags))
-    assert rc == 0, "prediction failed"
-    summary_path = work / f"summary_{train_half}_to_{test_half}.json"
-    qc = work / f"errors_{train_half}_to_{test_half}"  # planes through the scan and through its largest error
-    run_measured(kneeseg_command("evaluate", "-ref", str(test_raw / "labelsTr"), "-pred", str(pred), "-o", str(summary_path),
-                                 "--overlays", str(qc), "--images", str(test_raw / "imagesTr"), "--no-progress"))
-    mean = json.loads(summary_path.read_text())["mean"]
     print(f"\n== train on half {train_half}, predict half {test_half} ({date.today()}, {platform.node()}) ==")
     print(f"training: budget {budget} min, {len(history['lr'])} epochs, {t_train / 60:.1f} min, peak RSS {rss_train:.0f} MB")
     print("pseudo-Dice curve (epoch: femur tibia patella | EMA):")
@@ -67,14 +59,28 @@ def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float
         print(f"  {e + 1:3d}: " + " ".join(f"{d:.3f}" for d in dice) + f" | {ema:.3f}")
     post = json.loads(next((work / "res" / f"Dataset{number}_{name}").glob("*/postprocessing.json")).read_text())
     print(f"post-processing chosen in {t_post:.0f} s: {describe_steps(post['steps'])}")
-    print(f"prediction of half {test_half}: {t_pred:.1f} s, peak RSS {rss_pred:.0f} MB; QC pictures in {qc}")
-    for structure in ("femur", "tibia", "patella", "all_bones"):
-        m = mean[structure]
-        if structure == "patella" and m["ref_volume_mm3"] == 0:
-            print(f"  {structure:9s} (absent from half {test_half}; predicted volume {m['pred_volume_mm3']:.0f} mm3)")
-            continue
-        print(f"  {structure:9s} Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD95 {m['hd95']:.2f} mm  ASSD {m['assd']:.3f} mm  "
-              f"avgHD {m['avg_hausdorff']:.4f} mm")
+    runs = [("", [])] + ([("_scales", ["--tta-scales", *map(str, tta_scales)])] if tta_scales != [1.0] else [])
+    for suffix, predict_flags in runs:
+        tag = f"{train_half}_to_{test_half}{suffix}"
+        pred = work / f"pred_{test_half}{suffix}"
+        t_pred, rss_pred, rc = run_measured(kneeseg_command(
+            "predict", "-i", str(test_raw / "imagesTr"), "-o", str(pred), "-d", str(number), "--device", "cpu",
+            "--overlays", str(work / f"overlays_{test_half}{suffix}"), "--no-progress", *predict_flags, *flags))
+        assert rc == 0, "prediction failed"
+        summary_path = work / f"summary_{tag}.json"
+        qc = work / f"errors_{tag}"  # planes through the scan and through its largest error
+        run_measured(kneeseg_command("evaluate", "-ref", str(test_raw / "labelsTr"), "-pred", str(pred), "-o", str(summary_path),
+                                     "--overlays", str(qc), "--images", str(test_raw / "imagesTr"), "--no-progress"))
+        mean = json.loads(summary_path.read_text())["mean"]
+        how = f" with test-time scales {' '.join(predict_flags[1:])}" if predict_flags else ""
+        print(f"prediction of half {test_half}{how}: {t_pred:.1f} s, peak RSS {rss_pred:.0f} MB; QC pictures in {qc}")
+        for structure in ("femur", "tibia", "patella", "all_bones"):
+            m = mean[structure]
+            if structure == "patella" and m["ref_volume_mm3"] == 0:
+                print(f"  {structure:9s} (absent from half {test_half}; predicted volume {m['pred_volume_mm3']:.0f} mm3)")
+                continue
+            print(f"  {structure:9s} Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD95 {m['hd95']:.2f} mm  ASSD {m['assd']:.3f} mm  "
+                  f"avgHD {m['avg_hausdorff']:.4f} mm")
 
 
 def main() -> int:
@@ -85,6 +91,8 @@ def main() -> int:
     p.add_argument("--train-on", nargs="+", choices=["A", "B"], default=["A"], help="halves to train on (default A)")
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
     p.add_argument("--no-intensity-augmentation", action="store_true", help="train with spatial augmentation and mirroring only")
+    p.add_argument("--tta-scales", type=float, nargs="+", default=[1.0], metavar="F",
+                   help="also predict the test half with these test-time scales (kneeseg_predict --tta-scales)")
     p.add_argument("--workdir", type=Path)
     args = p.parse_args()
     train_flags = (["--autocast", args.autocast] if args.autocast else []) + (
@@ -93,7 +101,7 @@ def main() -> int:
     work = args.workdir or Path(tmp.name)
     halves = list(dict.fromkeys(args.train_on + (["B"] if args.reverse else [])))
     for train_half in halves:
-        run(train_half, "B" if train_half == "A" else "A", args.shared, work, args.budget_min, train_flags)
+        run(train_half, "B" if train_half == "A" else "A", args.shared, work, args.budget_min, train_flags, args.tta_scales)
     return 0
 
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ from kneeseg.export.overlays import save_overlay
 from kneeseg.inference.acquisition import acquisition_warnings
 from kneeseg.inference.cases import InputCase, discover_cases
 from kneeseg.inference.model import TrainedModel, find_model, load_model
-from kneeseg.inference.predictor import Predictor
+from kneeseg.inference.predictor import Predictor, checked_scales
 from kneeseg.io import Geometry, atomic_path, ensure_writable_folder, read_image, read_json, strip_ending, write_image
 from kneeseg.io.nifti import has_nonfinite
 from kneeseg.paths import KneesegPaths
@@ -82,15 +83,16 @@ def _read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
 
 def _predict_cases(model: TrainedModel, cases: list[InputCase], device: str, tta: bool, postprocess: bool,
                    save_probabilities: bool = False, overlays: Path | None = None, step: float = 0.5,
-                   autocast: str | None = None, progress: bool = True) -> list[Path]:
+                   autocast: str | None = None, progress: bool = True, tta_scales: Sequence[float] = (1.0,)) -> list[Path]:
     from tqdm import tqdm
 
+    checked_scales(tta_scales)  # before any folder is made
     for folder in {c.output.parent for c in cases} | ({Path(overlays)} if overlays else set()):
         ensure_writable_folder(folder)  # before any work: fail early, write nothing
     steps = []
     if postprocess and model.postprocessing_file.exists():
         steps = checked_steps(read_json(model.postprocessing_file), model.postprocessing_file)
-    predictor = Predictor(model, device, tta, step, autocast, progress)
+    predictor = Predictor(model, device, tta, step, autocast, progress, tta_scales)
     label_values = sorted(model.ds.labels.values())
     written = []
     for case in tqdm(cases, desc="predicting", unit="case", disable=not progress or len(cases) < 2):
@@ -122,11 +124,16 @@ def resolve_model(paths: KneesegPaths | None = None, model_dir: Path | None = No
 def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: Path | None = None,
             dataset: str | int | None = None, configuration: str | None = None, folds: list[str] | None = None,
             device: str = "cpu", tta: bool = True, postprocess: bool = True, save_probabilities: bool = False,
-            overlays: Path | None = None, step: float = 0.5, autocast: str | None = None, progress: bool = True) -> list[Path]:
-    """Predict a file, a folder of CASE_0000.<ext> files or a DICOM series folder; returns the outputs."""
+            overlays: Path | None = None, step: float = 0.5, autocast: str | None = None, progress: bool = True,
+            tta_scales: Sequence[float] = (1.0,)) -> list[Path]:
+    """Predict a file, a folder of CASE_0000.<ext> files or a DICOM series folder; returns the outputs.
+
+    ``tta_scales``: also predict on grids at these multiples of the plan's spacing (0.75-1.3) and
+    average the probabilities (one sliding window per scale: slower, see benchmarks/RESULTS.md)."""
     model = resolve_model(paths, model_dir, dataset, configuration, folds, device)
     cases = discover_cases(Path(inp), Path(out), model.ds.num_channels)
-    return _predict_cases(model, cases, device, tta, postprocess, save_probabilities, overlays, step, autocast, progress)
+    return _predict_cases(model, cases, device, tta, postprocess, save_probabilities, overlays, step, autocast, progress,
+                          tta_scales)
 
 
 def find_postprocessing(paths: KneesegPaths, dataset=None, configuration: str | None = None, model_dir: Path | None = None,

@@ -129,6 +129,35 @@ def test_same_seed_same_prediction(small_model, tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "a.nii.gz")[0], read_image(tmp_path / "b.nii.gz")[0])
 
 
+def test_test_time_scales_average_the_scales_probabilities(small_model, tmp_path, capsys):
+    """--tta-scales predicts on grids at multiples of the planned spacing and averages the probabilities
+    on the input's grid: the same as averaging single-scale predictions, in the input's geometry."""
+    from kneeseg.inference.model import load_model
+    from kneeseg.inference.predictor import Predictor
+
+    paths = small_model
+    image, g = read_image(paths.raw / DS / "imagesTs" / "phantom_test_001_0000.nii.gz")
+    c, s = np.cos(0.2), np.sin(0.2)
+    tilted = Geometry(g.size, (1.1, 0.9, 1.3), (5.0, -3.0, 2.0), (c, 0.0, -s, 0.0, 1.0, 0.0, s, 0.0, c))
+    write_image(image, tilted, tmp_path / "in_0000.nii.gz")
+    out = tmp_path / "out.nii.gz"
+    assert predict_main(["-i", str(tmp_path / "in_0000.nii.gz"), "-o", str(out), "--tta-scales", "1.2", "0.8", "1.0",
+                         "--save-probabilities", "--no-postprocessing", "--device", "cpu", "--no-progress",
+                         *path_flags(paths)]) == 0
+    labels, g_out = read_image(out)
+    assert _geometry_equal(tilted, g_out)
+    saved = np.load(tmp_path / "out.npz")["probabilities"].astype(np.float32)
+    assert np.mean(np.argmax(saved, 0) != labels) < 1e-4
+    model = load_model(paths.results / MODEL_DIR)
+    single = [Predictor(model, scales=[f]).predict([image.astype(np.float32)], tilted, keep_probabilities=True).probabilities
+              for f in (0.8, 1.0, 1.2)]
+    assert np.abs(single[0] - single[1]).max() > 0.05  # the scale does change what the network sees
+    np.testing.assert_allclose(saved, sum(single) / 3, atol=2e-3)  # float16 copy on disk
+    _refused(["-i", str(tmp_path / "in_0000.nii.gz"), "-o", str(tmp_path / "bad" / "x.nii.gz"), "--tta-scales", "1.0", "0.5"],
+             capsys, "test-time scales must lie in 0.75-1.3", paths)
+    assert not (tmp_path / "bad").exists()
+
+
 def _refused(argv, capsys, message, paths=None):
     code = predict_main([*argv, "--device", "cpu", "--no-progress", *(path_flags(paths) if paths else [])])
     err = capsys.readouterr().err.strip().splitlines()

@@ -28,6 +28,9 @@ def main(argv=None):
     p.add_argument("-m", "--model-dir", type=Path, help="trained model folder (plans.json, dataset.json, fold_*/)")
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", choices=["mirror", "none"], default="mirror", help="test-time mirroring (default mirror)")
+    p.add_argument("--tta-scales", type=float, nargs="+", default=[1.0], metavar="F",
+                   help="also predict at these multiples of the planned spacing (0.75-1.3) and average, e.g. "
+                        "0.8 0.9 1.0 1.1 (one sliding window each: slower; default 1.0)")
     p.add_argument("--step", type=float, default=0.5, help="tile step as a fraction of the patch (default 0.5)")
     p.add_argument("--autocast", choices=["none", "bf16", "fp16"], help="mixed precision for inference")
     p.add_argument("--no-postprocessing", dest="postprocess", action="store_false")
@@ -38,7 +41,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     outputs = predict(Path(args.input), Path(args.output), paths_from(args), args.model_dir, args.dataset,
                       args.configuration, args.folds, resolve_device(args.device), args.tta == "mirror",
-                      args.postprocess, args.save_probabilities, args.overlays, args.step, args.autocast, args.progress)
+                      args.postprocess, args.save_probabilities, args.overlays, args.step, args.autocast, args.progress,
+                      args.tta_scales)
     for path in outputs:
         print(f"wrote {path}")
     return 0

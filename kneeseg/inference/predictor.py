@@ -2,12 +2,15 @@
 
 Preprocessing is the training one (crop, normalise, resample from the plan); each fold predicts by
 sliding window (+ mirror TTA); the folds' softmax outputs are averaged; probabilities are mapped
-back to the original grid and arg-maxed.
+back to the original grid and arg-maxed. With test-time scales the scan is also predicted on grids
+finer or coarser than the plan's (each a multiple of its spacing), and those probabilities are
+averaged on the original grid before the argmax.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -18,9 +21,11 @@ from kneeseg.inference.model import TrainedModel
 from kneeseg.inference.sliding_window import predict_sliding_window
 from kneeseg.io import Geometry
 from kneeseg.preprocessing.preprocess import preprocess_case
+from kneeseg.preprocessing.resampling import resample_channels
 from kneeseg.preprocessing.restore import restore_original
 from kneeseg.training.checkpoint import load_checkpoint
 from kneeseg.training.network import UNet
+from kneeseg.training.ranges import SCALE
 
 
 @dataclass
@@ -31,9 +36,10 @@ class Prediction:
 
 class Predictor:
     def __init__(self, model: TrainedModel, device: str = "cpu", tta: bool = True, step: float = 0.5,
-                 autocast: str | None = None, progress: bool = False):
+                 autocast: str | None = None, progress: bool = False, scales: Sequence[float] = (1.0,)):
         self.model, self.device, self.step, self.progress = model, torch.device(device), step, progress
         self.config = model.config
+        self.scales = checked_scales(scales)
         self.label_values = sorted(model.ds.labels.values())
         self.mirror_axes = list(self.config.training.mirror_axes) if tta else []
         # Predict in the precision the model was trained in, where this machine runs it natively.
@@ -50,12 +56,37 @@ class Predictor:
     def predict(self, images: list[np.ndarray], geometry: Geometry, keep_probabilities: bool = False) -> Prediction:
         if len(images) != self.model.ds.num_channels:
             raise KneesegError(f"model expects {self.model.ds.num_channels} channel(s), got {len(images)}")
-        case = preprocess_case(images, geometry, self.config)  # converts to float32 after cropping
-        probs = None
-        for net in self.networks:
-            p = predict_sliding_window(net, case.data, self.config.patch_size, len(self.label_values), self.step,
-                                       self.mirror_axes, self.device, self.autocast, self.progress)
-            probs = p if probs is None else probs + p
-        probs /= len(self.networks)
+        if self.scales == [1.0]:
+            case = preprocess_case(images, geometry, self.config)  # converts to float32 after cropping
+            probs = self._fold_mean(case.data)
+        else:  # mean of the scales' probabilities on the cropped original grid (all scales share its crop)
+            probs = None
+            for factor in self.scales:
+                config = replace(self.config, spacing=[s * factor for s in self.config.spacing])
+                case = preprocess_case(images, geometry, config)
+                on_crop = resample_channels(self._fold_mean(case.data), case.properties["shape_after_crop"],
+                                            case.properties["separate_z_axis"])
+                probs = on_crop if probs is None else probs + on_crop
+            probs /= len(self.scales)
         labels, full = restore_original(probs, case.properties, self.label_values, keep_probabilities)
         return Prediction(labels, full)
+
+    def _fold_mean(self, data: np.ndarray) -> np.ndarray:
+        """The folds' mean softmax (K, Z, Y, X) over preprocessed ``data``."""
+        probs = None
+        for net in self.networks:
+            p = predict_sliding_window(net, data, self.config.patch_size, len(self.label_values), self.step,
+                                       self.mirror_axes, self.device, self.autocast, self.progress)
+            probs = p if probs is None else probs + p
+        return probs / len(self.networks)
+
+
+def checked_scales(scales: Sequence[float]) -> list[float]:
+    """Test-time scales (multiples of the plan's spacing), sorted, each once. Only sizes the training's
+    scale augmentation showed the network: outside it, bones look larger or smaller than any it learnt."""
+    checked = sorted({float(f) for f in scales})
+    lo, hi = SCALE
+    bad = [f for f in checked if not lo <= f <= hi]
+    if not checked or bad:
+        raise KneesegError(f"test-time scales must lie in {lo}-{hi} (the training's scale augmentation), got {list(scales)}")
+    return checked

@@ -23,10 +23,8 @@ from batchgenerators.transforms.resample_transforms import SimulateLowResolution
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
 from kneeseg.errors import KneesegError
+from kneeseg.training.ranges import ROTATION_DEG, SCALE
 from kneeseg.training.thick_slices import ThickSliceTransform
-
-ROTATION_DEG = 15.0
-SCALE = (0.75, 1.3)
 
 
 class CaseStore:
