@@ -106,6 +106,21 @@ def test_fragments_touching_another_bone_take_its_label():
     assert (both[15, 10:12, 10:12] == 2).all() and (both[2:14, 4:20, 4:20] == 1).all()
 
 
+def test_a_piece_mostly_wrapped_in_another_bone_takes_its_label():
+    ref = _two_bones()
+    pred = ref.copy()
+    pred[4:8, 8:14, 4:10] = 3  # a block of femur called patella, open to the background on one side only
+    pred[16:18, 10:12, 10:12] = 1  # a femur speck inside the tibia
+    pred[2:6, 20:23, 8:12] = 3  # a patella beside the femur, touching it on one face
+    spacing = (1.0, 1.0, 1.0)
+    out = apply_step(pred, {"op": "relabel_enclosed", "label": 3}, spacing)
+    np.testing.assert_array_equal(out[4:8, 8:14, 4:10], 1)  # the block, largest patella piece or not, is femur
+    np.testing.assert_array_equal(out[2:6, 20:23, 8:12], 3)  # a bone merely touching another keeps its label
+    out = apply_step(out, {"op": "relabel_enclosed", "label": 1}, spacing)
+    assert (out[16:18, 10:12, 10:12] == 2).all() and (out[2:14, 4:20, 4:20] == 1).all()  # the femur itself stays
+    np.testing.assert_array_equal(apply_step(ref, {"op": "relabel_enclosed", "label": 1}, spacing), ref)
+
+
 def test_chooser_relabels_fragments_only_where_that_helps_on_cross_validation(tmp_path):
     from kneeseg.io import Geometry, write_image
     from kneeseg.postprocessing.chooser import choose_postprocessing
@@ -122,6 +137,13 @@ def test_chooser_relabels_fragments_only_where_that_helps_on_cross_validation(tm
     mislabelled = _two_bones()
     mislabelled[4:8, 4:10, 4:10] = 2  # femur called tibia: relabelling restores it
     assert chosen(mislabelled) == [{"op": "keep_largest", "label": 2, "fragments": "neighbour"}]
+    wrapped = _two_bones()
+    wrapped[4:8, 8:14, 4:10] = 2  # not the tibia's largest piece, but mostly inside the femur: relabelled first
+    write_image(_two_bones(), g, tmp_path / "ref.nii.gz")
+    write_image(wrapped, g, tmp_path / "pred.nii.gz")
+    result = choose_postprocessing([(tmp_path / "ref.nii.gz", tmp_path / "pred.nii.gz")], labels, progress=False)
+    assert result["steps"][:2] == [{"op": "relabel_enclosed", "label": 1}, {"op": "relabel_enclosed", "label": 2}]
+    assert result["mean_dice_after"] == 1.0
     spurious = _two_bones()
     spurious[2:14, 20:23, 8:12] = 2  # tibia called in the background next to the femur: relabelling adds
     assert chosen(spurious) == [{"op": "keep_largest", "label": 2}]  # false femur, dropping it does not

@@ -1,13 +1,15 @@
 """Choosing post-processing on cross-validation predictions (kneeseg_find_postprocessing).
 
-Candidates, tried in this order and kept greedily: per bone, keep the largest component and give
+Candidates, tried in this order and kept greedily: per bone, give its pieces mostly wrapped in
+another bone that bone's label (relabel_enclosed); per bone, keep the largest component and give
 its other pieces that touch another bone that bone's label (if that scores no worse than dropping
 them), or else drop them; keep the n largest foreground components (n = number of bones); per bone,
 remove components under 10 % of the smallest volume of that bone in the training labels, fill holes,
 and a closing with a 1-voxel (coarsest axis) ball. Relabelling comes first because a network's
 bone/background call is more reliable than its femur/tibia call: a block of femur called tibia is
-bone, and dropping it leaves a hole in the femur. Component removal is kept unless it lowers the
-mean Dice over all cases and bones (each bone is one piece: nnU-Net's rule); filling and closing
+bone, and dropping it leaves a hole in the femur. Relabelling enclosed pieces and component removal
+are kept unless they lower the mean Dice over all cases and bones (each bone is one piece, apart
+from the others: nnU-Net's rule, and anatomy's); filling and closing
 only if they raise it, or leave it equal (within 1e-6) while lowering the mean ASSD. A candidate
 that the steps already kept make a no-op (removing small pieces of a bone kept in one piece) is
 skipped.
@@ -25,7 +27,7 @@ from kneeseg.io import atomic_write_json, read_image
 from kneeseg.postprocessing.operations import apply_step
 
 TOLERANCE = 1e-6
-COMPONENT_OPS = ("keep_largest", "keep_largest_foreground", "remove_small")
+COMPONENT_OPS = ("relabel_enclosed", "keep_largest", "keep_largest_foreground", "remove_small")
 
 
 def _implied(candidate: dict, steps: list[dict], bones: dict[str, int]) -> bool:
@@ -67,7 +69,8 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
     bones = foreground_labels(labels)
     smallest = {v: min(int((ref == v).sum()) for ref, _, _ in cases) for v in bones.values()}
     coarsest = max(max(s) for _, _, s in cases)
-    candidates = [{"op": "keep_largest", "label": v, **extra} for v in bones.values() for extra in ({"fragments": "neighbour"}, {})]
+    candidates = [{"op": "relabel_enclosed", "label": v} for v in bones.values()]
+    candidates += [{"op": "keep_largest", "label": v, **extra} for v in bones.values() for extra in ({"fragments": "neighbour"}, {})]
     candidates.append({"op": "keep_largest_foreground", "n": len(bones)})
     for v in bones.values():
         candidates += [
@@ -95,8 +98,9 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
         trial, dice = attempt(candidate)
         spare = None
         if candidate["op"] in COMPONENT_OPS:
-            # A bone is one piece: dropping its other pieces is kept unless it costs Dice (nnU-Net's rule),
-            # so that a stray component the validation cases happen not to have is still removed later.
+            # A bone is one piece, apart from the others: dropping its other pieces (or relabelling those
+            # wrapped in another bone) is kept unless it costs Dice (nnU-Net's rule), so that a stray
+            # component the validation cases happen not to have is still dealt with later.
             keep = dice >= base_dice - TOLERANCE
             if keep and candidate.get("fragments") == "neighbour":
                 # Relabelling must also do no worse than dropping the same pieces: a stray blob beside

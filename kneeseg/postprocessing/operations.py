@@ -2,7 +2,12 @@
 
 - ``{"op": "keep_largest_foreground", "n": 3}``: keep the n largest connected components of the
   union of all bones (the reference paper's "three largest components");
-- ``{"op": "keep_largest", "label": L}``: keep the largest component of label L;
+- ``{"op": "relabel_enclosed", "label": L}``: every component of L (the largest too) of which more
+  than half of the face neighbours belong to other bones takes the label most of those have. Bones
+  never touch in the labels (cartilage lies between), so a piece mostly wrapped in another bone is
+  that bone, labelled wrongly (e.g. a block of femoral condyle called patella in a scan without one);
+- ``{"op": "keep_largest", "label": L}``: keep the largest component of label L (with
+  ``"fragments": "neighbour"``: its other pieces that touch another bone take that bone's label);
 - ``{"op": "remove_small", "label": L, "min_voxels": N}``: drop components of L under N voxels;
 - ``{"op": "fill_holes", "label": L}``: fill background enclosed by L;
 - ``{"op": "closing", "label": L, "radius_mm": R}``: morphological closing of L with a ball of
@@ -19,7 +24,7 @@ from kneeseg.errors import KneesegError
 from kneeseg.fingerprint import bbox_slices
 
 REQUIRED_KEYS = {"keep_largest_foreground": ("n",), "keep_largest": ("label",), "remove_small": ("label", "min_voxels"),
-                 "fill_holes": ("label",), "closing": ("label", "radius_mm")}
+                 "fill_holes": ("label",), "closing": ("label", "radius_mm"), "relabel_enclosed": ("label",)}
 FRAGMENTS = ("background", "neighbour")
 
 
@@ -36,10 +41,12 @@ def _ball(radius_mm: float, spacing) -> np.ndarray:
     return sum(g**2 for g in grids) <= radius_mm**2 + 1e-9
 
 
-def _reassign_fragments(region: np.ndarray, components: np.ndarray, keep: int, label: int) -> None:
+def _reassign_fragments(region: np.ndarray, components: np.ndarray, label: int, keep: int | None = None,
+                        enclosed_only: bool = False) -> None:
     """In place: each component of ``label`` but ``keep`` takes the label most of its face neighbours
-    of another bone have, or background when it touches none. ``region`` must reach one voxel beyond
-    the components, so that their neighbours are inside it."""
+    of another bone have, or background when it touches none; with ``enclosed_only``, only components
+    of which more than half of the face neighbours are other bones change (to that majority bone).
+    ``region`` must reach one voxel beyond the components, so that their neighbours are inside it."""
     for index, box in enumerate(ndimage.find_objects(components), start=1):
         if box is None or index == keep:
             continue
@@ -47,6 +54,8 @@ def _reassign_fragments(region: np.ndarray, components: np.ndarray, keep: int, l
         piece = components[grown] == index
         around = region[grown][ndimage.binary_dilation(piece) & ~piece]
         bones = around[(around != 0) & (around != label)]
+        if enclosed_only and bones.size <= around.size / 2:
+            continue
         region[grown][piece] = np.bincount(bones).argmax() if bones.size else 0
 
 
@@ -66,10 +75,13 @@ def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
     mask = out == step["label"]
     if not mask.any():
         return out
-    if op == "keep_largest" and step.get("fragments") == "neighbour":
-        box = bbox_slices(mask, 1)  # one voxel beyond the label: the fragments' neighbours
+    if op == "keep_largest" and step.get("fragments") == "neighbour" or op == "relabel_enclosed":
+        box = bbox_slices(mask, 1)  # one voxel beyond the label: the pieces' neighbours
         components, sizes = _components(mask[box])
-        _reassign_fragments(out[box], components, int(np.argmax(sizes)), step["label"])
+        if op == "relabel_enclosed":
+            _reassign_fragments(out[box], components, step["label"], enclosed_only=True)
+        else:
+            _reassign_fragments(out[box], components, step["label"], keep=int(np.argmax(sizes)))
     elif op in ("keep_largest", "remove_small"):
         box = bbox_slices(mask)
         components, sizes = _components(mask[box])
