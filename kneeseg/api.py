@@ -22,7 +22,7 @@ from kneeseg.export.overlays import save_overlay
 from kneeseg.inference.acquisition import acquisition_warnings
 from kneeseg.inference.cases import InputCase, discover_cases
 from kneeseg.inference.model import TrainedModel, find_model, load_model
-from kneeseg.inference.predictor import Predictor, checked_scales
+from kneeseg.inference.predictor import Predictor
 from kneeseg.io import Geometry, atomic_path, ensure_writable_folder, read_image, read_json, strip_ending, write_image
 from kneeseg.io.nifti import has_nonfinite
 from kneeseg.paths import KneesegPaths
@@ -86,13 +86,12 @@ def _predict_cases(model: TrainedModel, cases: list[InputCase], device: str, tta
                    autocast: str | None = None, progress: bool = True, tta_scales: Sequence[float] = (1.0,)) -> list[Path]:
     from tqdm import tqdm
 
-    checked_scales(tta_scales)  # before any folder is made
-    for folder in {c.output.parent for c in cases} | ({Path(overlays)} if overlays else set()):
-        ensure_writable_folder(folder)  # before any work: fail early, write nothing
     steps = []
     if postprocess and model.postprocessing_file.exists():
         steps = checked_steps(read_json(model.postprocessing_file), model.postprocessing_file)
-    predictor = Predictor(model, device, tta, step, autocast, progress, tta_scales)
+    predictor = Predictor(model, device, tta, step, autocast, progress, tta_scales)  # checks scales, checkpoints
+    for folder in {c.output.parent for c in cases} | ({Path(overlays)} if overlays else set()):
+        ensure_writable_folder(folder)  # before any prediction: fail early, write nothing
     label_values = sorted(model.ds.labels.values())
     written = []
     for case in tqdm(cases, desc="predicting", unit="case", disable=not progress or len(cases) < 2):

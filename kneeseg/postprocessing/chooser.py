@@ -9,10 +9,9 @@ and a closing with a 1-voxel (coarsest axis) ball. Relabelling comes first becau
 bone/background call is more reliable than its femur/tibia call: a block of femur called tibia is
 bone, and dropping it leaves a hole in the femur. Relabelling enclosed pieces and component removal
 are kept unless they lower the mean Dice over all cases and bones (each bone is one piece, apart
-from the others: nnU-Net's rule, and anatomy's); filling and closing
-only if they raise it, or leave it equal (within 1e-6) while lowering the mean ASSD. A candidate
-that the steps already kept make a no-op (removing small pieces of a bone kept in one piece) is
-skipped.
+from the others: nnU-Net's rule, and anatomy's); filling and closing only if they raise it, or
+leave it equal (within 1e-6) while lowering the mean ASSD. A candidate that the steps already kept
+make a no-op (removing small pieces of a bone kept in one piece) is skipped.
 """
 
 from __future__ import annotations

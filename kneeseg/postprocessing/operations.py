@@ -75,13 +75,12 @@ def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
     mask = out == step["label"]
     if not mask.any():
         return out
-    if op == "keep_largest" and step.get("fragments") == "neighbour" or op == "relabel_enclosed":
+    if op == "relabel_enclosed" or op == "keep_largest" and step.get("fragments") == "neighbour":
         box = bbox_slices(mask, 1)  # one voxel beyond the label: the pieces' neighbours
         components, sizes = _components(mask[box])
-        if op == "relabel_enclosed":
-            _reassign_fragments(out[box], components, step["label"], enclosed_only=True)
-        else:
-            _reassign_fragments(out[box], components, step["label"], keep=int(np.argmax(sizes)))
+        enclosed = op == "relabel_enclosed"
+        _reassign_fragments(out[box], components, step["label"], keep=None if enclosed else int(np.argmax(sizes)),
+                            enclosed_only=enclosed)
     elif op in ("keep_largest", "remove_small"):
         box = bbox_slices(mask)
         components, sizes = _components(mask[box])
