@@ -9,7 +9,7 @@ its own split). With --reverse it also trains on B and predicts A (--train-on B:
 Prints training time, prediction time and peak RSS.
 
     python benchmarks/kneebones3dify_holdout.py [--budget-min 60] [--reverse | --train-on B] [--workdir DIR]
-        [--no-intensity-augmentation] [--tta-scales 0.8 0.9 1.0 1.1]
+        [--no-intensity-augmentation] [--seed N] [--tta-scales 0.8 0.9 1.0 1.1]
 """
 
 from __future__ import annotations
@@ -91,12 +91,13 @@ def main() -> int:
     p.add_argument("--train-on", nargs="+", choices=["A", "B"], default=["A"], help="halves to train on (default A)")
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
     p.add_argument("--no-intensity-augmentation", action="store_true", help="train with spatial augmentation and mirroring only")
+    p.add_argument("--seed", type=int, default=0, help="training seed (kneeseg_train --seed): another sample of the same recipe")
     p.add_argument("--tta-scales", type=float, nargs="+", default=[1.0], metavar="F",
                    help="also predict the test half with these test-time scales (kneeseg_predict --tta-scales)")
     p.add_argument("--workdir", type=Path)
     args = p.parse_args()
     train_flags = (["--autocast", args.autocast] if args.autocast else []) + (
-        ["--no-intensity-augmentation"] if args.no_intensity_augmentation else [])
+        ["--no-intensity-augmentation"] if args.no_intensity_augmentation else []) + ["--seed", str(args.seed)]
     tmp = tempfile.TemporaryDirectory()
     work = args.workdir or Path(tmp.name)
     halves = list(dict.fromkeys(args.train_on + (["B"] if args.reverse else [])))
