@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import kneeseg_command, run_measured  # noqa: E402
 
 from kneeseg.demo import REAL_HALVES, REAL_TTA_SCALES  # noqa: E402
+from kneeseg.errors import KneesegError  # noqa: E402
+from kneeseg.inference.predictor import checked_scales  # noqa: E402
 from kneeseg.postprocessing.operations import describe_steps  # noqa: E402
 from kneeseg.training.checkpoint import load_checkpoint  # noqa: E402
 
@@ -98,6 +100,10 @@ def main() -> int:
                         "default 0.8 0.9 1.0 1.1; 1.0: the plan's spacing only)")
     p.add_argument("--workdir", type=Path)
     args = p.parse_args()
+    try:
+        checked_scales(args.tta_scales)  # refused now, not after an hour of training
+    except KneesegError as e:
+        p.error(str(e))
     train_flags = (["--autocast", args.autocast] if args.autocast else []) + (
         ["--no-intensity-augmentation"] if args.no_intensity_augmentation else []) + ["--seed", str(args.seed)]
     tmp = tempfile.TemporaryDirectory()
