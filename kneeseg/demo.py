@@ -53,6 +53,7 @@ def import_real_halves(source: Path, raw: Path) -> None:
 
 def run_demo(output: Path, train_minutes: float = 9.0, seed: int = 0, progress: bool = True,
              real_source: Path | None = None, tta_scales: tuple[float, ...] = (1.0,)) -> dict:
+    tta_scales = tuple(checked_scales(tta_scales))  # refused before anything is written, not after the training
     output = Path(output)
     paths = KneesegPaths(output / "raw", output / "preprocessed", output / "results")
     dataset, test = (REAL_TRAIN, REAL_TEST) if real_source else (PHANTOM_DATASET, PHANTOM_DATASET)
@@ -128,8 +129,7 @@ def main(argv=None) -> int:
                    help="test-time scales (kneeseg_predict --tta-scales; default 1.0, and 0.8 0.9 1.0 1.1 with --real)")
     args = p.parse_args(argv)
     minutes = args.train_minutes or (60.0 if args.real else 9.0)
-    # Checked now, not after the training: a bad factor is refused before anything runs.
-    scales = tuple(checked_scales(args.tta_scales or (REAL_TTA_SCALES if args.real else (1.0,))))
+    scales = args.tta_scales or (REAL_TTA_SCALES if args.real else (1.0,))
     run_demo(args.output, minutes, args.seed, real_source=args.real, tta_scales=scales)
     return 0
 
