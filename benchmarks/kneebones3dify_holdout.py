@@ -10,7 +10,7 @@ trains on B and predicts A (--train-on B: only that direction). Prints training 
 time and peak RSS.
 
     python benchmarks/kneebones3dify_holdout.py [--budget-min 60] [--reverse | --train-on B] [--workdir DIR]
-        [--no-intensity-augmentation] [--seed N] [--tta-scales F ... | --tta-scales 1.0]
+        [--no-intensity-augmentation] [--soft-targets on|off] [--seed N] [--tta-scales F ... | --tta-scales 1.0]
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ def main() -> int:
     p.add_argument("--train-on", nargs="+", choices=["A", "B"], default=["A"], help="halves to train on (default A)")
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
     p.add_argument("--no-intensity-augmentation", action="store_true", help="train with spatial augmentation and mirroring only")
+    p.add_argument("--soft-targets", choices=["on", "off"], help="kneeseg_train --soft-targets (default: the plan's)")
     p.add_argument("--seed", type=int, default=0, help="training seed (kneeseg_train --seed): another sample of the same recipe")
     p.add_argument("--tta-scales", type=float, nargs="+", default=list(REAL_TTA_SCALES), metavar="F",
                    help="also predict the test half with these test-time scales (kneeseg_predict --tta-scales; "
@@ -105,7 +106,8 @@ def main() -> int:
     except KneesegError as e:
         p.error(str(e))
     train_flags = (["--autocast", args.autocast] if args.autocast else []) + (
-        ["--no-intensity-augmentation"] if args.no_intensity_augmentation else []) + ["--seed", str(args.seed)]
+        ["--no-intensity-augmentation"] if args.no_intensity_augmentation else []) + (
+        ["--soft-targets", args.soft_targets] if args.soft_targets else []) + ["--seed", str(args.seed)]
     tmp = tempfile.TemporaryDirectory()
     work = args.workdir or Path(tmp.name)
     halves = list(dict.fromkeys(args.train_on + (["B"] if args.reverse else [])))

@@ -12,7 +12,7 @@ from kneeseg.io import Geometry
 from kneeseg.planning.estimate import estimate_iteration
 from kneeseg.planning.plans import Plans
 from kneeseg.preprocessing.preprocess import preprocess_case
-from kneeseg.preprocessing.resampling import resample_channels, resample_labels, resampled_argmax
+from kneeseg.preprocessing.resampling import resample_channels, resample_labels, resample_labels_with_fractions, resampled_argmax
 
 DS = "Dataset900_KneePhantom"
 
@@ -161,6 +161,33 @@ def test_resampling_helpers_keep_values_and_shapes():
     assert resample_labels(labels, (16, 16, 16), [1]).sum() == 8 * labels.sum() - 8
     thick = resample_channels(ramp.transpose(0, 3, 1, 2), (4, 8, 8), separate_axis=0)
     np.testing.assert_array_equal(thick[0, :, 0, 0], [2, 6, 10, 14])  # nearest slices, not averages
+
+
+@pytest.mark.parametrize("new_shape,separate", [((10, 12, 14), None), ((9, 10, 11), None), ((30, 10, 40), None), ((9, 10, 11), 0)])
+def test_label_shares_are_the_class_fractions_the_labels_are_the_argmax_of(new_shape, separate):
+    """Soft training targets: each foreground class's share of a new voxel. Shares add up to at most
+    1, the labels are their argmax (background is what is left), each class keeps its volume when the
+    grid shrinks (exact overlap weights, also for a factor like 20 -> 9), and the labels stay those of
+    plain resample_labels but for a few surface voxels."""
+    seg = np.zeros((20, 24, 28), np.int8)
+    seg[3:15, 4:19, 5:17] = 1
+    seg[11:18, 6:13, 14:25] = 2
+    labels, shares = resample_labels_with_fractions(seg, new_shape, [1, 2], separate)
+    assert shares.shape == (2, *new_shape) and shares.dtype == np.float16 and labels.dtype == seg.dtype
+    assert np.mean(labels == resample_labels(seg, new_shape, [1, 2], separate)) > 0.97
+    shares = shares.astype(np.float64)
+    assert shares.min() >= 0 and shares.sum(0).max() <= 1 + 1e-3
+    assert 0 < np.count_nonzero((shares > 0.05) & (shares < 0.95)) < 0.5 * shares[0].size  # partial voxels on surfaces
+    full = np.concatenate([1 - shares.sum(0, keepdims=True), shares])
+    ranked = np.sort(full, 0)
+    clear = ranked[-1] - ranked[-2] > 1e-2  # float16 rounding may flip near-ties only
+    np.testing.assert_array_equal(np.argmax(full, 0)[clear], labels[clear])
+    if separate is None and all(n <= o for n, o in zip(new_shape, seg.shape)):
+        voxel_ratio = seg.size / np.prod(new_shape)
+        for k, value in enumerate((1, 2)):
+            volume = np.count_nonzero(seg == value)
+            assert abs(shares[k].sum() * voxel_ratio - volume) <= 2e-3 * volume
+    assert resample_labels_with_fractions(seg, seg.shape, [1, 2])[1] is None  # nothing resampled, no shares
 
 
 @pytest.mark.parametrize("shape,new_shape", [((9, 11, 13), (25, 30, 40)), ((6, 1, 7), (6, 5, 21)), ((5, 5, 5), (5, 5, 5))])

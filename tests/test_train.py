@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_phantom, path_flags, tree_snapshot
+from conftest import centroid, make_phantom, path_flags, tree_snapshot
 from kneeseg.cli.plan_and_preprocess import main as pp_main
 from kneeseg.cli.train import main as train_main
 from kneeseg.training.checkpoint import load_checkpoint
@@ -213,6 +213,75 @@ def test_without_intensity_augmentation_only_geometry_changes():
 
     assert np.allclose(centre_values(False), 3.0, atol=1e-4)
     assert not np.allclose(centre_values(True), 3.0, atol=1e-4)
+
+
+def test_soft_targets_get_the_images_spatial_transform():
+    """--soft-targets: the label shares ride through rotation, scaling and mirroring with the image.
+    An image that is itself a share map (a ball off the mirror plane) comes out equal to the shares;
+    with the intensity transforms on, the shares stay shares and still match the nearest-neighbour labels."""
+    from kneeseg.training.data import training_transforms
+    from kneeseg.training.soft_targets import FRACTIONS_KEY
+
+    np.random.seed(0)
+    z, y, x = np.mgrid[:24, :24, :24]
+    ball = np.clip(7.5 - np.sqrt((z - 12) ** 2 + (y - 11) ** 2 + (x - 15) ** 2), 0, 1).astype(np.float32)[None, None]
+    for intensity in (False, True):
+        transforms = training_transforms([16, 16, 16], [2], intensity=intensity, soft_targets=True)
+        mirrored = 0
+        for _ in range(20):
+            batch = transforms(data=ball.copy(), seg=(ball > 0.5).astype(np.float32), **{FRACTIONS_KEY: ball.copy()})
+            shares, image = batch[FRACTIONS_KEY], batch["data"]
+            assert shares.shape == image.shape == (1, 1, 16, 16, 16) and 0 <= shares.min() and shares.max() <= 1
+            if not intensity:
+                np.testing.assert_allclose(shares, np.clip(image, 0, 1), atol=1e-5)
+            clear = (shares < 0.1) | (shares > 0.9)  # the labels are nearest-neighbour, the shares cubic: compare off the surface
+            assert np.mean((shares > 0.5)[clear] == (batch["seg"] > 0.5)[clear]) > 0.99
+            mirrored += centroid(shares[0, 0] > 0.5)[2] < 8  # the ball sits right of centre unless mirrored
+        assert 3 < mirrored < 17
+
+
+def test_soft_target_loss_is_the_label_loss_for_one_hot_shares():
+    """Cross-entropy and Dice against shares that are a label map's one-hot equal those against the
+    labels; shares that are not one-hot give another loss, lowest for a prediction that matches them."""
+    from kneeseg.training.loss import DeepSupervisionLoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 8, 8, 8)
+    labels = torch.randint(0, 4, (2, 8, 8, 8))
+    one_hot = torch.nn.functional.one_hot(labels, 4).permute(0, 4, 1, 2, 3).float()
+    loss = DeepSupervisionLoss(1)
+    assert float(loss(logits, one_hot)) == pytest.approx(float(loss(logits, labels)), rel=1e-6)
+    shares = torch.softmax(torch.randn(2, 4, 8, 8, 8), 1)
+    matching = torch.log(shares).requires_grad_()
+    at_match = loss(matching, shares)
+    assert float(at_match.detach()) < float(loss(logits, shares))
+    at_match.backward()
+    # At matching logits cross-entropy is at its minimum; what is left of the gradient is the Dice's.
+    assert float(matching.grad.abs().max()) < float(torch.autograd.grad(loss(logits.requires_grad_(), shares), logits)[0].abs().max())
+
+
+def test_soft_targets_train_from_the_shares_preprocessing_kept(tmp_path, capsys):
+    """Where the CPU plan coarsens the grid, preprocessing keeps each label's share of a voxel and
+    --soft-targets on trains from them; a cache written before shares were kept is refused in one line."""
+    from kneeseg.dataset.phantom import PhantomOptions
+
+    paths = make_phantom(tmp_path, n=3, options=PhantomOptions(shape=(56, 56, 56), spacing=(2.0, 2.0, 2.0)))
+    # A small per-iteration budget makes the CPU patch small, so the planner coarsens 2 mm to 2.42 mm.
+    assert pp_main(["--device", "cpu", "--no-progress", "--cpu-seconds-per-iteration", "0.1", *path_flags(paths)]) == 0
+    cache = next((paths.preprocessed / "Dataset900_KneePhantom").glob("kneesegPlans_*"))
+    assert cache.name == "kneesegPlans_2.420x2.420x2.420mm"
+    shares = sorted(cache.glob("*_fractions.npy"))
+    assert [p.name for p in shares] == [f"phantom_00{i}_fractions.npy" for i in range(3)]
+    assert np.load(shares[0]).shape == (3, *np.load(cache / "phantom_000_seg.npy").shape)
+    assert train_main(["0", "--device", "cpu", "--soft-targets", "on", *QUICK, *path_flags(paths)]) == 0
+    log = (paths.results / FOLD_DIR.format(0) / "training_log.txt").read_text()
+    assert "targets label shares (soft)" in log
+    manifest = cache / "preprocessing.json"
+    info = json.loads(manifest.read_text())
+    del info["label_fractions"]
+    manifest.write_text(json.dumps(info))
+    capsys.readouterr()
+    _assert_refused(["1", "--soft-targets", "on"], paths, capsys, "preprocessed without label shares")
 
 
 class _OneCase:

@@ -36,6 +36,8 @@ def main(argv=None):
     p.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
     p.add_argument("--no-intensity-augmentation", dest="intensity_augmentation", action="store_false",
                    help="augment with spatial transforms and mirroring only (no noise, blur, contrast, gamma, low resolution)")
+    p.add_argument("--soft-targets", choices=["on", "off"],
+                   help="train against each label's share of a voxel (on) or the resampled labels (off); default: the plan's")
     p.add_argument("--continue", dest="resume", action="store_true", help="resume from the latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start again in a fold folder that holds a training")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -47,6 +49,7 @@ def main(argv=None):
         time_budget_min=args.time_budget_min, seed=args.seed, device=resolve_device(args.device),
         num_workers=args.num_workers, resume=args.resume, overwrite=args.overwrite, autocast=args.autocast, optimizer=args.optimizer,
         elastic=args.elastic, intensity_augmentation=args.intensity_augmentation, distributed=distributed, progress=args.progress,
+        soft_targets=None if args.soft_targets is None else args.soft_targets == "on",
     )
     result = train(paths_from(args), args.fold, args.dataset, args.configuration, args.plans, options)
     dice = ", ".join(f"{d:.3f}" for d in result.final_pseudo_dice)

@@ -76,6 +76,9 @@ class TrainingPlan:
     # Mirroring (training augmentation and test-time augmentation) only along axes where a mirrored
     # knee is still a knee with the same labels: left-right for sided anatomy, all axes otherwise.
     mirror_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
+    # Train against each class's share of a voxel (kept when preprocessing resamples the labels)
+    # instead of the resampled labels: the network learns where inside a coarse voxel the surface lies.
+    soft_targets: bool = False
 
 
 @dataclass

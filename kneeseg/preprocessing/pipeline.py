@@ -3,7 +3,9 @@
 Layout written under ``<preprocessed>/DatasetNNN_Name/``:
     dataset.json, dataset_fingerprint.json, <plans_name>.json
     <data_identifier>/CASE.npy (float32 C,Z,Y,X), CASE_seg.npy (int8 Z,Y,X), CASE.json (properties),
-                      preprocessing.json (plans name, signature, case list)
+                      CASE_fractions.npy (float16 K,Z,Y,X: each foreground class's share of a voxel;
+                      only where the labels were resampled), preprocessing.json (plans name,
+                      signature, case list)
 Nothing is written before verification passes; each cache folder is built under a temporary name
 and renamed into place when complete.
 """
@@ -55,6 +57,8 @@ def _preprocess_job(job):
     np.save(out_dir / f"{case.case_id}.npy", result.data)
     if result.seg is not None:
         np.save(out_dir / f"{case.case_id}_seg.npy", result.seg)
+    if result.fractions is not None:
+        np.save(out_dir / f"{case.case_id}_fractions.npy", result.fractions)
     atomic_write_json(out_dir / f"{case.case_id}.json", {"case_id": case.case_id, **result.properties})
     return case.case_id
 
@@ -83,6 +87,7 @@ def preprocess_dataset(
             "data_identifier": config.data_identifier,
             "signature": config.preprocessing_signature(),
             "cases": sorted(done),
+            "label_fractions": True,  # caches written before soft targets lack them
         })
         if final.exists():
             shutil.rmtree(final)
@@ -101,6 +106,12 @@ def check_cache(cache_dir: Path, plans: Plans, config: ConfigurationPlan) -> lis
     if info.get("signature") != config.preprocessing_signature():
         raise KneesegError(f"{cache_dir}: preprocessed with other plans; run kneeseg_plan_and_preprocess again")
     return list(info["cases"])
+
+
+def cache_has_fractions(cache_dir: Path) -> bool:
+    """Whether the cache keeps the labels' shares of each voxel (soft targets): caches made before
+    kneeseg kept them do not."""
+    return bool(read_json(cache_dir / CACHE_MANIFEST).get("label_fractions", False))
 
 
 def plan_and_preprocess(

@@ -4,7 +4,9 @@
   interpolation: antialiased, so thin-slice noise does not alias into the coarse grid);
   upsampling interpolates linearly. Corners are not aligned: the volume's physical extent is kept.
 - Labels are resampled as one-hot channels, one class at a time, and the class with the largest
-  value wins; peak memory stays at two float arrays of the larger grid.
+  value wins; peak memory stays at two float arrays of the larger grid. Training labels come from
+  ``resample_labels_with_fractions``: exact per-class shares of each new voxel (soft targets), whose
+  argmax they are.
 - ``separate_axis`` (anisotropic data): resample in-plane first, then take the nearest slice along
   that axis, so that thick slices are not smeared into each other.
 """
@@ -203,3 +205,41 @@ def resample_labels(seg: np.ndarray, new_shape, labels: list[int], separate_axis
     values = sorted(set(labels) | {0})
     one_hot = lambda k: (seg == values[k])[None].astype(np.float32)  # noqa: E731
     return resampled_argmax(None, values, new_shape, separate_axis, channel_of=one_hot).astype(seg.dtype, copy=False)
+
+
+def resample_labels_with_fractions(seg: np.ndarray, new_shape, labels: list[int],
+                                   separate_axis: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels on the new grid and each foreground class's share of every new voxel: float16
+    (len(labels), Z, Y, X) in the order of sorted ``labels`` (background is what is left). Shares
+    are None when the grid does not change (they are then the labels' one-hot).
+
+    Shares are exact: a shrinking axis weighs each old voxel by the length it overlaps the new one
+    (``area_weights``; torch's adaptive pooling counts a partly covered voxel whole, which on the
+    real scan's 2.15x step smears the surface by half a voxel), a growing one interpolates linearly,
+    the separate axis takes the nearest slice. The labels are the shares' argmax, ties to the earlier
+    class; they may differ from ``resample_labels`` in a few surface voxels.
+    """
+    new_shape = [int(s) for s in new_shape]
+    if list(seg.shape) == new_shape:
+        return seg, None
+    matrices = []
+    for axis, (old, new) in enumerate(zip(seg.shape, new_shape)):
+        if old == new:
+            matrices.append(None)
+        elif axis == separate_axis:
+            matrices.append(np.eye(old, dtype=np.float32)[np.minimum(((np.arange(new) + 0.5) * old / new).astype(int), old - 1)])
+        else:
+            matrices.append(area_weights(old, new) if new < old else linear_weights(old, new))
+    values = sorted(set(labels) | {0})
+    shares = np.zeros((len(values) - 1, *new_shape), np.float32)
+    for k, value in enumerate(values[1:]):
+        share = (seg == value).astype(np.float32)
+        for axis in np.argsort([m.shape[0] / m.shape[1] if m is not None else 1.0 for m in matrices]):
+            if matrices[axis] is not None:  # most shrinking axis first: the intermediate arrays stay small
+                share = along_axis(share, matrices[axis], int(axis))
+        shares[k] = np.clip(share, 0.0, 1.0)
+    background = 1.0 - shares.sum(0)
+    with torch.no_grad():
+        channels = (torch.from_numpy(c) for c in (background, *shares))
+        out = _running_argmax(channels, values, new_shape).numpy()
+    return out.astype(seg.dtype, copy=False), shares.astype(np.float16)

@@ -24,6 +24,7 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Spati
 
 from kneeseg.errors import KneesegError
 from kneeseg.training.ranges import ROTATION_DEG, SCALE
+from kneeseg.training.soft_targets import FRACTIONS_KEY, AppendFractionsToData, SplitFractionsFromData, one_hot_fractions
 from kneeseg.training.thick_slices import ThickSliceTransform
 
 
@@ -46,6 +47,16 @@ class CaseStore:
             raise KneesegError(f"{self.cache_dir / case_id}: cannot read preprocessed case ({exc})") from None
         return data, seg
 
+    def fractions(self, case_id: str) -> np.ndarray | None:
+        """Each foreground class's share of a voxel (K, Z, Y, X), None where the labels were not resampled."""
+        path = self.cache_dir / f"{case_id}_fractions.npy"
+        if not path.exists():
+            return None
+        try:
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise KneesegError(f"{path}: cannot read preprocessed case ({exc})") from None
+
 
 def loader_patch_size(patch: list[int], rotation: bool = True, min_scale: float = SCALE[0]) -> list[int]:
     """Patch to cut so that rotating by up to ROTATION_DEG and zooming out to ``min_scale`` stays inside."""
@@ -65,14 +76,17 @@ def crop_padded(array: np.ndarray, start: np.ndarray, size: list[int], fill=0) -
 
 
 class PatchLoader(SlimDataLoaderBase):
-    """Endless batches {'data': (B, C, *size), 'seg': (B, 1, *size)} from a CaseStore.
+    """Endless batches {'data': (B, C, *size), 'seg': (B, 1, *size)} from a CaseStore, and with
+    ``soft_labels`` (the foreground label values) 'fractions': (B, K, *size), each label's share.
 
     Randomness comes from numpy's global generator, which batchgenerators seeds in each worker.
     """
 
-    def __init__(self, store: CaseStore, batch_size: int, size: list[int], oversample: float = 0.33):
+    def __init__(self, store: CaseStore, batch_size: int, size: list[int], oversample: float = 0.33,
+                 soft_labels: list[int] | None = None):
         super().__init__(None, batch_size, 1)
         self.store, self.size, self.oversample = store, list(size), oversample
+        self.soft_labels = soft_labels
 
     def _start(self, case_id: str, shape: np.ndarray, force_fg: bool) -> np.ndarray:
         size = np.asarray(self.size)
@@ -89,7 +103,7 @@ class PatchLoader(SlimDataLoaderBase):
 
     def generate_train_batch(self) -> dict:
         n_fg = int(round(self.batch_size * self.oversample))
-        data, seg = [], []
+        data, seg, fractions = [], [], []
         for i in range(self.batch_size):
             case_id = self.store.case_ids[np.random.randint(len(self.store.case_ids))]
             image, labels = self.store.load(case_id)
@@ -99,14 +113,23 @@ class PatchLoader(SlimDataLoaderBase):
             start = self._start(case_id, np.asarray(labels.shape), force_fg=force)
             data.append(crop_padded(image, start, self.size))
             seg.append(crop_padded(labels[None], start, self.size))
-        return {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.float32)}
+            if self.soft_labels is not None:
+                shares = self.store.fractions(case_id)
+                fractions.append(one_hot_fractions(seg[-1][0], self.soft_labels) if shares is None
+                                 else crop_padded(shares, start, self.size).astype(np.float32))
+        batch = {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.float32)}
+        if fractions:
+            batch[FRACTIONS_KEY] = np.stack(fractions)
+        return batch
 
 
-def training_transforms(patch: list[int], mirror_axes: list[int], elastic: bool = False, intensity: bool = True) -> Compose:
+def training_transforms(patch: list[int], mirror_axes: list[int], elastic: bool = False, intensity: bool = True,
+                        soft_targets: bool = False) -> Compose:
     """nnU-Net's augmentation recipe, with rotations limited to +-15 degrees (knees come roughly
     aligned), mirroring only along the axes the plans allow (anatomical labels are sided), and thick
     slices along one random axis (low-field 2D protocols). ``intensity=False`` keeps only the spatial
-    transforms and mirroring (an ablation: scans from the training scanner only)."""
+    transforms and mirroring (an ablation: scans from the training scanner only). ``soft_targets``:
+    the batch's label shares get the same spatial transform and mirroring as the image."""
     a = np.deg2rad(ROTATION_DEG)
     transforms = [
         SpatialTransform(
@@ -128,17 +151,18 @@ def training_transforms(patch: list[int], mirror_axes: list[int], elastic: bool 
         GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
         GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
     ]
-    if intensity:
-        transforms += intensity_transforms
-    if mirror_axes:
-        transforms.append(MirrorTransform(tuple(mirror_axes)))
-    return Compose(transforms)
+    mirror = [MirrorTransform(tuple(mirror_axes))] if mirror_axes else []
+    if soft_targets:  # the shares leave the image channels before any intensity transform
+        return Compose([AppendFractionsToData(), *transforms, *mirror, SplitFractionsFromData(),
+                        *(intensity_transforms if intensity else [])])
+    return Compose([*transforms, *(intensity_transforms if intensity else []), *mirror])
 
 
-def center_crop_transform(patch: list[int]) -> Compose:
+def center_crop_transform(patch: list[int], soft_targets: bool = False) -> Compose:
     """Validation: no augmentation, just the network patch from the centre of the loader patch."""
-    return Compose([SpatialTransform(patch, patch_center_dist_from_border=None, do_elastic_deform=False,
-                                     do_rotation=False, do_scale=False, random_crop=False)])
+    crop = SpatialTransform(patch, patch_center_dist_from_border=None, do_elastic_deform=False,
+                            do_rotation=False, do_scale=False, random_crop=False)
+    return Compose([AppendFractionsToData(), crop, SplitFractionsFromData()] if soft_targets else [crop])
 
 
 def make_augmenter(loader: PatchLoader, transforms: Compose, num_workers: int, seed: int):

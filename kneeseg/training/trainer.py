@@ -24,13 +24,14 @@ from kneeseg.errors import KneesegError
 from kneeseg.hardware import usable_autocast
 from kneeseg.io import atomic_write_json
 from kneeseg.planning.plans import ConfigurationPlan, Plans
-from kneeseg.preprocessing.pipeline import check_cache
+from kneeseg.preprocessing.pipeline import cache_has_fractions, check_cache
 from kneeseg.training.checkpoint import load_checkpoint, save_checkpoint
 from kneeseg.training.data import CaseStore, PatchLoader, center_crop_transform, loader_patch_size, make_augmenter, training_transforms
 from kneeseg.training.layout import TRAINER_NAME, model_dir
 from kneeseg.training.loss import DeepSupervisionLoss
 from kneeseg.training.network import UNet
 from kneeseg.training.progress import plot_progress
+from kneeseg.training.soft_targets import FRACTIONS_KEY
 from kneeseg.training.splits import fold_cases, load_or_make_splits
 
 EMA_MOMENTUM = 0.9  # nnU-Net's, for 1000 epochs
@@ -59,6 +60,7 @@ class TrainOptions:
     optimizer: str | None = None  # default: the plan's ("sgd" | "adamw", with that optimizer's default lr)
     elastic: bool = False
     intensity_augmentation: bool = True  # False: spatial transforms and mirroring only
+    soft_targets: bool | None = None  # default: the plan's (train against label shares, not labels)
     distributed: bool = False
     progress: bool = True
 
@@ -114,6 +116,10 @@ class Trainer:
         self.iters = options.iters_per_epoch or t.iterations_per_epoch
         self.val_iters = options.val_iters or t.val_iterations
         self.autocast = usable_autocast(options.autocast or t.autocast, options.device)
+        self.soft_targets = t.soft_targets if options.soft_targets is None else options.soft_targets
+        if self.soft_targets and not cache_has_fractions(cache):
+            raise KneesegError(f"{cache}: preprocessed without label shares (soft targets); "
+                               f"run kneeseg_plan_and_preprocess -c {config.name} again")
         self.class_names = [self.ds.label_name(v) for v in self.ds.foreground_labels]
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -149,11 +155,14 @@ class Trainer:
         data_seed = o.seed + 7919 * self.epoch + 1000 * self.rank  # resumed runs draw fresh batches
         train_store, val_store = CaseStore(self.cache, self.train_ids), CaseStore(self.cache, self.val_ids)
         oversample = self.config.training.oversample_foreground
+        soft = self.ds.foreground_labels if self.soft_targets else None
         self.train_batches = make_augmenter(
-            PatchLoader(train_store, self.batch_size, rotation_patch, oversample),
-            training_transforms(patch, self.config.training.mirror_axes, o.elastic, o.intensity_augmentation), o.num_workers, data_seed)
+            PatchLoader(train_store, self.batch_size, rotation_patch, oversample, soft),
+            training_transforms(patch, self.config.training.mirror_axes, o.elastic, o.intensity_augmentation, self.soft_targets),
+            o.num_workers, data_seed)
         self.val_batches = make_augmenter(
-            PatchLoader(val_store, self.batch_size, patch, oversample), center_crop_transform(patch), 0, data_seed + 1)
+            PatchLoader(val_store, self.batch_size, patch, oversample, soft), center_crop_transform(patch, self.soft_targets),
+            0, data_seed + 1)
         if self.rank == 0:
             self.fold_dir.mkdir(parents=True, exist_ok=True)
             self.plans.save(self.model_dir / "plans.json")
@@ -190,13 +199,18 @@ class Trainer:
         dtype = torch.float16 if self.autocast == "fp16" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
 
-    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images, the loss's target (labels, or class shares with soft targets) and the labels."""
         data = torch.from_numpy(batch["data"]).to(self.device, non_blocking=True)
-        target = torch.from_numpy(batch["seg"][:, 0]).to(self.device, non_blocking=True).long()
-        return data, target
+        labels = torch.from_numpy(batch["seg"][:, 0]).to(self.device, non_blocking=True).long()
+        if FRACTIONS_KEY not in batch:
+            return data, labels, labels
+        foreground = torch.from_numpy(batch[FRACTIONS_KEY]).to(self.device, non_blocking=True)
+        background = (1.0 - foreground.sum(1, keepdim=True)).clamp_(min=0.0)
+        return data, torch.cat([background, foreground], 1), labels
 
     def train_step(self, batch: dict) -> float:
-        data, target = self._to_device(batch)
+        data, target, _ = self._to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             outputs = self.model(data)
@@ -215,14 +229,14 @@ class Trainer:
 
     @torch.no_grad()
     def validation_step(self, batch: dict) -> tuple[float, np.ndarray]:
-        data, target = self._to_device(batch)
+        data, target, labels = self._to_device(batch)
         with self._autocast():
             outputs = self.model(data)
         loss = float(self.loss(outputs, target))
         pred = (outputs[0] if isinstance(outputs, list) else outputs).argmax(1)
         counts = np.zeros((3, len(self.class_names)))
         for c, value in enumerate(self.ds.foreground_labels):
-            p, t = pred == value, target == value
+            p, t = pred == value, labels == value
             counts[:, c] = [float((p & t).sum()), float((p & ~t).sum()), float((~p & t).sum())]
         return loss, counts
 
@@ -268,7 +282,7 @@ class Trainer:
         self._log(f"{'continuing' if o.resume else 'training'} {self.plans.dataset_name} {self.config.name} fold {o.fold} on "
                   f"{self.device} (world {self.world}), {len(self.train_ids)} train / {len(self.val_ids)} val cases, "
                   f"patch {self.config.patch_size}, batch {self.batch_size}/rank, {type(self.optimizer).__name__} lr {self.initial_lr}, "
-                  f"autocast {self.autocast}")
+                  f"autocast {self.autocast}, targets {'label shares (soft)' if self.soft_targets else 'labels'}")
         epoch_times, waits = [], []
         try:
             while self.epoch < self.num_epochs:
