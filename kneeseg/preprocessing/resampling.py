@@ -44,10 +44,13 @@ def _interpolate(volume: torch.Tensor, size: list[int]) -> torch.Tensor:
     return F.interpolate(volume, size=list(size), mode=mode, align_corners=False)
 
 
+def _nearest_index(n_old: int, n_new: int) -> np.ndarray:
+    """For each new voxel along an axis, the old voxel whose extent holds its centre."""
+    return np.minimum(((np.arange(n_new) + 0.5) * n_old / n_new).astype(np.int64), n_old - 1)
+
+
 def _nearest_along(volume: torch.Tensor, axis: int, size: int) -> torch.Tensor:
-    old = volume.shape[axis]
-    index = torch.clamp(((torch.arange(size) + 0.5) * old / size).long(), max=old - 1)
-    return volume.index_select(axis, index)
+    return volume.index_select(axis, torch.from_numpy(_nearest_index(volume.shape[axis], size)))
 
 
 def area_weights(n_old: int, n_new: int) -> np.ndarray:
@@ -227,7 +230,7 @@ def resample_labels_with_fractions(seg: np.ndarray, new_shape, labels: list[int]
         if old == new:
             matrices.append(None)
         elif axis == separate_axis:
-            matrices.append(np.eye(old, dtype=np.float32)[np.minimum(((np.arange(new) + 0.5) * old / new).astype(int), old - 1)])
+            matrices.append(np.eye(old, dtype=np.float32)[_nearest_index(old, new)])
         else:
             matrices.append(area_weights(old, new) if new < old else linear_weights(old, new))
     values = sorted(set(labels) | {0})
