@@ -10,7 +10,8 @@ trains on B and predicts A (--train-on B: only that direction). Prints training 
 time and peak RSS.
 
     python benchmarks/kneebones3dify_holdout.py [--budget-min 60] [--reverse | --train-on B] [--workdir DIR]
-        [--no-intensity-augmentation] [--soft-targets on|off] [--seed N] [--tta-scales F ... | --tta-scales 1.0]
+        [--cpu-spacing MM [MM MM]] [--no-intensity-augmentation] [--soft-targets on|off] [--seed N]
+        [--tta-scales F ... | --tta-scales 1.0]
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from kneeseg.postprocessing.operations import describe_steps  # noqa: E402
 from kneeseg.training.checkpoint import load_checkpoint  # noqa: E402
 
 
-def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float, train_flags: list[str],
-        tta_scales: list[float]) -> None:
+def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float, plan_flags: list[str],
+        train_flags: list[str], tta_scales: list[float]) -> None:
     flags = ["--raw", str(work / "raw"), "--preprocessed", str(work / "pre"), "--results", str(work / "res")]
     for half, (number, name) in REAL_HALVES.items():
         if not (work / "raw" / f"Dataset{number}_{name}").exists():
@@ -43,7 +44,9 @@ def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float
                                                     "--name", name, *flags))
             assert rc == 0, f"import of half {half} failed"
     number, name = REAL_HALVES[train_half]
-    run_measured(kneeseg_command("plan_and_preprocess", "-d", str(number), "--device", "cpu", "--no-progress", *flags))
+    _, _, rc = run_measured(kneeseg_command("plan_and_preprocess", "-d", str(number), "--device", "cpu", "--no-progress",
+                                            *plan_flags, *flags))
+    assert rc == 0, "plan_and_preprocess failed"
     t_train, rss_train, rc = run_measured(kneeseg_command(
         "train", "0", "-d", str(number), "--device", "cpu", "--time-budget-min", str(budget), "--overwrite",
         "--no-progress", *train_flags, *flags))
@@ -92,6 +95,8 @@ def main() -> int:
     p.add_argument("--budget-min", type=float, default=60.0, help="training wall-clock budget per half (default 60)")
     p.add_argument("--reverse", action="store_true", help="also train on B and predict A")
     p.add_argument("--train-on", nargs="+", choices=["A", "B"], default=["A"], help="halves to train on (default A)")
+    p.add_argument("--cpu-spacing", type=float, nargs="+", metavar="MM",
+                   help="kneeseg_plan_and_preprocess --cpu-spacing: the 3d_cpu spacing instead of the planner's")
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
     p.add_argument("--no-intensity-augmentation", action="store_true", help="train with spatial augmentation and mirroring only")
     p.add_argument("--soft-targets", choices=["on", "off"], help="kneeseg_train --soft-targets (default: the plan's)")
@@ -105,6 +110,7 @@ def main() -> int:
         checked_scales(args.tta_scales)  # refused now, not after an hour of training
     except KneesegError as e:
         p.error(str(e))
+    plan_flags = ["--cpu-spacing", *map(str, args.cpu_spacing)] if args.cpu_spacing else []
     train_flags = (["--autocast", args.autocast] if args.autocast else []) + (
         ["--no-intensity-augmentation"] if args.no_intensity_augmentation else []) + (
         ["--soft-targets", args.soft_targets] if args.soft_targets else []) + ["--seed", str(args.seed)]
@@ -112,7 +118,7 @@ def main() -> int:
     work = args.workdir or Path(tmp.name)
     halves = list(dict.fromkeys(args.train_on + (["B"] if args.reverse else [])))
     for train_half in halves:
-        run(train_half, "B" if train_half == "A" else "A", args.shared, work, args.budget_min, train_flags, args.tta_scales)
+        run(train_half, "B" if train_half == "A" else "A", args.shared, work, args.budget_min, plan_flags, train_flags, args.tta_scales)
     return 0
 
 

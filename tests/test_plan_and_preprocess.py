@@ -6,8 +6,10 @@ import pytest
 from conftest import make_phantom, path_flags
 from kneeseg.cli.plan_and_preprocess import main as pp_main
 from kneeseg.dataset.phantom import PhantomOptions
+from kneeseg.errors import KneesegError
 from kneeseg.fingerprint import nonzero_bbox
 from kneeseg.preprocessing.normalization import zscore
+from kneeseg.preprocessing.pipeline import plan_and_preprocess
 from kneeseg.io import Geometry
 from kneeseg.planning.estimate import estimate_iteration
 from kneeseg.planning.plans import Plans
@@ -80,6 +82,35 @@ def test_gpu_budget_changes_the_patch(tmp_path):
     assert np.prod(small.patch_size) < np.prod(big.patch_size)
     assert small.estimate.activation_memory_gb <= 2
     assert not any(p.is_dir() for p in (paths.preprocessed / DS).iterdir())  # --plan-only: no cache
+
+
+def test_cpu_spacing_set_by_the_user_replaces_the_planners_choice(tmp_path, capsys):
+    paths = make_phantom(tmp_path, n=1)
+    plans_path = paths.preprocessed / DS / "kneesegPlans.json"
+    assert _run(paths, "--plan-only") == 0
+    chosen = Plans.load(plans_path)
+    assert _run(paths, "--plan-only", "--cpu-spacing", "3.5") == 0
+    iso = Plans.load(plans_path)
+    assert _run(paths, "--plan-only", "--cpu-spacing", "4", "3", "3") == 0
+    aniso = Plans.load(plans_path)
+    assert chosen.configuration("3d_cpu").spacing != [3.5] * 3
+    assert iso.configuration("3d_cpu").spacing == [3.5] * 3 and aniso.configuration("3d_cpu").spacing == [4.0, 3.0, 3.0]
+    assert "set by the user" in iso.notes[-1] and "set by the user" not in chosen.notes[-1]
+    for plans in (iso, aniso):  # the patch is still fitted to the CPU budget; the GPU plans do not change
+        cpu = plans.configuration("3d_cpu")
+        assert cpu.estimate.seconds_per_iteration <= plans.hardware["cpu_seconds_per_iteration"]
+        assert cpu.data_identifier != chosen.configuration("3d_cpu").data_identifier
+        assert plans.configuration("3d_fullres") == chosen.configuration("3d_fullres")
+    capsys.readouterr()
+    for bad, message in ((["1", "2"], "--cpu-spacing takes one value or three (z y x), not 2"), (["-1"], "-1: must be positive")):
+        with pytest.raises(SystemExit) as exit_info:
+            _run(make_phantom(tmp_path / "bad", n=1), "--cpu-spacing", *bad)
+        assert exit_info.value.code == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]  # after argparse's usage lines
+        assert last.startswith("kneeseg_plan_and_preprocess: error: ") and message in last
+        assert not (tmp_path / "bad" / "preprocessed").exists()
+    with pytest.raises(KneesegError, match=r"cpu_spacing \[1.0, 0.0, 1.0\]: needs three positive spacings"):
+        plan_and_preprocess(paths, cpu_spacing=[1.0, 0.0, 1.0])
 
 
 def test_several_datasets_need_a_choice(tmp_path, capsys):

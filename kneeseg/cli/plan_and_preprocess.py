@@ -26,6 +26,9 @@ def main(argv=None):
     p.add_argument("--cpu-threads", type=positive_int, default=2, help="CPU cores the 3d_cpu configuration is sized for (default 2)")
     p.add_argument("--cpu-seconds-per-iteration", type=positive_float, default=3.0, help="CPU time budget per training iteration (default 3)")
     p.add_argument("--cpu-training-hours", type=positive_float, default=1.0, help="default CPU training length the schedule is set for (default 1)")
+    p.add_argument("--cpu-spacing", type=positive_float, nargs="+", metavar="MM",
+                   help="spacing of the 3d_cpu configuration instead of the planner's choice: one value (isotropic) "
+                        "or three (z y x, the order of the plans); its patch is still sized for the CPU budget")
     p.add_argument("--plans-name", default="kneesegPlans")
     p.add_argument("-np", "--num-processes", type=positive_int, default=1, help="parallel workers (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed for intensity and foreground-location sampling")
@@ -34,13 +37,16 @@ def main(argv=None):
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_path_flags(p)
     args = p.parse_args(argv)
+    if args.cpu_spacing is not None and len(args.cpu_spacing) not in (1, 3):
+        p.error(f"--cpu-spacing takes one value or three (z y x), not {len(args.cpu_spacing)}")
+    cpu_spacing = args.cpu_spacing * 3 if args.cpu_spacing is not None and len(args.cpu_spacing) == 1 else args.cpu_spacing
     paths = paths_from(args)
     device = detect_device() if args.device == "auto" else args.device
     hardware = HardwareTarget(args.gpu_memory_gb, args.cpu_threads, args.cpu_seconds_per_iteration, args.cpu_training_hours)
     for dataset in args.dataset or [None]:
         result = plan_and_preprocess(
             paths, dataset, args.configurations, device, hardware, args.plans_name,
-            args.num_processes, args.seed, args.verify, not args.plan_only, args.progress,
+            args.num_processes, args.seed, args.verify, not args.plan_only, args.progress, cpu_spacing,
         )
         for name, config in result.plans.configurations.items():
             mark = " (recommended for " + device + ")" if name == result.plans.recommended_configuration(device) else ""

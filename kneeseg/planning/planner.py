@@ -11,6 +11,8 @@ Rules (all spacings/shapes in z, y, x):
 - ``3d_lowres`` exists when the full-resolution patch covers less than LOWRES_TRIGGER of the median
   case; ``3d_cpu`` coarsens the spacing (finest axes first) until its CPU-sized patch covers at least
   CPU_MIN_COVERAGE of the median case, or the spacing reaches CPU_MAX_SPACING_FACTOR x full resolution.
+  A ``cpu_spacing`` given by the user replaces that search (nnU-Net's overwrite_target_spacing); the
+  patch is still fitted to the CPU time budget at that spacing.
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ def _coarsen(spacing: list[float], factor: float) -> list[float]:
 
 
 def plan_experiment(
-    fingerprint: Fingerprint, ds: DatasetJson, hardware: HardwareTarget = HardwareTarget(), plans_name: str = "kneesegPlans"
+    fingerprint: Fingerprint, ds: DatasetJson, hardware: HardwareTarget = HardwareTarget(), plans_name: str = "kneesegPlans",
+    cpu_spacing: list[float] | None = None,
 ) -> Plans:
     in_ch, n_cls = ds.num_channels, len(ds.labels)
     spacings = fingerprint.spacings
@@ -199,14 +202,19 @@ def plan_experiment(
         configurations["3d_lowres"] = lowres
         notes.append(f"3d_lowres: full-resolution patch covers {_coverage(full.patch_size, full.median_shape):.1%} of the median case")
 
-    factor = 1.0
-    cpu = configuration("3d_cpu", "cpu", full_spacing)
-    while _coverage(cpu.patch_size, cpu.median_shape) < CPU_MIN_COVERAGE and factor < CPU_MAX_SPACING_FACTOR:
-        factor = min(CPU_MAX_SPACING_FACTOR, factor * 1.1)
-        cpu = configuration("3d_cpu", "cpu", _coarsen(full_spacing, factor))
+    if cpu_spacing is not None:
+        cpu = configuration("3d_cpu", "cpu", [float(round(s, 6)) for s in cpu_spacing])
+        chosen = "set by the user, "
+    else:
+        factor, chosen = 1.0, ""
+        cpu = configuration("3d_cpu", "cpu", full_spacing)
+        while _coverage(cpu.patch_size, cpu.median_shape) < CPU_MIN_COVERAGE and factor < CPU_MAX_SPACING_FACTOR:
+            factor = min(CPU_MAX_SPACING_FACTOR, factor * 1.1)
+            cpu = configuration("3d_cpu", "cpu", _coarsen(full_spacing, factor))
     configurations["3d_cpu"] = cpu
+    factor = min(cpu.spacing) / min(full_spacing)
     notes.append(
-        f"3d_cpu: spacing {cpu.spacing} mm ({factor:.2f}x full resolution on the finest axis), patch covers "
+        f"3d_cpu: spacing {cpu.spacing} mm ({chosen}{factor:.2f}x full resolution on the finest axis), patch covers "
         f"{_coverage(cpu.patch_size, cpu.median_shape):.1%} of the median case, "
         f"~{cpu.estimate.seconds_per_iteration:.1f} s per iteration on {hardware.cpu_threads} CPU threads"
     )

@@ -126,12 +126,16 @@ def plan_and_preprocess(
     verify: bool = True,
     preprocess: bool = True,
     progress: bool = True,
+    cpu_spacing: list[float] | None = None,
 ) -> PlanAndPreprocessResult:
     """Fingerprint, plan and preprocess a raw dataset.
 
     ``configurations`` to preprocess default to the one the plans recommend for ``device``
     ('cpu', 'cuda', 'mps'); ``preprocess=False`` only writes the fingerprint and plans.
+    ``cpu_spacing`` (z, y, x mm) replaces the spacing the planner would choose for ``3d_cpu``.
     """
+    if cpu_spacing is not None and (len(cpu_spacing) != 3 or not min(cpu_spacing) > 0):
+        raise KneesegError(f"cpu_spacing {list(cpu_spacing)}: needs three positive spacings in mm (z, y, x)")
     name = find_dataset(paths.raw, dataset)
     raw_dir = paths.raw / name
     if verify:
@@ -140,7 +144,7 @@ def plan_and_preprocess(
         ds = DatasetJson.load(raw_dir / "dataset.json")
         cases = training_cases(raw_dir, ds)
     fingerprint = extract_fingerprint(name, cases, ds, num_processes, seed, progress)
-    plans = plan_experiment(fingerprint, ds, hardware, plans_name)
+    plans = plan_experiment(fingerprint, ds, hardware, plans_name, cpu_spacing)
     wanted = configurations or [plans.recommended_configuration(device)]
     for c in wanted:
         plans.configuration(c)  # unknown configuration: error before anything is written
