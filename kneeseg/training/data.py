@@ -40,18 +40,15 @@ class CaseStore:
             self.locations[cid] = {int(k): np.asarray(v, dtype=int).reshape(-1, 3) for k, v in props["class_locations"].items()}
 
     def load(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            data = np.load(self.cache_dir / f"{case_id}.npy", mmap_mode="r")
-            seg = np.load(self.cache_dir / f"{case_id}_seg.npy", mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise KneesegError(f"{self.cache_dir / case_id}: cannot read preprocessed case ({exc})") from None
-        return data, seg
+        return self._open(self.cache_dir / f"{case_id}.npy"), self._open(self.cache_dir / f"{case_id}_seg.npy")
 
     def fractions(self, case_id: str) -> np.ndarray | None:
         """Each foreground class's share of a voxel (K, Z, Y, X), None where the labels were not resampled."""
         path = self.cache_dir / f"{case_id}_fractions.npy"
-        if not path.exists():
-            return None
+        return self._open(path) if path.exists() else None
+
+    @staticmethod
+    def _open(path: Path) -> np.ndarray:
         try:
             return np.load(path, mmap_mode="r")
         except (OSError, ValueError) as exc:

@@ -60,5 +60,5 @@ def downsample_target(target: torch.Tensor, size) -> torch.Tensor:
     """A target at a coarser deep-supervision resolution: a label map by nearest neighbour, soft
     targets by averaging (a coarse voxel's share is the mean of its fine voxels' shares)."""
     if target.ndim == len(size) + 2:
-        return F.adaptive_avg_pool3d(target, list(size)) if len(size) == 3 else F.adaptive_avg_pool2d(target, list(size))
+        return F.adaptive_avg_pool3d(target, list(size))  # the network is 3D
     return F.interpolate(target[:, None].float(), size=list(size), mode="nearest")[:, 0].long()
