@@ -11,7 +11,7 @@ time and peak RSS.
 
     python benchmarks/kneebones3dify_holdout.py [--budget-min 60] [--reverse | --train-on B] [--workdir DIR]
         [--cpu-spacing MM [MM MM]] [--no-intensity-augmentation] [--soft-targets on|off] [--seed N]
-        [--tta-scales F ... | --tta-scales 1.0]
+        [--average-last SHARE] [--tta-scales F ... | --tta-scales 1.0]
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ def main() -> int:
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
     p.add_argument("--no-intensity-augmentation", action="store_true", help="train with spatial augmentation and mirroring only")
     p.add_argument("--soft-targets", choices=["on", "off"], help="kneeseg_train --soft-targets (default: the plan's)")
+    p.add_argument("--average-last", type=float, metavar="SHARE",
+                   help="kneeseg_train --average-last: final weights averaged over this last share of the epochs (default: the plan's)")
     p.add_argument("--seed", type=int, default=0, help="training seed (kneeseg_train --seed): another sample of the same recipe")
     p.add_argument("--tta-scales", type=float, nargs="+", default=list(REAL_TTA_SCALES), metavar="F",
                    help="also predict the test half with these test-time scales (kneeseg_predict --tta-scales; "
@@ -113,7 +115,8 @@ def main() -> int:
     plan_flags = ["--cpu-spacing", *map(str, args.cpu_spacing)] if args.cpu_spacing else []
     train_flags = (["--autocast", args.autocast] if args.autocast else []) + (
         ["--no-intensity-augmentation"] if args.no_intensity_augmentation else []) + (
-        ["--soft-targets", args.soft_targets] if args.soft_targets else []) + ["--seed", str(args.seed)]
+        ["--soft-targets", args.soft_targets] if args.soft_targets else []) + (
+        ["--average-last", str(args.average_last)] if args.average_last is not None else []) + ["--seed", str(args.seed)]
     tmp = tempfile.TemporaryDirectory()
     work = args.workdir or Path(tmp.name)
     halves = list(dict.fromkeys(args.train_on + (["B"] if args.reverse else [])))

@@ -81,6 +81,32 @@ def test_postprocessing_steps():
     assert chain[20, 20, 20] == 0 and chain[5, 5, 5] == 1
 
 
+def _bitten(ref: np.ndarray) -> np.ndarray:
+    """The femur of ``_two_bones`` with marrow called background: a pocket open to the outside
+    through a one-voxel-wide mouth on the surface at z = 2, closed in every slice across z."""
+    pred = ref.copy()
+    pred[2:9, 8:12, 8:12] = 0
+    return pred
+
+
+def test_slicewise_filling_closes_a_bite_that_is_open_in_3d():
+    ref = _two_bones()
+    pred = _bitten(ref)
+    pred[20:26, 8:12, 8:12] = 1  # background inside the tibia is left alone: only the bone's own holes fill
+    spacing = (1.0, 1.0, 1.0)
+    np.testing.assert_array_equal(apply_step(pred, {"op": "fill_holes", "label": 1}, spacing), pred)  # open in 3D
+    filled = apply_step(pred, {"op": "fill_holes_slices", "label": 1}, spacing)
+    np.testing.assert_array_equal(filled[2:9, 8:12, 8:12], 1)
+    np.testing.assert_array_equal(filled[14:30], pred[14:30])
+    notched = ref.copy()
+    notched[2:14, 10:12, 4:12] = 0  # a notch open to the outside in every slice stays a notch
+    np.testing.assert_array_equal(apply_step(notched, {"op": "fill_holes_slices", "label": 1}, spacing), notched)
+    edge = np.zeros((6, 8, 8), np.uint8)
+    edge[:, 1:7, 1:7] = 2
+    edge[0, 3:5, 3:5] = 0  # a hole in the first slice of the image is still a hole in that slice
+    assert apply_step(edge, {"op": "fill_holes_slices", "label": 2}, spacing)[0, 3, 3] == 2
+
+
 def _two_bones() -> np.ndarray:
     """Femur (1) above tibia (2), two voxels apart."""
     ref = np.zeros((30, 24, 24), np.uint8)
@@ -162,3 +188,26 @@ def test_evaluate_refuses_mismatched_geometry(tmp_path, capsys):
     (tmp_path / "pred" / "a.nii.gz").unlink()
     assert evaluate_main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "-o", str(tmp_path / "s.json"), "--no-progress"]) == 2
     assert "prediction missing" in capsys.readouterr().err
+
+
+def test_chooser_fills_cross_sections_unless_that_costs_dice(tmp_path):
+    from kneeseg.io import Geometry, write_image
+    from kneeseg.postprocessing.chooser import choose_postprocessing
+
+    g = Geometry((24, 24, 30), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    labels = {"background": 0, "femur": 1, "tibia": 2}
+
+    def femur_steps(ref: np.ndarray, pred: np.ndarray) -> list[str]:
+        write_image(ref, g, tmp_path / "ref.nii.gz")
+        write_image(pred, g, tmp_path / "pred.nii.gz")
+        result = choose_postprocessing([(tmp_path / "ref.nii.gz", tmp_path / "pred.nii.gz")], labels, progress=False)
+        decided = {d["op"]: d for d in result["candidates"] if d.get("label") == 1}
+        assert decided["fill_holes"].get("implied_by_kept_steps", False) == decided["fill_holes_slices"]["kept"]
+        return [st["op"] for st in result["steps"] if st.get("label") == 1]
+
+    ref = _two_bones()
+    assert "fill_holes_slices" in femur_steps(ref, _bitten(ref))  # fills the bite
+    assert "fill_holes_slices" in femur_steps(ref, ref)  # costs nothing where the bones are solid
+    tunnel = ref.copy()
+    tunnel[2:14, 11:13, 11:13] = 0  # a bone with a real tunnel through it: filling would cost Dice
+    assert "fill_holes_slices" not in femur_steps(tunnel, tunnel)

@@ -103,8 +103,8 @@ def test_postprocessing_is_chosen_on_cross_validation_and_applied(small_model, t
     assert findpp_main(["-m", str(model), "--no-progress", "--raw", str(paths.raw)]) == 0
     chosen = json.loads((model / "postprocessing.json").read_text())
     assert chosen["cv_cases"] == 1 and chosen["mean_dice_after"] >= chosen["mean_dice_before"]
-    assert len(chosen["candidates"]) == 1 + 6 * 3  # per bone: relabel enclosed pieces, keep largest (relabel / drop
-    # pieces), remove small, fill, close
+    assert len(chosen["candidates"]) == 1 + 7 * 3  # per bone: relabel enclosed pieces, keep largest (relabel / drop
+    # pieces), remove small, fill slice-wise, fill, close
     kept = [{k: v for k, v in c.items() if k not in ("mean_dice", "kept")} for c in chosen["candidates"] if c["kept"]]
     assert kept == chosen["steps"]
     # Steps made no-ops by steps kept before them are skipped (a bone kept in one piece has no small pieces).

@@ -20,6 +20,7 @@ from kneeseg.cli.plan_and_preprocess import main as pp_main
 from kneeseg.cli.train import main as train_main
 from kneeseg.training.checkpoint import load_checkpoint
 from kneeseg.training.trainer import poly_lr
+from kneeseg.training.weight_average import TailAverage
 
 FOLD_DIR = "Dataset900_KneePhantom/kneesegTrainer__kneesegPlans__3d_cpu/fold_{}"
 QUICK = ["--epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1", "--no-progress"]
@@ -57,6 +58,9 @@ def test_short_run_learns_and_writes_everything(small_model):
     assert (fold / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = (fold / "training_log.txt").read_text()
     assert log.count("pseudo-Dice femur") == 10 and "data wait" in log
+    # The CPU plan averages the weights of the last quarter of the epochs (2 of 10); the last epoch's are kept.
+    assert "final weights: mean of the weights after the last 2 epochs" in log and state["weight_average"]["count"] == 2
+    assert any(not torch.equal(state["network"][k], state["network_last_epoch"][k]) for k in state["network"])
     splits = json.loads((paths.preprocessed / "Dataset900_KneePhantom" / "splits_final.json").read_text())
     assert len(splits) == 4 and all(len(s["val"]) == 1 for s in splits)  # fewer than 5 cases: one fold per case
     # The trainer's last step predicted the validation case in full for the post-processing chooser.
@@ -78,7 +82,7 @@ def test_continue_after_sigkill_keeps_the_schedule(prepared, tmp_path):
     paths = _copy(prepared, tmp_path)
     fold = paths.results / FOLD_DIR.format(0)
     cmd = [sys.executable, "-m", "kneeseg.cli.train", "0", "--device", "cpu", "--epochs", "4", "--iters-per-epoch", "2",
-           "--val-iters", "1", "--no-progress", *path_flags(paths)]
+           "--val-iters", "1", "--average-last", "0.5", "--no-progress", *path_flags(paths)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -90,12 +94,32 @@ def test_continue_after_sigkill_keeps_the_schedule(prepared, tmp_path):
     proc.wait()
     killed_at = load_checkpoint(fold / "checkpoint_latest.pth")["epoch"]
     assert 1 <= killed_at < 4 and not (fold / "checkpoint_final.pth").exists()
-    assert train_main(["0", "--device", "cpu", "--continue", "--no-progress", *path_flags(paths)]) == 0
+    assert train_main(["0", "--device", "cpu", "--continue", "--average-last", "0.5", "--no-progress", *path_flags(paths)]) == 0
     state = load_checkpoint(fold / "checkpoint_final.pth")
     assert state["epoch"] == state["num_epochs"] == 4
+    assert state["weight_average"]["count"] == 2  # epochs 3 and 4, whichever side of the kill they ran
     lrs = state["history"]["lr"]
     assert lrs == pytest.approx([poly_lr(lrs[0], e, 4) for e in range(4)])  # the schedule of an uninterrupted run
     assert "continuing" in (fold / "training_log.txt").read_text()
+
+
+def test_tail_average_is_the_mean_of_the_window_and_restarts_when_the_schedule_grows():
+    net = torch.nn.Linear(2, 1)
+    average = TailAverage(0.5)
+    for epoch, value in enumerate([1.0, 2.0, 4.0, 8.0], start=1):
+        torch.nn.init.constant_(net.weight, value)
+        average.update(net, epoch, 4)  # window: epochs 3 and 4
+    assert average.count == 2 and torch.allclose(average.averaged(net)["weight"], torch.full((1, 2), 6.0))
+    average.update(net, 5, 10)  # a time budget lengthened the schedule: epoch 5 is before the new window
+    assert average.count == 0 and average.averaged(net) is None
+    torch.nn.init.constant_(net.weight, 3.0)
+    average.update(net, 6, 10)
+    assert average.count == 1 and average.averaged(net) is None  # one epoch: the last epoch's weights stand
+    off = TailAverage(0.0)
+    off.update(net, 10, 10)
+    assert off.count == 0 and TailAverage(1.0).window_start(10) == 0
+    with pytest.raises(ValueError):
+        TailAverage(1.5)
 
 
 def test_time_budget_scales_the_schedule(prepared, tmp_path):
@@ -147,6 +171,11 @@ def test_bad_input_is_refused(prepared, tmp_path, capsys):
     _assert_refused(["0", "-c", "2d"], paths, capsys, "no configuration '2d'")
     _assert_refused(["0", "-d", "777"], paths, capsys, "dataset '777' not found")
     _assert_refused(["0", "--continue"], paths, capsys, "no checkpoint to continue from")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["0", "--average-last", "1.5", *path_flags(paths)])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after argparse's usage lines
+    assert exit_info.value.code == 2 and last == "kneeseg_train: error: argument --average-last: 1.5: must be from 0 to 1"
+    assert not paths.results.exists()
     # A finished training is not overwritten by accident; a corrupt checkpoint is named.
     assert train_main(["0", "--device", "cpu", *QUICK, *path_flags(paths)]) == 0
     _assert_refused(["0"], paths, capsys, "already holds a training")

@@ -26,6 +26,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def share(text: str) -> float:
+    """A fraction from 0 to 1 (argparse type)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: must be from 0 to 1")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from kneeseg.cli.common import add_path_flags, paths_from, positive_float, positive_int
+from kneeseg.cli.common import add_path_flags, paths_from, positive_float, positive_int, share
 from kneeseg.errors import cli_entry
 from kneeseg.hardware import resolve_device
 from kneeseg.api import train
@@ -38,6 +38,8 @@ def main(argv=None):
                    help="augment with spatial transforms and mirroring only (no noise, blur, contrast, gamma, low resolution)")
     p.add_argument("--soft-targets", choices=["on", "off"],
                    help="train against each label's share of a voxel (on) or the resampled labels (off); default: the plan's")
+    p.add_argument("--average-last", type=share, metavar="SHARE",
+                   help="final weights = mean over this last share of the epochs (0: the last epoch's); default: the plan's")
     p.add_argument("--continue", dest="resume", action="store_true", help="resume from the latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start again in a fold folder that holds a training")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -49,7 +51,7 @@ def main(argv=None):
         time_budget_min=args.time_budget_min, seed=args.seed, device=resolve_device(args.device),
         num_workers=args.num_workers, resume=args.resume, overwrite=args.overwrite, autocast=args.autocast, optimizer=args.optimizer,
         elastic=args.elastic, intensity_augmentation=args.intensity_augmentation, distributed=distributed, progress=args.progress,
-        soft_targets=None if args.soft_targets is None else args.soft_targets == "on",
+        soft_targets=None if args.soft_targets is None else args.soft_targets == "on", average_last=args.average_last,
     )
     result = train(paths_from(args), args.fold, args.dataset, args.configuration, args.plans, options)
     dice = ", ".join(f"{d:.3f}" for d in result.final_pseudo_dice)

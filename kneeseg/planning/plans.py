@@ -79,6 +79,9 @@ class TrainingPlan:
     # Train against each class's share of a voxel (kept when preprocessing resamples the labels)
     # instead of the resampled labels: the network learns where inside a coarse voxel the surface lies.
     soft_targets: bool = False
+    # The final weights are the mean of the weights after each of this last share of the epochs
+    # (training/weight_average.py); 0 keeps the last epoch's weights, as nnU-Net does.
+    average_last_fraction: float = 0.0
 
 
 @dataclass

@@ -4,14 +4,15 @@ Candidates, tried in this order and kept greedily: per bone, give its pieces mos
 another bone that bone's label (relabel_enclosed); per bone, keep the largest component and give
 its other pieces that touch another bone that bone's label (if that scores no worse than dropping
 them), or else drop them; keep the n largest foreground components (n = number of bones); per bone,
-remove components under 10 % of the smallest volume of that bone in the training labels, fill holes,
-and a closing with a 1-voxel (coarsest axis) ball. Relabelling comes first because a network's
-bone/background call is more reliable than its femur/tibia call: a block of femur called tibia is
-bone, and dropping it leaves a hole in the femur. Relabelling enclosed pieces and component removal
-are kept unless they lower the mean Dice over all cases and bones (each bone is one piece, apart
-from the others: nnU-Net's rule, and anatomy's); filling and closing only if they raise it, or
-leave it equal (within 1e-6) while lowering the mean ASSD. A candidate that the steps already kept
-make a no-op (removing small pieces of a bone kept in one piece) is skipped.
+remove components under 10 % of the smallest volume of that bone in the training labels, fill holes
+in its slices, fill holes in 3D, and a closing with a 1-voxel (coarsest axis) ball. Relabelling
+comes first because a network's bone/background call is more reliable than its femur/tibia call: a
+block of femur called tibia is bone, and dropping it leaves a hole in the femur. Relabelling enclosed
+pieces, component removal and slice-wise hole filling are kept unless they lower the mean Dice over
+all cases and bones (each bone is one piece, apart from the others, with no holes in its cross-
+sections: nnU-Net's rule, and anatomy's); 3D filling and closing only if they raise it, or leave it
+equal (within 1e-6) while lowering the mean ASSD. A candidate that the steps already kept make a
+no-op (removing small pieces of a bone kept in one piece; 3D filling after slice-wise) is skipped.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ from kneeseg.io import atomic_write_json, read_image
 from kneeseg.postprocessing.operations import apply_step
 
 TOLERANCE = 1e-6
-COMPONENT_OPS = ("relabel_enclosed", "keep_largest", "keep_largest_foreground", "remove_small")
+# Steps that enforce what a bone is (one piece, solid cross-sections): kept unless they cost Dice.
+ANATOMY_OPS = ("relabel_enclosed", "keep_largest", "keep_largest_foreground", "remove_small", "fill_holes_slices")
 
 
 def _implied(candidate: dict, steps: list[dict], bones: dict[str, int]) -> bool:
     """True when the steps kept so far already do what ``candidate`` would (it could change nothing)."""
     largest = {st["label"] for st in steps if st["op"] == "keep_largest"}
+    if candidate["op"] == "fill_holes":  # a hole enclosed in 3D is enclosed in every slice through it
+        return any(st["op"] == "fill_holes_slices" and st["label"] == candidate["label"] for st in steps)
     if candidate["op"] in ("remove_small", "keep_largest"):  # a bone already in one piece has no small pieces
         return candidate["label"] in largest
     if candidate["op"] == "keep_largest_foreground":  # one piece per bone: at most n pieces in all
@@ -74,6 +78,7 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
     for v in bones.values():
         candidates += [
             {"op": "remove_small", "label": v, "min_voxels": max(1, smallest[v] // 10)},
+            {"op": "fill_holes_slices", "label": v},
             {"op": "fill_holes", "label": v},
             {"op": "closing", "label": v, "radius_mm": round(coarsest, 4)},
         ]
@@ -96,10 +101,11 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
             continue
         trial, dice = attempt(candidate)
         spare = None
-        if candidate["op"] in COMPONENT_OPS:
-            # A bone is one piece, apart from the others: dropping its other pieces (or relabelling those
-            # wrapped in another bone) is kept unless it costs Dice (nnU-Net's rule), so that a stray
-            # component the validation cases happen not to have is still dealt with later.
+        if candidate["op"] in ANATOMY_OPS:
+            # A bone is one solid piece, apart from the others: dropping its other pieces (or relabelling
+            # those wrapped in another bone, or filling its cross-sections) is kept unless it costs Dice
+            # (nnU-Net's rule for components), so that an error the validation cases happen not to have
+            # is still dealt with later.
             keep = dice >= base_dice - TOLERANCE
             if keep and candidate.get("fragments") == "neighbour":
                 # Relabelling must also do no worse than dropping the same pieces: a stray blob beside

@@ -10,6 +10,10 @@
   ``"fragments": "neighbour"``: its other pieces that touch another bone take that bone's label);
 - ``{"op": "remove_small", "label": L, "min_voxels": N}``: drop components of L under N voxels;
 - ``{"op": "fill_holes", "label": L}``: fill background enclosed by L;
+- ``{"op": "fill_holes_slices", "label": L}``: fill background enclosed by L within a slice along
+  any of the three image axes. A bone's cross-section has no holes (cortex around marrow), so a
+  hole in one is marrow called background; such a bite is usually open in 3D, where fill_holes
+  cannot reach it (on the real scan's labels, at most 0.07 % of a bone's volume lies in such holes);
 - ``{"op": "closing", "label": L, "radius_mm": R}``: morphological closing of L with a ball of
   radius R mm (smooth surfaces, as the paper did), only into background.
 Removed voxels become background.
@@ -24,7 +28,7 @@ from kneeseg.errors import KneesegError
 from kneeseg.fingerprint import bbox_slices
 
 REQUIRED_KEYS = {"keep_largest_foreground": ("n",), "keep_largest": ("label",), "remove_small": ("label", "min_voxels"),
-                 "fill_holes": ("label",), "closing": ("label", "radius_mm"), "relabel_enclosed": ("label",)}
+                 "fill_holes": ("label",), "fill_holes_slices": ("label",), "closing": ("label", "radius_mm"), "relabel_enclosed": ("label",)}
 FRAGMENTS = ("background", "neighbour")
 
 
@@ -59,6 +63,23 @@ def _reassign_fragments(region: np.ndarray, components: np.ndarray, label: int, 
         region[grown][piece] = np.bincount(bones).argmax() if bones.size else 0
 
 
+def _slice_holes(mask: np.ndarray) -> np.ndarray:
+    """Background enclosed by ``mask`` within a slice along some axis (4-connected in the slice)."""
+    padded = np.pad(mask, 1)  # so that the first and last slices along an axis are not all border
+    holes = np.zeros_like(padded)
+    for axis in range(3):
+        in_slice = np.zeros((3, 3, 3), dtype=bool)  # a cross in the plane across ``axis``: no links between slices
+        centre = [1, 1, 1]
+        for other in (a for a in range(3) if a != axis):
+            for offset in (0, 2):
+                centre[other] = offset
+                in_slice[tuple(centre)] = True
+            centre[other] = 1
+        in_slice[1, 1, 1] = True
+        holes |= ndimage.binary_fill_holes(padded, structure=in_slice)
+    return (holes & ~padded)[1:-1, 1:-1, 1:-1]
+
+
 def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
     out = labels.copy()
     op = step["op"]
@@ -90,6 +111,10 @@ def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
         box = bbox_slices(mask, 1)  # enclosed background lies inside the bounding box
         region = out[box]
         region[ndimage.binary_fill_holes(mask[box]) & (region == 0)] = step["label"]
+    elif op == "fill_holes_slices":
+        box = bbox_slices(mask, 1)
+        region = out[box]
+        region[_slice_holes(mask[box]) & (region == 0)] = step["label"]
     elif op == "closing":
         # Pad so that closing near the border does not erode from the outside.
         k = _ball(step["radius_mm"], spacing)

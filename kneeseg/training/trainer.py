@@ -2,7 +2,8 @@
 
 Output: ``<results>/DatasetNNN_Name/kneesegTrainer__<plans>__<config>/`` with plans.json and
 dataset.json, and per fold ``fold_N/`` with checkpoint_{latest,best,final}.pth, training_log.txt
-and progress.png. Works on cpu, cuda and mps, alone or under ``torchrun`` (DistributedDataParallel:
+and progress.png. The final checkpoint's weights are the mean over the plan's last share of the
+epochs when it asks for one (``network``; the last epoch's are kept as ``network_last_epoch``). Works on cpu, cuda and mps, alone or under ``torchrun`` (DistributedDataParallel:
 gloo on CPU, nccl on GPUs; the global batch is split across ranks and rank 0 writes).
 """
 
@@ -33,6 +34,7 @@ from kneeseg.training.network import UNet
 from kneeseg.training.progress import plot_progress
 from kneeseg.training.soft_targets import FRACTIONS_KEY
 from kneeseg.training.splits import fold_cases, load_or_make_splits
+from kneeseg.training.weight_average import TailAverage
 
 EMA_MOMENTUM = 0.9  # nnU-Net's, for 1000 epochs
 DEFAULT_LR = {"sgd": 1e-2, "adamw": 1e-3}
@@ -61,6 +63,7 @@ class TrainOptions:
     elastic: bool = False
     intensity_augmentation: bool = True  # False: spatial transforms and mirroring only
     soft_targets: bool | None = None  # default: the plan's (train against label shares, not labels)
+    average_last: float | None = None  # default: the plan's share of the epochs whose weights are averaged
     distributed: bool = False
     progress: bool = True
 
@@ -120,6 +123,9 @@ class Trainer:
         if self.soft_targets and not cache_has_fractions(cache):
             raise KneesegError(f"{cache}: preprocessed without label shares (soft targets); "
                                f"run kneeseg_plan_and_preprocess -c {config.name} again")
+        self.average_last = t.average_last_fraction if options.average_last is None else options.average_last
+        if not 0.0 <= self.average_last <= 1.0:
+            raise KneesegError(f"average over the last {self.average_last} of the epochs: give a share from 0 to 1")
         self.class_names = [self.ds.label_name(v) for v in self.ds.foreground_labels]
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -148,6 +154,7 @@ class Trainer:
         self.epoch, self.elapsed = 0, 0.0
         self.history = {k: [] for k in ("train_loss", "val_loss", "pseudo_dice", "ema_dice", "lr", "epoch_s", "wait_fraction")}
         self.ema, self.best_ema = None, -1.0
+        self.tail_average = TailAverage(self.average_last)
         if self.resume_from is not None:
             self._restore(self.resume_from)
         patch = self.config.patch_size
@@ -185,7 +192,10 @@ class Trainer:
         raise KneesegError(f"optimizer '{kind}': unknown (use sgd or adamw)")
 
     def _restore(self, state: dict) -> None:
-        self.network.load_state_dict(state["network"])
+        # A finished run's "network" may be the tail average; the optimizer belongs to the last epoch's.
+        self.network.load_state_dict(state.get("network_last_epoch", state["network"]))
+        if "weight_average" in state:
+            self.tail_average.load_state_dict(state["weight_average"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.num_epochs, self.elapsed = state["epoch"], state["num_epochs"], state["elapsed_s"]
         self.history, self.ema, self.best_ema = state["history"], state["ema"], state["best_ema"]
@@ -261,7 +271,7 @@ class Trainer:
         # self.epoch epochs are done; add as many more as the remaining budget holds (possibly none).
         return max(1, self.epoch + int(max(0.0, budget - self.elapsed) / typical))
 
-    def _checkpoint(self, name: str) -> None:
+    def _checkpoint(self, name: str, extra: dict | None = None) -> None:
         if self.rank != 0:
             return
         state = {
@@ -271,8 +281,20 @@ class Trainer:
             "epoch": self.epoch, "num_epochs": self.num_epochs, "elapsed_s": self.elapsed,
             "history": self.history, "ema": self.ema, "best_ema": self.best_ema,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "weight_average": self.tail_average.state_dict(), **(extra or {}),
         }
         save_checkpoint(state, self.fold_dir / name)
+
+    def _finish_weights(self) -> None:
+        """Write checkpoint_final.pth: the tail average (if any) as the network, the last epoch's beside it."""
+        averaged = self.tail_average.averaged(self.network)
+        if averaged is None:
+            self._checkpoint("checkpoint_final.pth")
+            return
+        last = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+        self.network.load_state_dict(averaged)  # so that the weights in memory are the ones saved
+        self._checkpoint("checkpoint_final.pth", {"network_last_epoch": last})
+        self._log(f"final weights: mean of the weights after the last {self.tail_average.count} epochs")
 
     def run(self) -> TrainingResult:
         from tqdm import tqdm
@@ -329,6 +351,7 @@ class Trainer:
                     # Re-estimated every epoch, both ways: a schedule fixed by a slow first epoch left up to
                     # a fifth of a 60-minute budget unused. The poly LR follows the current length.
                     self.num_epochs = self._sync_epochs(self._budget_epochs(epoch_times))
+                self.tail_average.update(self.network, self.epoch, self.num_epochs)
                 self._log(f"epoch {self.epoch}/{self.num_epochs} train loss {self.history['train_loss'][-1]:.4f} val loss "
                           f"{self.history['val_loss'][-1]:.4f} pseudo-Dice " + " ".join(f"{n} {d:.4f}" for n, d in zip(self.class_names, dice))
                           + f" EMA {self.ema:.4f} lr {lr:.5f} {seconds:.1f} s (data wait {100 * waits[-1]:.1f}%)")
@@ -338,7 +361,7 @@ class Trainer:
                 self._checkpoint("checkpoint_latest.pth")
                 if self.rank == 0:
                     plot_progress(self.history, self.class_names, self.fold_dir / "progress.png")
-            self._checkpoint("checkpoint_final.pth")
+            self._finish_weights()
             if self.rank == 0 and (self.fold_dir / "checkpoint_latest.pth").exists():
                 (self.fold_dir / "checkpoint_latest.pth").unlink()
             self._log(f"finished: {self.epoch} epochs, best EMA pseudo-Dice {self.best_ema:.4f}, "
