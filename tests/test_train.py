@@ -118,8 +118,6 @@ def test_tail_average_is_the_mean_of_the_window_and_restarts_when_the_schedule_g
     off = TailAverage(0.0)
     off.update(net, 10, 10)
     assert off.count == 0 and TailAverage(1.0).window_start(10) == 0
-    with pytest.raises(ValueError):
-        TailAverage(1.5)
 
 
 def test_time_budget_scales_the_schedule(prepared, tmp_path):
@@ -188,6 +186,10 @@ def test_cache_missing_or_from_other_plans(prepared, tmp_path, capsys):
     paths = _copy(prepared, tmp_path)
     plans_path = paths.preprocessed / "Dataset900_KneePhantom" / "kneesegPlans.json"
     plans = json.loads(plans_path.read_text())
+    plans["configurations"]["3d_cpu"]["training"]["average_last_fraction"] = 2.0  # a hand-edited plan
+    plans_path.write_text(json.dumps(plans))
+    _assert_refused(["0"], paths, capsys, "3d_cpu: weights averaged over the last 2.0 of the epochs")
+    plans["configurations"]["3d_cpu"]["training"]["average_last_fraction"] = 0.25
     plans["configurations"]["3d_cpu"]["spacing"] = [3.0, 3.0, 3.0]
     plans_path.write_text(json.dumps(plans))
     _assert_refused(["0"], paths, capsys, "preprocessed with other plans")

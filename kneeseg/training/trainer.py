@@ -3,8 +3,9 @@
 Output: ``<results>/DatasetNNN_Name/kneesegTrainer__<plans>__<config>/`` with plans.json and
 dataset.json, and per fold ``fold_N/`` with checkpoint_{latest,best,final}.pth, training_log.txt
 and progress.png. The final checkpoint's weights are the mean over the plan's last share of the
-epochs when it asks for one (``network``; the last epoch's are kept as ``network_last_epoch``). Works on cpu, cuda and mps, alone or under ``torchrun`` (DistributedDataParallel:
-gloo on CPU, nccl on GPUs; the global batch is split across ranks and rank 0 writes).
+epochs when it asks for one (``network``; the last epoch's are kept as ``network_last_epoch``).
+Works on cpu, cuda and mps, alone or under ``torchrun`` (DistributedDataParallel: gloo on CPU, nccl
+on GPUs; the global batch is split across ranks and rank 0 writes).
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ class Trainer:
                                f"run kneeseg_plan_and_preprocess -c {config.name} again")
         self.average_last = t.average_last_fraction if options.average_last is None else options.average_last
         if not 0.0 <= self.average_last <= 1.0:
-            raise KneesegError(f"average over the last {self.average_last} of the epochs: give a share from 0 to 1")
+            raise KneesegError(f"{config.name}: weights averaged over the last {self.average_last} of the epochs "
+                               "(training.average_last_fraction or --average-last): give a share from 0 to 1")
         self.class_names = [self.ds.label_name(v) for v in self.ds.foreground_labels]
 
     # ---- set-up -------------------------------------------------------------------------------

@@ -20,8 +20,6 @@ class TailAverage:
     window of the final schedule."""
 
     def __init__(self, fraction: float):
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"tail average fraction {fraction} outside [0, 1]")
         self.fraction = fraction
         self.mean: dict[str, torch.Tensor] | None = None
         self.count = 0
