@@ -67,16 +67,10 @@ def _slice_holes(mask: np.ndarray) -> np.ndarray:
     """Background enclosed by ``mask`` within a slice along some axis (4-connected in the slice)."""
     padded = np.pad(mask, 1)  # so that the first and last slices along an axis are not all border
     holes = np.zeros_like(padded)
+    cross = ndimage.generate_binary_structure(2, 1)
     for axis in range(3):
-        in_slice = np.zeros((3, 3, 3), dtype=bool)  # a cross in the plane across ``axis``: no links between slices
-        centre = [1, 1, 1]
-        for other in (a for a in range(3) if a != axis):
-            for offset in (0, 2):
-                centre[other] = offset
-                in_slice[tuple(centre)] = True
-            centre[other] = 1
-        in_slice[1, 1, 1] = True
-        holes |= ndimage.binary_fill_holes(padded, structure=in_slice)
+        # The 2D cross, one voxel thick along ``axis``: background connects only within a slice.
+        holes |= ndimage.binary_fill_holes(padded, structure=np.expand_dims(cross, axis))
     return (holes & ~padded)[1:-1, 1:-1, 1:-1]
 
 

@@ -45,7 +45,7 @@ class TailAverage:
             self.mean[key] += (value - self.mean[key]) / self.count
 
     def state_dict(self) -> dict:
-        return {"fraction": self.fraction, "mean": self.mean, "count": self.count}
+        return {"mean": self.mean, "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
         self.mean, self.count = state["mean"], state["count"]
