@@ -10,7 +10,7 @@ trains on B and predicts A (--train-on B: only that direction). Prints training 
 time and peak RSS.
 
     python benchmarks/kneebones3dify_holdout.py [--budget-min 60] [--reverse | --train-on B] [--workdir DIR]
-        [--cpu-spacing MM [MM MM]] [--no-intensity-augmentation] [--soft-targets on|off] [--seed N]
+        [--cpu-spacing MM [MM MM]] [--no-intensity-augmentation] [--elastic] [--soft-targets on|off] [--seed N]
         [--average-last SHARE] [--tta-scales F ... | --tta-scales 1.0]
 """
 
@@ -99,6 +99,7 @@ def main() -> int:
                    help="kneeseg_plan_and_preprocess --cpu-spacing: the 3d_cpu spacing instead of the planner's")
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
     p.add_argument("--no-intensity-augmentation", action="store_true", help="train with spatial augmentation and mirroring only")
+    p.add_argument("--elastic", action="store_true", help="kneeseg_train --elastic: add elastic deformation to the augmentation")
     p.add_argument("--soft-targets", choices=["on", "off"], help="kneeseg_train --soft-targets (default: the plan's)")
     p.add_argument("--average-last", type=float, metavar="SHARE",
                    help="kneeseg_train --average-last: final weights averaged over this last share of the epochs (default: the plan's)")
@@ -114,7 +115,7 @@ def main() -> int:
         p.error(str(e))
     plan_flags = ["--cpu-spacing", *map(str, args.cpu_spacing)] if args.cpu_spacing else []
     train_flags = (["--autocast", args.autocast] if args.autocast else []) + (
-        ["--no-intensity-augmentation"] if args.no_intensity_augmentation else []) + (
+        ["--no-intensity-augmentation"] if args.no_intensity_augmentation else []) + (["--elastic"] if args.elastic else []) + (
         ["--soft-targets", args.soft_targets] if args.soft_targets else []) + (
         ["--average-last", str(args.average_last)] if args.average_last is not None else []) + ["--seed", str(args.seed)]
     tmp = tempfile.TemporaryDirectory()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from kneeseg.evaluation.metrics import binary_metrics, label_metrics, largest_disagreement
-from kneeseg.postprocessing.operations import apply_postprocessing, apply_step
+from kneeseg.postprocessing.operations import apply_postprocessing, apply_step, gap_mm
 
 
 def _cube(shape=(20, 20, 20), lo=5, hi=15):
@@ -173,6 +173,49 @@ def test_chooser_relabels_fragments_only_where_that_helps_on_cross_validation(tm
     spurious = _two_bones()
     spurious[2:14, 20:23, 8:12] = 2  # tibia called in the background next to the femur: relabelling adds
     assert chosen(spurious) == [{"op": "keep_largest", "label": 2}]  # false femur, dropping it does not
+
+
+def _knee_with_patella() -> np.ndarray:
+    """Femur (1), a smaller tibia (2) three voxels below it, and a patella (3) three voxels beside it."""
+    ref = np.zeros((30, 24, 60), np.uint8)
+    ref[2:14, 4:20, 4:20] = 1
+    ref[17:27, 4:20, 4:20] = 2
+    ref[4:8, 8:12, 23:27] = 3
+    return ref
+
+
+def test_remove_far_drops_the_pieces_of_a_bone_that_lie_away_from_the_anchor_bone():
+    spacing = (2.0, 1.0, 1.0)
+    knee = _knee_with_patella()
+    assert gap_mm(knee == 2, knee == 1, spacing) == 8.0  # slices 13 -> 17, 2 mm apart
+    pred = knee.copy()
+    pred[4:8, 8:12, 50:54] = 3  # 31 mm beside the femur
+    pred[24:27, 8:12, 23:26] = 3  # 4 voxels beside the femur along x, 11 slices (22 mm) below it: 22.4 mm
+    step = {"op": "remove_far", "label": 3, "from": 1, "max_mm": 20.0}
+    np.testing.assert_array_equal(apply_step(pred, step, spacing), knee)  # the near piece and the other bones stay
+    in_voxels = pred.copy()
+    in_voxels[4:8, 8:12, 50:54] = 0  # with 1 mm slices the piece below is 11.7 mm away, and stays
+    np.testing.assert_array_equal(apply_step(pred, step, (1.0, 1.0, 1.0)), in_voxels)
+    no_femur = np.where(pred == 1, 0, pred)
+    np.testing.assert_array_equal(apply_step(no_femur, step, spacing), no_femur)  # nothing to measure from
+
+
+def test_chooser_drops_a_far_piece_before_keeping_the_largest(tmp_path):
+    from kneeseg.io import Geometry, write_image
+    from kneeseg.postprocessing.chooser import FAR_MIN_MM, choose_postprocessing
+
+    g = Geometry((60, 24, 30), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    labels = {"background": 0, "femur": 1, "tibia": 2, "patella": 3}
+    ref = _knee_with_patella()
+    pred = ref.copy()
+    pred[2:10, 6:14, 46:54] = 3  # a "patella" larger than the real one, 27 mm from the femur
+    write_image(ref, g, tmp_path / "ref.nii.gz")
+    write_image(pred, g, tmp_path / "pred.nii.gz")
+    result = choose_postprocessing([(tmp_path / "ref.nii.gz", tmp_path / "pred.nii.gz")], labels, progress=False)
+    far = [st for st in result["steps"] if st["op"] == "remove_far"]
+    # The femur (the largest bone) anchors; the labels' gaps (4 mm) are far inside the 20 mm floor.
+    assert far == [{"op": "remove_far", "label": v, "from": 1, "max_mm": FAR_MIN_MM} for v in (2, 3)]
+    assert result["mean_dice_after"] == 1.0  # keep_largest alone would have kept the far piece
 
 
 def test_evaluate_refuses_mismatched_geometry(tmp_path, capsys):

@@ -103,8 +103,9 @@ def test_postprocessing_is_chosen_on_cross_validation_and_applied(small_model, t
     assert findpp_main(["-m", str(model), "--no-progress", "--raw", str(paths.raw)]) == 0
     chosen = json.loads((model / "postprocessing.json").read_text())
     assert chosen["cv_cases"] == 1 and chosen["mean_dice_after"] >= chosen["mean_dice_before"]
-    assert len(chosen["candidates"]) == 1 + 7 * 3  # per bone: relabel enclosed pieces, keep largest (relabel / drop
-    # pieces), remove small, fill slice-wise, fill, close
+    assert len(chosen["candidates"]) == 1 + 7 * 3 + 2  # per bone: relabel enclosed pieces, keep largest (relabel / drop
+    # pieces), remove small, fill slice-wise, fill, close; tibia and patella: remove pieces far from the femur
+    assert [(c["label"], c["from"]) for c in chosen["candidates"] if c["op"] == "remove_far"] == [(2, 1), (3, 1)]
     kept = [{k: v for k, v in c.items() if k not in ("mean_dice", "kept")} for c in chosen["candidates"] if c["kept"]]
     assert kept == chosen["steps"]
     # Steps made no-ops by steps kept before them are skipped (a bone kept in one piece has no small pieces).
@@ -193,6 +194,7 @@ def test_a_broken_postprocessing_file_is_refused_before_predicting(small_model, 
     out = tmp_path / "out"
     for steps, message in (([{"op": "keep_biggest", "label": 1}], "step 1: unknown post-processing op 'keep_biggest'"),
                            ([{"op": "fill_holes", "label": 1}, {"op": "closing", "label": 2}], "step 2 (closing): missing radius_mm"),
+                           ([{"op": "remove_far", "label": 3, "max_mm": 20}], "step 1 (remove_far): missing from"),
                            ([{"op": "keep_largest", "label": 1, "fragments": "nearest"}], "step 1 (keep_largest): fragments must be one of"),
                            ({"op": "fill_holes"}, "no list of post-processing 'steps'")):
         (model / "postprocessing.json").write_text(json.dumps({"steps": steps}))

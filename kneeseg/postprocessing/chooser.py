@@ -1,18 +1,22 @@
 """Choosing post-processing on cross-validation predictions (kneeseg_find_postprocessing).
 
 Candidates, tried in this order and kept greedily: per bone, give its pieces mostly wrapped in
-another bone that bone's label (relabel_enclosed); per bone, keep the largest component and give
-its other pieces that touch another bone that bone's label (if that scores no worse than dropping
-them), or else drop them; keep the n largest foreground components (n = number of bones); per bone,
-remove components under 10 % of the smallest volume of that bone in the training labels, fill holes
-in its slices, fill holes in 3D, and a closing with a 1-voxel (coarsest axis) ball. Relabelling
-comes first because a network's bone/background call is more reliable than its femur/tibia call: a
-block of femur called tibia is bone, and dropping it leaves a hole in the femur. Relabelling enclosed
-pieces, component removal and slice-wise hole filling are kept unless they lower the mean Dice over
-all cases and bones (each bone is one piece, apart from the others, with no holes in its cross-
-sections: nnU-Net's rule, and anatomy's); 3D filling and closing only if they raise it, or leave it
-equal (within 1e-6) while lowering the mean ASSD. A candidate that the steps already kept make a
-no-op (removing small pieces of a bone kept in one piece; 3D filling after slice-wise) is skipped.
+another bone that bone's label (relabel_enclosed); per bone but the largest (the femur, which the
+others face across a joint), drop its pieces farther from the largest bone than three times the
+widest gap between the two in the training labels, and never nearer than FAR_MIN_MM (remove_far: a
+joint space is a few mm, so this only takes what is plainly elsewhere); per bone, keep the largest
+component and give its other pieces that touch another bone that bone's label (if that scores no
+worse than dropping them), or else drop them; keep the n largest foreground components (n = number
+of bones); per bone, remove components under 10 % of the smallest volume of that bone in the
+training labels, fill holes in its slices, fill holes in 3D, and a closing with a 1-voxel (coarsest
+axis) ball. Relabelling comes first because a network's bone/background call is more reliable than
+its femur/tibia call: a block of femur called tibia is bone, and dropping it leaves a hole in the
+femur. Relabelling enclosed pieces, component removal (far pieces too) and slice-wise hole filling
+are kept unless they lower the mean Dice over all cases and bones (each bone is one piece, apart
+from the others, near its joint, with no holes in its cross-sections: nnU-Net's rule, and
+anatomy's); 3D filling and closing only if they raise it, or leave it equal (within 1e-6) while
+lowering the mean ASSD. A candidate that the steps already kept make a no-op (removing small pieces
+of a bone kept in one piece; 3D filling after slice-wise) is skipped.
 """
 
 from __future__ import annotations
@@ -24,11 +28,15 @@ import numpy as np
 from kneeseg.dataset.layout import foreground_labels
 from kneeseg.evaluation.metrics import binary_metrics
 from kneeseg.io import atomic_write_json, read_image
-from kneeseg.postprocessing.operations import apply_step
+from kneeseg.postprocessing.operations import apply_step, gap_mm
 
 TOLERANCE = 1e-6
-# Steps that enforce what a bone is (one piece, solid cross-sections): kept unless they cost Dice.
-ANATOMY_OPS = ("relabel_enclosed", "keep_largest", "keep_largest_foreground", "remove_small", "fill_holes_slices")
+# Steps that enforce what a bone is (one piece, solid cross-sections, in its joint): kept unless they cost Dice.
+ANATOMY_OPS = ("relabel_enclosed", "remove_far", "keep_largest", "keep_largest_foreground", "remove_small", "fill_holes_slices")
+# remove_far never takes pieces nearer than this to the largest bone, however close the training labels
+# put the bones (a patella alta, or a knee scanned in flexion, lies farther from the femur than most).
+FAR_MIN_MM = 20.0
+FAR_GAP_FACTOR = 3.0
 
 
 def _implied(candidate: dict, steps: list[dict], bones: dict[str, int]) -> bool:
@@ -41,6 +49,20 @@ def _implied(candidate: dict, steps: list[dict], bones: dict[str, int]) -> bool:
     if candidate["op"] == "keep_largest_foreground":  # one piece per bone: at most n pieces in all
         return candidate["n"] >= len(bones) and set(bones.values()) <= largest
     return False
+
+
+def _far_candidates(cases, bones: dict[str, int]) -> list[dict]:
+    """remove_far for each bone but the largest, with a distance from the training labels' gaps."""
+    volume = {v: sum(int((ref == v).sum()) for ref, _, _ in cases) for v in bones.values()}
+    anchor = max(volume, key=volume.get)
+    candidates = []
+    for v in (v for v in bones.values() if v != anchor):
+        gaps = [gap_mm(ref == v, ref == anchor, spacing) for ref, _, spacing in cases]
+        gaps = [g for g in gaps if np.isfinite(g)]
+        if gaps:  # a pair never seen together says nothing about how far apart it may be
+            max_mm = max(FAR_MIN_MM, FAR_GAP_FACTOR * max(gaps))
+            candidates.append({"op": "remove_far", "label": v, "from": anchor, "max_mm": round(max_mm, 2)})
+    return candidates
 
 
 def _scores(cases, predictions, labels: dict[str, int], with_distance: bool) -> tuple[float, float]:
@@ -73,6 +95,7 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
     smallest = {v: min(int((ref == v).sum()) for ref, _, _ in cases) for v in bones.values()}
     coarsest = max(max(s) for _, _, s in cases)
     candidates = [{"op": "relabel_enclosed", "label": v} for v in bones.values()]
+    candidates += _far_candidates(cases, bones)
     candidates += [{"op": "keep_largest", "label": v, **extra} for v in bones.values() for extra in ({"fragments": "neighbour"}, {})]
     candidates.append({"op": "keep_largest_foreground", "n": len(bones)})
     for v in bones.values():

@@ -8,6 +8,10 @@
   that bone, labelled wrongly (e.g. a block of femoral condyle called patella in a scan without one);
 - ``{"op": "keep_largest", "label": L}``: keep the largest component of label L (with
   ``"fragments": "neighbour"``: its other pieces that touch another bone take that bone's label);
+- ``{"op": "remove_far", "label": L, "from": A, "max_mm": D}``: drop components of L with no voxel
+  within D mm of bone A (nothing changes where the scan has no A). The knee's bones face each other
+  across a few mm of cartilage, so a "patella" several cm from the femur is something else; it
+  survives keep_largest when the true bone is outside the field of view, as in a half scan;
 - ``{"op": "remove_small", "label": L, "min_voxels": N}``: drop components of L under N voxels;
 - ``{"op": "fill_holes", "label": L}``: fill background enclosed by L;
 - ``{"op": "fill_holes_slices", "label": L}``: fill background enclosed by L within a slice along
@@ -23,12 +27,14 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from kneeseg.errors import KneesegError
 from kneeseg.fingerprint import bbox_slices
 
 REQUIRED_KEYS = {"keep_largest_foreground": ("n",), "keep_largest": ("label",), "remove_small": ("label", "min_voxels"),
-                 "fill_holes": ("label",), "fill_holes_slices": ("label",), "closing": ("label", "radius_mm"), "relabel_enclosed": ("label",)}
+                 "remove_far": ("label", "from", "max_mm"), "fill_holes": ("label",), "fill_holes_slices": ("label",),
+                 "closing": ("label", "radius_mm"), "relabel_enclosed": ("label",)}
 FRAGMENTS = ("background", "neighbour")
 
 
@@ -61,6 +67,39 @@ def _reassign_fragments(region: np.ndarray, components: np.ndarray, label: int, 
         if enclosed_only and bones.size <= around.size / 2:
             continue
         region[grown][piece] = np.bincount(bones).argmax() if bones.size else 0
+
+
+def _surface_mm(mask: np.ndarray, spacing, offset=(0, 0, 0)) -> np.ndarray:
+    """Positions in mm (N, 3) of the voxels of ``mask`` with a face neighbour outside it, ``offset``
+    voxels from the volume's corner: the nearest voxel of a shape to anything outside is one of these."""
+    surface = mask & ~ndimage.binary_erosion(mask, border_value=0)
+    return (np.argwhere(surface) + np.asarray(offset)) * np.asarray(spacing, dtype=float)
+
+
+def gap_mm(a: np.ndarray, b: np.ndarray, spacing) -> float:
+    """Shortest distance in mm between a voxel of mask ``a`` and one of mask ``b`` (inf if either is empty)."""
+    if not a.any() or not b.any():
+        return float("inf")
+    box_a, box_b = bbox_slices(a), bbox_slices(b)
+    near, _ = cKDTree(_surface_mm(b[box_b], spacing, [s.start for s in box_b])).query(
+        _surface_mm(a[box_a], spacing, [s.start for s in box_a]), k=1)
+    return float(near.min())
+
+
+def _remove_far(out: np.ndarray, mask: np.ndarray, anchor: np.ndarray, max_mm: float, spacing) -> None:
+    """In place: the components of ``mask`` with no voxel within ``max_mm`` of ``anchor`` become background."""
+    anchor_box = bbox_slices(anchor)
+    tree = cKDTree(_surface_mm(anchor[anchor_box], spacing, [s.start for s in anchor_box]))
+    box = bbox_slices(mask)
+    components, _ = _components(mask[box])
+    for index, piece_box in enumerate(ndimage.find_objects(components), start=1):
+        if piece_box is None:
+            continue
+        piece = components[piece_box] == index
+        corner = [b.start + p.start for b, p in zip(box, piece_box)]
+        near, _ = tree.query(_surface_mm(piece, spacing, corner), k=1, distance_upper_bound=max_mm)
+        if np.isinf(near).all():  # no voxel of the piece within max_mm of the anchor
+            out[box][piece_box][piece] = 0
 
 
 def _slice_holes(mask: np.ndarray) -> np.ndarray:
@@ -96,6 +135,10 @@ def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
         enclosed = op == "relabel_enclosed"
         _reassign_fragments(out[box], components, step["label"], keep=None if enclosed else int(np.argmax(sizes)),
                             enclosed_only=enclosed)
+    elif op == "remove_far":
+        anchor = out == step["from"]
+        if anchor.any():
+            _remove_far(out, mask, anchor, float(step["max_mm"]), spacing)
     elif op in ("keep_largest", "remove_small"):
         box = bbox_slices(mask)
         components, sizes = _components(mask[box])
