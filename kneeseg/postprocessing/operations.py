@@ -69,27 +69,27 @@ def _reassign_fragments(region: np.ndarray, components: np.ndarray, label: int, 
         region[grown][piece] = np.bincount(bones).argmax() if bones.size else 0
 
 
-def _surface_mm(mask: np.ndarray, spacing, offset=(0, 0, 0)) -> np.ndarray:
-    """Positions in mm (N, 3) of the voxels of ``mask`` with a face neighbour outside it, ``offset``
-    voxels from the volume's corner: the nearest voxel of a shape to anything outside is one of these."""
-    surface = mask & ~ndimage.binary_erosion(mask, border_value=0)
-    return (np.argwhere(surface) + np.asarray(offset)) * np.asarray(spacing, dtype=float)
+def _surface_mm(mask: np.ndarray, spacing, corner=(0, 0, 0)) -> np.ndarray:
+    """Positions in mm (N, 3) of the voxels of non-empty ``mask`` with a face neighbour outside it
+    (the nearest voxel of a shape to anything outside it is one of these); ``corner``: where ``mask``
+    starts in the whole volume, in voxels."""
+    box = bbox_slices(mask)
+    inside = mask[box]
+    surface = inside & ~ndimage.binary_erosion(inside, border_value=0)
+    return (np.argwhere(surface) + [s.start + c for s, c in zip(box, corner)]) * np.asarray(spacing, dtype=float)
 
 
 def gap_mm(a: np.ndarray, b: np.ndarray, spacing) -> float:
     """Shortest distance in mm between a voxel of mask ``a`` and one of mask ``b`` (inf if either is empty)."""
     if not a.any() or not b.any():
         return float("inf")
-    box_a, box_b = bbox_slices(a), bbox_slices(b)
-    near, _ = cKDTree(_surface_mm(b[box_b], spacing, [s.start for s in box_b])).query(
-        _surface_mm(a[box_a], spacing, [s.start for s in box_a]), k=1)
+    near, _ = cKDTree(_surface_mm(b, spacing)).query(_surface_mm(a, spacing), k=1)
     return float(near.min())
 
 
 def _remove_far(out: np.ndarray, mask: np.ndarray, anchor: np.ndarray, max_mm: float, spacing) -> None:
     """In place: the components of ``mask`` with no voxel within ``max_mm`` of ``anchor`` become background."""
-    anchor_box = bbox_slices(anchor)
-    tree = cKDTree(_surface_mm(anchor[anchor_box], spacing, [s.start for s in anchor_box]))
+    tree = cKDTree(_surface_mm(anchor, spacing))
     box = bbox_slices(mask)
     components, _ = _components(mask[box])
     for index, piece_box in enumerate(ndimage.find_objects(components), start=1):
