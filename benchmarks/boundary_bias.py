@@ -18,12 +18,9 @@ import numpy as np
 from scipy import ndimage
 
 from kneeseg.dataset.layout import KNEE_LABELS
+from kneeseg.errors import KneesegError
+from kneeseg.fingerprint import bbox_slices
 from kneeseg.io.image import read_image
-
-
-def _padded_box(mask: np.ndarray, margin: int = 4) -> tuple[slice, ...]:
-    box = ndimage.find_objects(mask.astype(np.uint8))[0]
-    return tuple(slice(max(0, b.start - margin), min(n, b.stop + margin)) for b, n in zip(box, mask.shape))
 
 
 def _by_distance(voxels: np.ndarray, other: np.ndarray) -> list[int]:
@@ -50,15 +47,21 @@ def main() -> None:
     p.add_argument("--ref", required=True)
     p.add_argument("--image")
     args = p.parse_args()
-    pred, _ = read_image(args.pred)
-    ref, _ = read_image(args.ref)
-    image = read_image(args.image, np.float32)[0] if args.image else None
+    try:
+        pred, _ = read_image(args.pred)
+        ref, _ = read_image(args.ref)
+        image = read_image(args.image, np.float32)[0] if args.image else None
+    except KneesegError as e:
+        p.error(str(e))
+    for path, array in ((args.pred, pred), (args.image, image)):
+        if array is not None and array.shape != ref.shape:
+            p.error(f"{path}: shape {array.shape[::-1]} differs from the reference's {ref.shape[::-1]}")
     print(f"{args.pred} against {args.ref}")
     for name, value in KNEE_LABELS.items():
         r, q = ref == value, pred == value
         if value == 0 or not r.any() or not q.any():
             continue
-        box = _padded_box(r | q)
+        box = bbox_slices(r | q, 4)
         r, q = r[box], q[box]
         missed, extra = _by_distance(r & ~q, q), _by_distance(q & ~r, r)
         print(f"  {name:8s} reference {int(r.sum())} voxels; missed {sum(missed)} (1/2/3/>3 voxels from the prediction: "

@@ -51,10 +51,8 @@ def _implied(candidate: dict, steps: list[dict], bones: dict[str, int]) -> bool:
     return False
 
 
-def _far_candidates(cases, bones: dict[str, int]) -> list[dict]:
-    """remove_far for each bone but the largest, with a distance from the training labels' gaps."""
-    volume = {v: sum(int((ref == v).sum()) for ref, _, _ in cases) for v in bones.values()}
-    anchor = max(volume, key=volume.get)
+def _far_candidates(cases, bones: dict[str, int], anchor: int) -> list[dict]:
+    """remove_far for each bone but ``anchor`` (the largest), with a distance from the training labels' gaps."""
     candidates = []
     for v in (v for v in bones.values() if v != anchor):
         gaps = [gap_mm(ref == v, ref == anchor, spacing) for ref, _, spacing in cases]
@@ -92,10 +90,12 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
         pred, _ = read_image(pred_path)
         cases.append((ref, pred.astype(np.uint8), geometry.spacing_zyx))
     bones = foreground_labels(labels)
-    smallest = {v: min(int((ref == v).sum()) for ref, _, _ in cases) for v in bones.values()}
+    voxels = {v: [int((ref == v).sum()) for ref, _, _ in cases] for v in bones.values()}  # per bone, per case
+    smallest = {v: min(n) for v, n in voxels.items()}
+    largest_bone = max(voxels, key=lambda v: sum(voxels[v]))
     coarsest = max(max(s) for _, _, s in cases)
     candidates = [{"op": "relabel_enclosed", "label": v} for v in bones.values()]
-    candidates += _far_candidates(cases, bones)
+    candidates += _far_candidates(cases, bones, largest_bone)
     candidates += [{"op": "keep_largest", "label": v, **extra} for v in bones.values() for extra in ({"fragments": "neighbour"}, {})]
     candidates.append({"op": "keep_largest_foreground", "n": len(bones)})
     for v in bones.values():
