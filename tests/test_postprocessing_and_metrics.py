@@ -66,8 +66,16 @@ def test_postprocessing_steps():
     spacing = (1.0, 1.0, 1.0)
     kept = apply_step(labels, {"op": "keep_largest", "label": 1}, spacing)
     assert kept[20, 20, 20] == 0 and kept[3, 3, 3] == 1 and (kept == 2).sum() == (labels == 2).sum()
-    small = apply_step(labels, {"op": "remove_small", "label": 1, "min_voxels": 9}, spacing)
+    small = apply_step(labels, {"op": "remove_small", "label": 1, "min_mm3": 9}, spacing)
     assert small[20, 20, 20] == 0 and small[3, 3, 3] == 1
+    coarser = apply_step(labels, {"op": "remove_small", "label": 1, "min_mm3": 9}, (2.0, 2.0, 2.0))
+    np.testing.assert_array_equal(coarser, labels)  # a volume: at 2 mm the speck's 8 voxels hold 64 mm³ and stay
+    touching = labels.copy()
+    touching[12, 4:6, 4:6] = 2  # a 4-voxel "tibia" on the femur's lower face, 3 voxels above the tibia
+    step = {"op": "remove_small", "label": 2, "min_mm3": 9}
+    assert (apply_step(touching, step, spacing)[12, 4:6, 4:6] == 0).all()
+    relabelled = apply_step(touching, {**step, "fragments": "neighbour"}, spacing)
+    assert (relabelled[12, 4:6, 4:6] == 1).all() and (relabelled == 2).sum() == (labels == 2).sum()
     filled = apply_step(labels, {"op": "fill_holes", "label": 1}, spacing)
     assert filled[5, 5, 5] == 1 and filled[20, 20, 20] == 1
     top3 = apply_step(labels, {"op": "keep_largest_foreground", "n": 2}, spacing)
@@ -216,6 +224,27 @@ def test_chooser_drops_a_far_piece_before_keeping_the_largest(tmp_path):
     # The femur (the largest bone) anchors; the labels' gaps (4 mm) are far inside the 20 mm floor.
     assert far == [{"op": "remove_far", "label": v, "from": 1, "max_mm": FAR_MIN_MM} for v in (2, 3)]
     assert result["mean_dice_after"] == 1.0  # keep_largest alone would have kept the far piece
+
+
+def test_chooser_drops_a_bone_whose_one_piece_is_smaller_than_any_real_one(tmp_path):
+    from kneeseg.io import Geometry, write_image
+    from kneeseg.postprocessing.chooser import choose_postprocessing
+
+    g = Geometry((60, 24, 30), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    labels = {"background": 0, "femur": 1, "tibia": 2, "patella": 3}
+    knee = _knee_with_patella()  # a 64-voxel patella
+    no_patella = np.where(knee == 3, 0, knee)  # a case whose scan shows none (it must not make 0 the smallest)
+    stray = no_patella.copy()
+    stray[5, 8:10, 22:24] = 3  # a 4-voxel "patella" 2 voxels from the femur: one piece, the largest, not far
+    pairs = []
+    for name, ref, pred in (("a", knee, knee), ("b", no_patella, stray)):
+        write_image(ref, g, tmp_path / f"ref_{name}.nii.gz")
+        write_image(pred, g, tmp_path / f"pred_{name}.nii.gz")
+        pairs.append((tmp_path / f"ref_{name}.nii.gz", tmp_path / f"pred_{name}.nii.gz"))
+    result = choose_postprocessing(pairs, labels, progress=False)
+    ops = [(st["op"], st.get("min_mm3")) for st in result["steps"] if st.get("label") == 3]
+    assert ("keep_largest", None) in ops and ("remove_small", 6.4) in ops  # a tenth of the smallest real patella
+    assert result["mean_dice_after"] == 1.0
 
 
 def test_evaluate_refuses_mismatched_geometry(tmp_path, capsys):

@@ -103,14 +103,20 @@ def test_postprocessing_is_chosen_on_cross_validation_and_applied(small_model, t
     assert findpp_main(["-m", str(model), "--no-progress", "--raw", str(paths.raw)]) == 0
     chosen = json.loads((model / "postprocessing.json").read_text())
     assert chosen["cv_cases"] == 1 and chosen["mean_dice_after"] >= chosen["mean_dice_before"]
-    assert len(chosen["candidates"]) == 1 + 7 * 3 + 2  # per bone: relabel enclosed pieces, keep largest (relabel / drop
-    # pieces), remove small, fill slice-wise, fill, close; tibia and patella: remove pieces far from the femur
+    assert len(chosen["candidates"]) == 1 + 8 * 3 + 2  # per bone: relabel enclosed pieces, keep largest and remove
+    # small (each: relabel / drop pieces), fill slice-wise, fill, close; tibia and patella: remove pieces far from the femur
     assert [(c["label"], c["from"]) for c in chosen["candidates"] if c["op"] == "remove_far"] == [(2, 1), (3, 1)]
     kept = [{k: v for k, v in c.items() if k not in ("mean_dice", "kept")} for c in chosen["candidates"] if c["kept"]]
     assert kept == chosen["steps"]
-    # Steps made no-ops by steps kept before them are skipped (a bone kept in one piece has no small pieces).
-    largest = {st["label"] for st in chosen["steps"] if st["op"] == "keep_largest"}
-    assert not any(st["op"] == "remove_small" and st["label"] in largest for st in chosen["steps"])
+    # Steps made no-ops by steps kept before them are skipped (a bone kept in one piece has no other pieces).
+    for c in chosen["candidates"]:
+        if c["op"] == "keep_largest" and "fragments" not in c:
+            relabelled = {"op": "keep_largest", "label": c["label"], "fragments": "neighbour"} in chosen["steps"]
+            assert c.get("implied_by_kept_steps", False) == relabelled
+        if c["op"] == "remove_small" and "fragments" not in c:
+            relabelled = {**c, "fragments": "neighbour"}
+            relabelled = {k: v for k, v in relabelled.items() if k not in ("mean_dice", "kept", "implied_by_kept_steps")}
+            assert c.get("implied_by_kept_steps", False) == (relabelled in chosen["steps"])
     case = paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz"
     assert predict_main(["-i", str(case), "-o", str(tmp_path / "a.nii.gz"), "-m", str(model), "--device", "cpu", "--no-progress"]) == 0
     assert predict_main(["-i", str(case), "-o", str(tmp_path / "b.nii.gz"), "-m", str(model), "--device", "cpu",

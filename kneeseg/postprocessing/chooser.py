@@ -8,15 +8,18 @@ joint space is a few mm, so this only takes what is plainly elsewhere); per bone
 component and give its other pieces that touch another bone that bone's label (if that scores no
 worse than dropping them), or else drop them; keep the n largest foreground components (n = number
 of bones); per bone, remove components under 10 % of the smallest volume of that bone in the
-training labels, fill holes in its slices, fill holes in 3D, and a closing with a 1-voxel (coarsest
-axis) ball. Relabelling comes first because a network's bone/background call is more reliable than
-its femur/tibia call: a block of femur called tibia is bone, and dropping it leaves a hole in the
-femur. Relabelling enclosed pieces, component removal (far pieces too) and slice-wise hole filling
-are kept unless they lower the mean Dice over all cases and bones (each bone is one piece, apart
-from the others, near its joint, with no holes in its cross-sections: nnU-Net's rule, and
-anatomy's); 3D filling and closing only if they raise it, or leave it equal (within 1e-6) while
-lowering the mean ASSD. A candidate that the steps already kept make a no-op (removing small pieces
-of a bone kept in one piece; 3D filling after slice-wise) is skipped.
+training labels that show it, giving those that touch another bone that bone's label if that scores
+no worse than dropping them (after keep-largest too: a bone whose one piece is that small is a
+stray, such as a "patella" in a scan that shows none, or a piece of the bone it touches), fill holes
+in its slices, fill holes in 3D, and a closing with a 1-voxel (coarsest axis) ball. Relabelling
+comes first because a network's bone/background call is more reliable than its femur/tibia call: a
+block of femur called tibia is bone, and dropping it leaves a hole in the femur. Relabelling
+enclosed pieces, component removal (far pieces too) and slice-wise hole filling are kept unless they
+lower the mean Dice over all cases and bones (each bone is one piece, apart from the others, near
+its joint, with no holes in its cross-sections: nnU-Net's rule, and anatomy's); 3D filling and
+closing only if they raise it, or leave it equal (within 1e-6) while lowering the mean ASSD. A
+candidate that the steps already kept make a no-op (keeping the largest piece of a bone already kept
+in one piece; removing small pieces a second time; 3D filling after slice-wise) is skipped.
 """
 
 from __future__ import annotations
@@ -44,8 +47,10 @@ def _implied(candidate: dict, steps: list[dict], bones: dict[str, int]) -> bool:
     largest = {st["label"] for st in steps if st["op"] == "keep_largest"}
     if candidate["op"] == "fill_holes":  # a hole enclosed in 3D is enclosed in every slice through it
         return any(st["op"] == "fill_holes_slices" and st["label"] == candidate["label"] for st in steps)
-    if candidate["op"] in ("remove_small", "keep_largest"):  # a bone already in one piece has no small pieces
+    if candidate["op"] == "keep_largest":  # a bone already in one piece has no other pieces
         return candidate["label"] in largest
+    if candidate["op"] == "remove_small":  # its small pieces are gone, whichever way they went
+        return any(st["op"] == "remove_small" and st["label"] == candidate["label"] for st in steps)
     if candidate["op"] == "keep_largest_foreground":  # one piece per bone: at most n pieces in all
         return candidate["n"] >= len(bones) and set(bones.values()) <= largest
     return False
@@ -90,9 +95,10 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
         pred, _ = read_image(pred_path)
         cases.append((ref, pred.astype(np.uint8), geometry.spacing_zyx))
     bones = foreground_labels(labels)
-    voxels = {v: [int((ref == v).sum()) for ref, _, _ in cases] for v in bones.values()}  # per bone, per case
-    smallest = {v: min(n) for v, n in voxels.items()}
-    largest_bone = max(voxels, key=lambda v: sum(voxels[v]))
+    volumes = {v: [float((ref == v).sum() * np.prod(spacing)) for ref, _, spacing in cases] for v in bones.values()}  # mm³
+    # A case without the bone (a scan that does not show it) says nothing about how small it can be.
+    smallest = {v: min((mm3 for mm3 in per_case if mm3), default=0.0) for v, per_case in volumes.items()}
+    largest_bone = max(volumes, key=lambda v: sum(volumes[v]))
     coarsest = max(max(s) for _, _, s in cases)
     candidates = [{"op": "relabel_enclosed", "label": v} for v in bones.values()]
     candidates += _far_candidates(cases, bones, largest_bone)
@@ -100,7 +106,8 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
     candidates.append({"op": "keep_largest_foreground", "n": len(bones)})
     for v in bones.values():
         candidates += [
-            {"op": "remove_small", "label": v, "min_voxels": max(1, smallest[v] // 10)},
+            *({"op": "remove_small", "label": v, "min_mm3": round(smallest[v] / 10, 3), **extra}
+              for extra in ({"fragments": "neighbour"}, {})),
             {"op": "fill_holes_slices", "label": v},
             {"op": "fill_holes", "label": v},
             {"op": "closing", "label": v, "radius_mm": round(coarsest, 4)},

@@ -12,7 +12,9 @@
   within D mm of bone A (nothing changes where the scan has no A). The knee's bones face each other
   across a few mm of cartilage, so a "patella" several cm from the femur is something else; it
   survives keep_largest when the true bone is outside the field of view, as in a half scan;
-- ``{"op": "remove_small", "label": L, "min_voxels": N}``: drop components of L under N voxels;
+- ``{"op": "remove_small", "label": L, "min_mm3": V}``: drop components of L under V mm³ (a volume,
+  not a voxel count, so that a scan at another spacing than the training labels' loses the same;
+  with ``"fragments": "neighbour"`` those that touch another bone take that bone's label);
 - ``{"op": "fill_holes", "label": L}``: fill background enclosed by L;
 - ``{"op": "fill_holes_slices", "label": L}``: fill background enclosed by L within a slice along
   any of the three image axes. A bone's cross-section has no holes (cortex around marrow), so a
@@ -32,7 +34,7 @@ from scipy.spatial import cKDTree
 from kneeseg.errors import KneesegError
 from kneeseg.fingerprint import bbox_slices
 
-REQUIRED_KEYS = {"keep_largest_foreground": ("n",), "keep_largest": ("label",), "remove_small": ("label", "min_voxels"),
+REQUIRED_KEYS = {"keep_largest_foreground": ("n",), "keep_largest": ("label",), "remove_small": ("label", "min_mm3"),
                  "remove_far": ("label", "from", "max_mm"), "fill_holes": ("label",), "fill_holes_slices": ("label",),
                  "closing": ("label", "radius_mm"), "relabel_enclosed": ("label",)}
 FRAGMENTS = ("background", "neighbour")
@@ -139,11 +141,19 @@ def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
         anchor = out == step["from"]
         if anchor.any():
             _remove_far(out, mask, anchor, float(step["max_mm"]), spacing)
-    elif op in ("keep_largest", "remove_small"):
+    elif op == "keep_largest":
         box = bbox_slices(mask)
         components, sizes = _components(mask[box])
-        drop = components != int(np.argmax(sizes)) if op == "keep_largest" else sizes[components] < step["min_voxels"]
-        out[box][mask[box] & drop] = 0
+        out[box][mask[box] & (components != int(np.argmax(sizes)))] = 0
+    elif op == "remove_small":
+        box = bbox_slices(mask, 1)
+        components, sizes = _components(mask[box])
+        small = sizes * float(np.prod(spacing)) < float(step["min_mm3"])
+        small[0] = False
+        if step.get("fragments") == "neighbour":
+            _reassign_fragments(out[box], np.where(small[components], components, 0), step["label"])
+        else:
+            out[box][small[components]] = 0
     elif op == "fill_holes":
         box = bbox_slices(mask, 1)  # enclosed background lies inside the bounding box
         region = out[box]
