@@ -198,6 +198,8 @@ def test_a_broken_postprocessing_file_is_refused_before_predicting(small_model, 
     for steps, message in (([{"op": "keep_biggest", "label": 1}], "step 1: unknown post-processing op 'keep_biggest'"),
                            ([{"op": "fill_holes", "label": 1}, {"op": "closing", "label": 2}], "step 2 (closing): missing radius_mm"),
                            ([{"op": "remove_far", "label": 3, "max_mm": 20}], "step 1 (remove_far): missing from"),
+                           ([{"op": "remove_small", "label": 3, "min_voxels": 900}],
+                            "step 1 (remove_small): missing min_mm3 (written by an older kneeseg: run kneeseg_find_postprocessing again)"),
                            ([{"op": "keep_largest", "label": 1, "fragments": "nearest"}], "step 1 (keep_largest): fragments must be one of"),
                            ({"op": "fill_holes"}, "no list of post-processing 'steps'")):
         (model / "postprocessing.json").write_text(json.dumps({"steps": steps}))

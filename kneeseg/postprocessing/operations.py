@@ -188,7 +188,9 @@ def checked_steps(document, source) -> list[dict]:
             raise KneesegError(f"{source}: step {number}: unknown post-processing op {op!r} (known: {', '.join(REQUIRED_KEYS)})")
         missing = [k for k in REQUIRED_KEYS[op] if k not in step]
         if missing:
-            raise KneesegError(f"{source}: step {number} ({op}): missing {', '.join(missing)}")
+            # remove_small counted voxels before it measured mm³; such a file is re-chosen, not guessed at.
+            hint = " (written by an older kneeseg: run kneeseg_find_postprocessing again)" if "min_voxels" in step else ""
+            raise KneesegError(f"{source}: step {number} ({op}): missing {', '.join(missing)}{hint}")
         if step.get("fragments", "background") not in FRAGMENTS:
             raise KneesegError(f"{source}: step {number} ({op}): fragments must be one of {', '.join(FRAGMENTS)}")
     return steps
