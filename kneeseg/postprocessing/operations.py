@@ -149,7 +149,7 @@ def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
         box = bbox_slices(mask, 1)
         components, sizes = _components(mask[box])
         small = sizes * float(np.prod(spacing)) < float(step["min_mm3"])
-        small[0] = False
+        small[0] = False  # index 0 is the background (its size was zeroed, so it would pass as small)
         if step.get("fragments") == "neighbour":
             _reassign_fragments(out[box], np.where(small[components], components, 0), step["label"])
         else:
