@@ -2,11 +2,13 @@
 
 1. Bare loop (fp32, channels_last_3d, bf16 autocast): forward, loss, backward, SGD step on one
    in-memory batch; prints the throughput that calibrates CPU_GFLOPS_PER_THREAD (planning/estimate.py).
+   ``--more-variants`` adds bf16 with channels_last_3d and bf16 with torch.compile (the compile itself,
+   ~45 s on 2 cores, falls in the warm-up step and is printed apart).
 2. The trainer (kneeseg.training.trainer.Trainer) on a phantom cache with the same patch: its step
    includes fetching the augmented batch from the background worker, deep-supervision loss and
    gradient clipping. Target: within 10 % of the bare loop in the same precision.
 
-    python benchmarks/train_step.py [--patch 64 64 64] [--batch 2] [--iters 6]
+    python benchmarks/train_step.py [--patch 64 64 64] [--batch 2] [--iters 6] [--more-variants]
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from kneeseg.training.network import UNet
 from kneeseg.training.trainer import Trainer, TrainOptions
 
 
-def bare_step_seconds(plan, patch, batch, iters, autocast=False, channels_last=False):
+def bare_step_seconds(plan, patch, batch, iters, autocast=False, channels_last=False, compile=False):
     torch.manual_seed(0)
     net = UNet(plan, 1, 4).train()
     loss_fn = DeepSupervisionLoss(plan.num_stages - 1)
@@ -39,17 +41,22 @@ def bare_step_seconds(plan, patch, batch, iters, autocast=False, channels_last=F
     if channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
         x = x.to(memory_format=torch.channels_last_3d)
+    forward = torch.compile(net) if compile else net
     times = []
     for i in range(iters + 1):
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = net(x)
+            out = forward(x)
         loss = loss_fn(out, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i:  # the first step warms up
+        if i:  # the first step warms up (and compiles)
             times.append(time.perf_counter() - t)
+        else:
+            warm_up = time.perf_counter() - t
+    if compile:
+        print(f"        (torch.compile: first step {warm_up:.1f} s)")
     return sorted(times)[len(times) // 2]
 
 
@@ -82,13 +89,18 @@ def main():
     p.add_argument("--patch", type=int, nargs=3, default=[64, 64, 64])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--iters", type=int, default=6)
+    p.add_argument("--more-variants", action="store_true", help="also bf16 + channels_last_3d and bf16 + torch.compile")
     args = p.parse_args()
     plan = build_network([1.0, 1.0, 1.0], args.patch, CPU_FEATURES)
     flops, _, _ = count_network(args.patch, plan, 1, 4)
     threads = torch.get_num_threads()
     print(f"patch {args.patch} batch {args.batch} features {plan.features_per_stage} threads {threads}")
     bare = {}
-    for name, kw in [("fp32", {}), ("fp32 channels_last_3d", {"channels_last": True}), ("bf16 autocast", {"autocast": True})]:
+    variants = [("fp32", {}), ("fp32 channels_last_3d", {"channels_last": True}), ("bf16 autocast", {"autocast": True})]
+    if args.more_variants:
+        variants += [("bf16 channels_last_3d", {"autocast": True, "channels_last": True}),
+                     ("bf16 torch.compile", {"autocast": True, "compile": True})]
+    for name, kw in variants:
         sec = bare_step_seconds(plan, args.patch, args.batch, args.iters, **kw)
         bare[name] = sec
         gflops = 3 * flops * args.batch / sec / 1e9
