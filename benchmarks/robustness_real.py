@@ -4,7 +4,8 @@ Takes the model that benchmarks/kneebones3dify_holdout.py trained (on half A by 
 --workdir) and predicts versions of a half of the real scan that this script makes
 (kneeseg.evaluation.variants): stored sagittally (axes permuted), stored with flipped axes,
 re-recorded with 2 mm thick slices (0.7 x 0.7 x 2.0 mm, along the stored slice axis and along
-left-right as a sagittal 2D protocol would), and at 1/2 and 1/3 of the scan's SNR (Rician noise).
+left-right as a sagittal 2D protocol would), at 1/2 and 1/3 of the scan's SNR (Rician noise), and
+shaded by a receive coil whose sensitivity falls 2 : 1 across the half, left to right and front to back.
 For each it prints Dice per bone and for all bones, HD95, whether the output has the input's
 geometry, and whether the bones are where anatomy puts them in scanner space (femur above tibia,
 patella in front of the femur). Half A is the training half (it measures what each change costs on a
@@ -27,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import kneeseg_command, run_measured  # noqa: E402
 
 from kneeseg.demo import REAL_HALVES  # noqa: E402
-from kneeseg.evaluation.variants import noise_sigma, stored_differently, thick_slices, with_more_noise  # noqa: E402
+from kneeseg.evaluation.variants import (noise_sigma, stored_differently, thick_slices, with_coil_shading,  # noqa: E402
+                                         with_more_noise)
 from kneeseg.io import Geometry, read_image, write_image  # noqa: E402
 from kneeseg.io.orientation import Orientation  # noqa: E402
 
@@ -58,6 +60,9 @@ def variants(image: np.ndarray, labels: np.ndarray, geometry: Geometry, seed: in
     rng = np.random.default_rng(seed)
     for factor in (2.0, 3.0):
         yield f"SNR / {factor:g} (Rician noise)", with_more_noise(image, factor, rng), labels, geometry
+    for patient_axis in "LP":
+        axis_xyz = next(a for a in range(3) if anatomical_axis(geometry, a) == patient_axis)
+        yield (f"coil shading 2:1 along {patient_axis}", with_coil_shading(image, 2 - axis_xyz, 2.0), labels, geometry)
 
 
 def centroid_mm(labels: np.ndarray, value: int, geometry: Geometry) -> np.ndarray | None:

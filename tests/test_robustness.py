@@ -9,7 +9,7 @@ import numpy as np
 from conftest import path_flags
 from kneeseg.cli.evaluate import main as evaluate_main
 from kneeseg.cli.predict import main as predict_main
-from kneeseg.evaluation.variants import noise_sigma, thick_slices, with_more_noise
+from kneeseg.evaluation.variants import noise_sigma, thick_slices, with_coil_shading, with_more_noise
 from kneeseg.inference.acquisition import acquisition_warnings
 from kneeseg.io import Geometry, read_image, write_image
 
@@ -50,6 +50,19 @@ def test_more_noise_lowers_the_snr_by_the_factor_and_keeps_the_background():
         assert noisy.dtype == image.dtype and np.all(noisy[image == 0] == 0)
         assert abs(noise_sigma(noisy) / noise_sigma(image) - factor) < 0.15 * factor
     np.testing.assert_array_equal(image, original)  # a new array; the given one is left as it was
+
+
+def test_coil_shading_falls_by_the_ratio_along_one_axis_and_keeps_the_background():
+    image = np.zeros((10, 12, 14), np.int16)
+    image[:, 2:10, :] = 1000
+    original = image.copy()
+    shaded = with_coil_shading(image, axis=2, ratio=2.0)
+    assert shaded.dtype == image.dtype and np.all(shaded[image == 0] == 0)
+    line = shaded[5, 5].astype(float)
+    assert line[0] == 1000 and line[-1] == 500  # 2 : 1 from the first slice to the last
+    assert np.all(np.diff(line) < 0)
+    np.testing.assert_array_equal(shaded[:, 5, :], shaded[3:4, 7, :].repeat(10, 0))  # constant across the other axes
+    np.testing.assert_array_equal(image, original)
 
 
 def test_a_thick_slice_scan_gets_its_bones_in_place_with_its_geometry(small_model, tmp_path, capsys):

@@ -1,8 +1,8 @@
 """Versions of a scan as other acquisitions would have recorded it: for robustness checks.
 
 The same knee (image and label) stored in another axis order or with flipped axes (sagittal
-acquisitions, other vendors), re-recorded with thick slices (0.7 x 0.7 x 2 mm 2D protocols), or
-with more noise (lower field, faster sequences). Every function keeps the anatomy where it is in
+acquisitions, other vendors), re-recorded with thick slices (0.7 x 0.7 x 2 mm 2D protocols), with
+more noise (lower field, faster sequences), or shaded by a receive coil's falling sensitivity. Every function keeps the anatomy where it is in
 scanner space, so a prediction can be compared with the label transformed the same way.
 """
 
@@ -77,3 +77,18 @@ def with_more_noise(image: np.ndarray, factor: float, rng: np.random.Generator) 
         info = np.iinfo(image.dtype)
         noisy = np.clip(np.round(noisy), info.min, info.max)
     return noisy.astype(image.dtype)
+
+
+def with_coil_shading(image: np.ndarray, axis: int, ratio: float) -> np.ndarray:
+    """The image as a receive coil whose sensitivity falls by ``ratio`` : 1 across the field of view
+    along array ``axis`` would record it: multiplied by a field that is log-linear along that axis
+    (1 at the first slice, 1 / ratio at the last), the smooth shading of a low-field surface coil.
+    Zeros stay zero; noise is shaded with the signal (what a coil's receive profile does)."""
+    n = image.shape[axis]
+    profile = np.exp(-np.log(ratio) * np.arange(n) / max(n - 1, 1)).astype(np.float32)
+    shape = [1, 1, 1]
+    shape[axis] = n
+    shaded = image.astype(np.float32) * profile.reshape(shape)
+    if np.issubdtype(image.dtype, np.integer):
+        shaded = np.round(shaded)
+    return shaded.astype(image.dtype)
