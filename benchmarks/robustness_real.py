@@ -11,7 +11,7 @@ geometry, and whether the bones are where anatomy puts them in scanner space (fe
 patella in front of the femur). Half A is the training half (it measures what each change costs on a
 knee the model knows); half B is held out.
 
-    python benchmarks/robustness_real.py --workdir DIR [--train-half A] [--eval-half A B]
+    python benchmarks/robustness_real.py --workdir DIR [--train-half A] [--eval-half A B] [--versions TEXT ...]
 """
 
 from __future__ import annotations
@@ -87,6 +87,8 @@ def main() -> int:
     p.add_argument("--train-half", choices=["A", "B"], default="A", help="the half the model was trained on")
     p.add_argument("--eval-half", nargs="+", choices=["A", "B"], default=["A"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--versions", nargs="+", metavar="TEXT",
+                   help="only the versions whose name contains one of these (e.g. 'as stored' shading); default all")
     args = p.parse_args()
     flags = ["--raw", str(args.workdir / "raw"), "--preprocessed", str(args.workdir / "pre"), "--results", str(args.workdir / "res")]
     model_number = str(REAL_HALVES[args.train_half][0])
@@ -101,6 +103,8 @@ def main() -> int:
         print("| version | spacing (mm) | femur | tibia | patella | all bones | HD95 all (mm) | geometry kept | anatomy | predict (s) |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for k, (variant, im, lab, geom) in enumerate(variants(image, labels, geometry, args.seed)):
+            if args.versions and not any(text in variant for text in args.versions):
+                continue
             folder = args.workdir / "robustness" / f"half{half}_{k}"
             write_image(im, geom, folder / "images" / "knee_0000.nii.gz")
             write_image(lab, geom, folder / "labels" / "knee.nii.gz")

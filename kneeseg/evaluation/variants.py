@@ -83,7 +83,8 @@ def with_coil_shading(image: np.ndarray, axis: int, ratio: float) -> np.ndarray:
     """The image as a receive coil whose sensitivity falls by ``ratio`` : 1 across the field of view
     along array ``axis`` would record it: multiplied by a field that is log-linear along that axis
     (1 at the first slice, 1 / ratio at the last), the smooth shading of a low-field surface coil.
-    Zeros stay zero; noise is shaded with the signal (what a coil's receive profile does)."""
+    Zeros stay zero. The scan's noise is shaded with its signal, so the dim side keeps the scan's SNR (a
+    real coil would leave it noisier there; ``with_more_noise`` adds that separately)."""
     n = image.shape[axis]
     profile = np.exp(-np.log(ratio) * np.arange(n) / max(n - 1, 1)).astype(np.float32)
     shape = [1, 1, 1]
