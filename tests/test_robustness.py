@@ -53,6 +53,7 @@ def test_more_noise_lowers_the_snr_by_the_factor_and_keeps_the_background():
 
 
 def test_coil_shading_falls_by_the_ratio_along_one_axis_and_keeps_the_background():
+    """A receive coil's falling sensitivity: 2 : 1 from the first slice to the last, smoothly."""
     image = np.zeros((10, 12, 14), np.int16)
     image[:, 2:10, :] = 1000
     original = image.copy()

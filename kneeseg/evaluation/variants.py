@@ -2,8 +2,9 @@
 
 The same knee (image and label) stored in another axis order or with flipped axes (sagittal
 acquisitions, other vendors), re-recorded with thick slices (0.7 x 0.7 x 2 mm 2D protocols), with
-more noise (lower field, faster sequences), or shaded by a receive coil's falling sensitivity. Every function keeps the anatomy where it is in
-scanner space, so a prediction can be compared with the label transformed the same way.
+more noise (lower field, faster sequences), or shaded by a receive coil's falling sensitivity.
+Every function keeps the anatomy where it is in scanner space, so a prediction can be compared with
+the label transformed the same way.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ def with_coil_shading(image: np.ndarray, axis: int, ratio: float) -> np.ndarray:
     """The image as a receive coil whose sensitivity falls by ``ratio`` : 1 across the field of view
     along array ``axis`` would record it: multiplied by a field that is log-linear along that axis
     (1 at the first slice, 1 / ratio at the last), the smooth shading of a low-field surface coil.
-    Zeros stay zero. The scan's noise is shaded with its signal, so the dim side keeps the scan's SNR (a
-    real coil would leave it noisier there; ``with_more_noise`` adds that separately)."""
+    Zeros stay zero. The scan's noise is shaded with its signal, so the dim side keeps the scan's SNR
+    (a real coil would leave it noisier there; ``with_more_noise`` adds that separately)."""
     n = image.shape[axis]
     profile = np.exp(-np.log(ratio) * np.arange(n) / max(n - 1, 1)).astype(np.float32)
     shape = [1, 1, 1]
