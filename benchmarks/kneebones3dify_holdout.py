@@ -11,7 +11,7 @@ time and peak RSS.
 
     python benchmarks/kneebones3dify_holdout.py [--budget-min 60] [--reverse | --train-on B] [--workdir DIR]
         [--cpu-spacing MM [MM MM]] [--no-intensity-augmentation] [--elastic] [--soft-targets on|off] [--seed N]
-        [--average-last SHARE] [--tta-scales F ... | --tta-scales 1.0]
+        [--average-last SHARE] [--max-epochs E] [--tta-scales F ... | --tta-scales 1.0]
 """
 
 from __future__ import annotations
@@ -104,6 +104,8 @@ def main() -> int:
     p.add_argument("--average-last", type=float, metavar="SHARE",
                    help="kneeseg_train --average-last: final weights averaged over this last share of the epochs (default: the plan's)")
     p.add_argument("--seed", type=int, default=0, help="training seed (kneeseg_train --seed): another sample of the same recipe")
+    p.add_argument("--max-epochs", type=int, metavar="E",
+                   help="kneeseg_train --epochs E with the budget: at most E epochs (the same schedule on a faster machine)")
     p.add_argument("--tta-scales", type=float, nargs="+", default=list(REAL_TTA_SCALES), metavar="F",
                    help="also predict the test half with these test-time scales (kneeseg_predict --tta-scales; "
                         "default 0.8 0.9 1.0 1.1; 1.0: the plan's spacing only)")
@@ -117,7 +119,8 @@ def main() -> int:
     train_flags = (["--autocast", args.autocast] if args.autocast else []) + (
         ["--no-intensity-augmentation"] if args.no_intensity_augmentation else []) + (["--elastic"] if args.elastic else []) + (
         ["--soft-targets", args.soft_targets] if args.soft_targets else []) + (
-        ["--average-last", str(args.average_last)] if args.average_last is not None else []) + ["--seed", str(args.seed)]
+        ["--average-last", str(args.average_last)] if args.average_last is not None else []) + (
+        ["--epochs", str(args.max_epochs)] if args.max_epochs else []) + ["--seed", str(args.seed)]
     tmp = tempfile.TemporaryDirectory()
     work = args.workdir or Path(tmp.name)
     halves = list(dict.fromkeys(args.train_on + (["B"] if args.reverse else [])))

@@ -135,6 +135,21 @@ def test_time_budget_scales_the_schedule(prepared, tmp_path):
     assert lrs[-1] < 0.5 * lrs[0] or state["num_epochs"] <= 2
 
 
+def test_epochs_given_with_a_time_budget_are_a_ceiling(prepared, tmp_path):
+    """--epochs 3 with a budget that holds many more (epochs of ~1 s, one minute): three epochs on the
+    schedule of three, not a schedule stretched to the minute."""
+    paths = _copy(prepared, tmp_path)
+    assert train_main(["0", "--device", "cpu", "--epochs", "3", "--iters-per-epoch", "2", "--val-iters", "1",
+                       "--time-budget-min", "1", "--no-progress", *path_flags(paths)]) == 0
+    state = load_checkpoint(paths.results / FOLD_DIR.format(0) / "checkpoint_final.pth")
+    n, lrs, epoch_s = state["num_epochs"], state["history"]["lr"], state["history"]["epoch_s"]
+    assert state["epoch"] == n == len(lrs) and n <= 3
+    if n < 3:  # allowed only where three epochs would not fit the minute (a machine busy with other work)
+        assert 3 * float(np.median(epoch_s)) > 60
+    else:
+        assert lrs == pytest.approx([poly_lr(lrs[0], e, 3) for e in range(3)])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

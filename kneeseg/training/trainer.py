@@ -50,7 +50,7 @@ def ema_momentum(num_epochs: int) -> float:
 @dataclass
 class TrainOptions:
     fold: str = "0"
-    epochs: int | None = None  # default: the plan's
+    epochs: int | None = None  # default: the plan's; with a time budget, the most the budget may give
     iters_per_epoch: int | None = None
     val_iters: int | None = None
     time_budget_min: float | None = None  # scales the number of epochs so the LR still decays to 0
@@ -267,11 +267,14 @@ class Trainer:
 
     def _budget_epochs(self, epoch_times: list[float]) -> int:
         """Epochs that fit the time budget, judged from this run's epochs: the median after the first
-        (which is often slower), so that a few epochs slowed by other work do not shorten the run."""
+        (which is often slower), so that a few epochs slowed by other work do not shorten the run.
+        Epochs given explicitly are a ceiling: the budget may shorten that schedule, not lengthen it
+        (so a faster machine ends sooner instead of training a different schedule)."""
         budget = self.options.time_budget_min * 60
         typical = float(np.median(epoch_times[1:] if len(epoch_times) > 1 else epoch_times))
         # self.epoch epochs are done; add as many more as the remaining budget holds (possibly none).
-        return max(1, self.epoch + int(max(0.0, budget - self.elapsed) / typical))
+        fitted = max(1, self.epoch + int(max(0.0, budget - self.elapsed) / typical))
+        return min(fitted, self.options.epochs) if self.options.epochs else fitted
 
     def _checkpoint(self, name: str, extra: dict | None = None) -> None:
         if self.rank != 0:
