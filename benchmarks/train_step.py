@@ -31,7 +31,7 @@ from kneeseg.training.network import UNet
 from kneeseg.training.trainer import Trainer, TrainOptions
 
 
-def bare_step_seconds(plan, patch, batch, iters, autocast=False, channels_last=False, compile=False):
+def bare_step_seconds(plan, patch, batch, iters, autocast=False, channels_last=False, compiled=False):
     torch.manual_seed(0)
     net = UNet(plan, 1, 4).train()
     loss_fn = DeepSupervisionLoss(plan.num_stages - 1)
@@ -41,7 +41,7 @@ def bare_step_seconds(plan, patch, batch, iters, autocast=False, channels_last=F
     if channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
         x = x.to(memory_format=torch.channels_last_3d)
-    forward = torch.compile(net) if compile else net
+    forward = torch.compile(net) if compiled else net
     times = []
     for i in range(iters + 1):
         t = time.perf_counter()
@@ -55,7 +55,7 @@ def bare_step_seconds(plan, patch, batch, iters, autocast=False, channels_last=F
             times.append(time.perf_counter() - t)
         else:
             warm_up = time.perf_counter() - t
-    if compile:
+    if compiled:
         print(f"        (torch.compile: first step {warm_up:.1f} s)")
     return sorted(times)[len(times) // 2]
 
@@ -99,7 +99,7 @@ def main():
     variants = [("fp32", {}), ("fp32 channels_last_3d", {"channels_last": True}), ("bf16 autocast", {"autocast": True})]
     if args.more_variants:
         variants += [("bf16 channels_last_3d", {"autocast": True, "channels_last": True}),
-                     ("bf16 torch.compile", {"autocast": True, "compile": True})]
+                     ("bf16 torch.compile", {"autocast": True, "compiled": True})]
     for name, kw in variants:
         sec = bare_step_seconds(plan, args.patch, args.batch, args.iters, **kw)
         bare[name] = sec

@@ -25,10 +25,12 @@ def main(argv=None):
     p.add_argument("-c", "--configuration", help="configuration (default: recommended for the device)")
     p.add_argument("-p", "--plans", default="kneesegPlans", help="plans name (default kneesegPlans)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
-    p.add_argument("--epochs", type=positive_int, help="number of epochs (default: the plan's; with --time-budget-min: at most this many)")
+    p.add_argument("--epochs", type=positive_int,
+                   help="number of epochs (default: the plan's; with --time-budget-min: at most this many)")
     p.add_argument("--iters-per-epoch", type=positive_int, help="training iterations per epoch (default: the plan's)")
     p.add_argument("--val-iters", type=positive_int, help="validation batches per epoch (default: the plan's)")
-    p.add_argument("--time-budget-min", type=positive_float, help="wall-clock budget; the schedule is scaled to fit it (never beyond --epochs)")
+    p.add_argument("--time-budget-min", type=positive_float,
+                   help="wall-clock budget; the schedule is scaled to fit it (never beyond --epochs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-workers", type=int, default=1, help="background augmentation processes (default 1; 0: none)")
     p.add_argument("--autocast", choices=["none", "bf16", "fp16"], help="mixed precision (default: the plan's)")
