@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import kneeseg_command, run_measured  # noqa: E402
 
+from kneeseg.cli.common import positive_int  # noqa: E402
 from kneeseg.demo import REAL_HALVES, REAL_TTA_SCALES  # noqa: E402
 from kneeseg.errors import KneesegError  # noqa: E402
 from kneeseg.inference.predictor import checked_scales  # noqa: E402
@@ -104,7 +105,7 @@ def main() -> int:
     p.add_argument("--average-last", type=float, metavar="SHARE",
                    help="kneeseg_train --average-last: final weights averaged over this last share of the epochs (default: the plan's)")
     p.add_argument("--seed", type=int, default=0, help="training seed (kneeseg_train --seed): another sample of the same recipe")
-    p.add_argument("--max-epochs", type=int, metavar="E",
+    p.add_argument("--max-epochs", type=positive_int, metavar="E",  # refused now, not after preprocessing
                    help="kneeseg_train --epochs E with the budget: at most E epochs (the same schedule on a faster machine)")
     p.add_argument("--tta-scales", type=float, nargs="+", default=list(REAL_TTA_SCALES), metavar="F",
                    help="also predict the test half with these test-time scales (kneeseg_predict --tta-scales; "

@@ -51,8 +51,8 @@ def variants(image: np.ndarray, labels: np.ndarray, geometry: Geometry, seed: in
                                ("stored with flipped axes", (0, 1, 2), (True, False, True))):
         im, lab = (stored_differently(as_sitk[k], order, flips) for k in ("image", "labels"))
         yield name, sitk.GetArrayFromImage(im), sitk.GetArrayFromImage(lab), Geometry.of(im)
-    lr_axis = next(a for a in range(3) if anatomical_axis(geometry, a) == "L")
-    for axis in dict.fromkeys([2, lr_axis]):  # the stored slice axis, and left-right (a sagittal 2D protocol)
+    index_axis = {anatomical_axis(geometry, a): a for a in range(3)}  # patient axis -> index axis
+    for axis in dict.fromkeys([2, index_axis["L"]]):  # the stored slice axis, and left-right (a sagittal 2D protocol)
         spacing = [0.7, 0.7, 0.7]
         spacing[axis] = 2.0
         im, lab, grid = thick_slices(image, labels, geometry, tuple(spacing))
@@ -60,9 +60,9 @@ def variants(image: np.ndarray, labels: np.ndarray, geometry: Geometry, seed: in
     rng = np.random.default_rng(seed)
     for factor in (2.0, 3.0):
         yield f"SNR / {factor:g} (Rician noise)", with_more_noise(image, factor, rng), labels, geometry
-    for patient_axis in "LP":
-        axis_xyz = next(a for a in range(3) if anatomical_axis(geometry, a) == patient_axis)
-        yield (f"coil shading 2:1 along {patient_axis}", with_coil_shading(image, 2 - axis_xyz, 2.0), labels, geometry)
+    for patient_axis in "LP":  # array axes run z, y, x: index axis a is array axis 2 - a
+        shaded = with_coil_shading(image, 2 - index_axis[patient_axis], 2.0)
+        yield f"coil shading 2:1 along {patient_axis}", shaded, labels, geometry
 
 
 def centroid_mm(labels: np.ndarray, value: int, geometry: Geometry) -> np.ndarray | None:
