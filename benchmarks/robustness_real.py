@@ -5,7 +5,8 @@ Takes the model that benchmarks/kneebones3dify_holdout.py trained (on half A by 
 (kneeseg.evaluation.variants): stored sagittally (axes permuted), stored with flipped axes,
 re-recorded with 2 mm thick slices (0.7 x 0.7 x 2.0 mm, along the stored slice axis and along
 left-right as a sagittal 2D protocol would), at 1/2 and 1/3 of the scan's SNR (Rician noise), and
-shaded by a receive coil whose sensitivity falls 2 : 1 across the half, left to right and front to back.
+shaded by a receive coil whose sensitivity falls 2 : 1 across the half, left to right and front to back,
+with its air stored as noise instead of the zeros this scanner writes, and through a Gaussian filter.
 For each it prints Dice per bone and for all bones, HD95, whether the output has the input's
 geometry, and whether the bones are where anatomy puts them in scanner space (femur above tibia,
 patella in front of the femur). Half A is the training half (it measures what each change costs on a
@@ -28,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import kneeseg_command, run_measured  # noqa: E402
 
 from kneeseg.demo import REAL_HALVES  # noqa: E402
-from kneeseg.evaluation.variants import (noise_sigma, stored_differently, thick_slices, with_coil_shading,  # noqa: E402
-                                         with_more_noise)
+from kneeseg.evaluation.variants import (noise_sigma, smoothed, stored_differently, thick_slices,  # noqa: E402
+                                         with_coil_shading, with_more_noise, with_noisy_background)
 from kneeseg.io import Geometry, read_image, write_image  # noqa: E402
 from kneeseg.io.orientation import Orientation  # noqa: E402
 
@@ -42,27 +43,36 @@ def anatomical_axis(geometry: Geometry, axis_xyz: int) -> str:
 
 
 def variants(image: np.ndarray, labels: np.ndarray, geometry: Geometry, seed: int):
-    """(name, image, labels, geometry) of each version of the scan."""
-    as_sitk = {}
-    for name, array in (("image", image), ("labels", labels)):
-        as_sitk[name] = geometry.apply_to(sitk.GetImageFromArray(array))
-    yield "as stored", image, labels, geometry
-    for name, order, flips in (("stored sagittally (axes permuted)", (2, 0, 1), (False, False, False)),
-                               ("stored with flipped axes", (0, 1, 2), (True, False, True))):
-        im, lab = (stored_differently(as_sitk[k], order, flips) for k in ("image", "labels"))
-        yield name, sitk.GetArrayFromImage(im), sitk.GetArrayFromImage(lab), Geometry.of(im)
+    """(name, make) of each version of the scan, make() -> (image, labels, geometry): a run that
+    picks versions by name makes only those."""
+    def stored(order, flips):
+        def make():
+            im, lab = (stored_differently(geometry.apply_to(sitk.GetImageFromArray(a)), order, flips) for a in (image, labels))
+            return sitk.GetArrayFromImage(im), sitk.GetArrayFromImage(lab), Geometry.of(im)
+        return make
+
+    def same_grid(transform):  # a new image on the scan's own grid and labels
+        return lambda: (transform(), labels, geometry)
+
+    yield "as stored", lambda: (image, labels, geometry)
+    yield "stored sagittally (axes permuted)", stored((2, 0, 1), (False, False, False))
+    yield "stored with flipped axes", stored((0, 1, 2), (True, False, True))
     index_axis = {anatomical_axis(geometry, a): a for a in range(3)}  # patient axis -> index axis
     for axis in dict.fromkeys([2, index_axis["L"]]):  # the stored slice axis, and left-right (a sagittal 2D protocol)
         spacing = [0.7, 0.7, 0.7]
         spacing[axis] = 2.0
-        im, lab, grid = thick_slices(image, labels, geometry, tuple(spacing))
-        yield f"0.7x0.7x2.0 mm, thick along {anatomical_axis(geometry, axis)}", im, lab, grid
-    rng = np.random.default_rng(seed)
+        yield (f"0.7x0.7x2.0 mm, thick along {anatomical_axis(geometry, axis)}",
+               lambda spacing=tuple(spacing): thick_slices(image, labels, geometry, spacing))
+    # One generator per version, from the seed: a version's noise does not depend on which others ran.
     for factor in (2.0, 3.0):
-        yield f"SNR / {factor:g} (Rician noise)", with_more_noise(image, factor, rng), labels, geometry
+        yield (f"SNR / {factor:g} (Rician noise)",
+               same_grid(lambda f=factor: with_more_noise(image, f, np.random.default_rng([seed, int(f)]))))
     for patient_axis in "LP":  # array axes run z, y, x: index axis a is array axis 2 - a
-        shaded = with_coil_shading(image, 2 - index_axis[patient_axis], 2.0)
-        yield f"coil shading 2:1 along {patient_axis}", shaded, labels, geometry
+        yield (f"coil shading 2:1 along {patient_axis}",
+               same_grid(lambda a=2 - index_axis[patient_axis]: with_coil_shading(image, a, 2.0)))
+    yield "air as noise (a scanner that does not zero it)", same_grid(
+        lambda: with_noisy_background(image, np.random.default_rng([seed, 10])))
+    yield "smoothed (Gaussian filter, sigma 0.5 mm)", same_grid(lambda: smoothed(image, geometry.spacing_zyx, 0.5))
 
 
 def centroid_mm(labels: np.ndarray, value: int, geometry: Geometry) -> np.ndarray | None:
@@ -102,9 +112,15 @@ def main() -> int:
               f"noise sigma of the scan {noise_sigma(image):.1f} ==")
         print("| version | spacing (mm) | femur | tibia | patella | all bones | HD95 all (mm) | geometry kept | anatomy | predict (s) |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for k, (variant, im, lab, geom) in enumerate(variants(image, labels, geometry, args.seed)):
+        versions = list(variants(image, labels, geometry, args.seed))
+        unmatched = [text for text in args.versions or [] if not any(text in name for name, _ in versions)]
+        if unmatched:
+            p.error(f"--versions: no version's name contains {', '.join(map(repr, unmatched))} "
+                    f"(versions: {'; '.join(name for name, _ in versions)})")
+        for k, (variant, make) in enumerate(versions):
             if args.versions and not any(text in variant for text in args.versions):
                 continue
+            im, lab, geom = make()
             folder = args.workdir / "robustness" / f"half{half}_{k}"
             write_image(im, geom, folder / "images" / "knee_0000.nii.gz")
             write_image(lab, geom, folder / "labels" / "knee.nii.gz")

@@ -9,7 +9,8 @@ import numpy as np
 from conftest import path_flags
 from kneeseg.cli.evaluate import main as evaluate_main
 from kneeseg.cli.predict import main as predict_main
-from kneeseg.evaluation.variants import noise_sigma, thick_slices, with_coil_shading, with_more_noise
+from kneeseg.evaluation.variants import (noise_sigma, smoothed, thick_slices, with_coil_shading, with_more_noise,
+                                         with_noisy_background)
 from kneeseg.inference.acquisition import acquisition_warnings
 from kneeseg.io import Geometry, read_image, write_image
 
@@ -64,6 +65,33 @@ def test_coil_shading_falls_by_the_ratio_along_one_axis_and_keeps_the_background
     assert np.all(np.diff(line) < 0)
     np.testing.assert_array_equal(shaded[:, 5, :], shaded[3:4, 7, :].repeat(10, 0))  # constant across the other axes
     np.testing.assert_array_equal(image, original)
+
+
+def test_noisy_background_fills_only_the_zeroed_air_with_rician_noise():
+    """A scanner that does not zero the air: zeros become Rayleigh noise (mean 1.25 sigma), the rest stays."""
+    rng = np.random.default_rng(0)
+    image = np.zeros((20, 30, 30), np.int16)
+    image[:, 5:25, 5:25] = np.round(rng.normal(1000, 20, (20, 20, 20)))
+    original = image.copy()
+    noisy = with_noisy_background(image, np.random.default_rng(1), sigma=20.0)
+    assert noisy.dtype == image.dtype
+    np.testing.assert_array_equal(noisy[image != 0], image[image != 0])
+    air = noisy[image == 0].astype(float)
+    assert air.min() >= 0 and abs(air.mean() - 1.2533 * 20) < 1.0 and (air > 0).mean() > 0.95
+    assert abs(noise_sigma(image) - 20) < 2  # the default sigma: the scan's own
+    np.testing.assert_array_equal(image, original)
+
+
+def test_smoothing_is_a_gaussian_of_the_given_width_in_mm():
+    """sigma in mm on an anisotropic grid: a point spreads to the same width in mm along every axis."""
+    image = np.zeros((21, 41, 41), np.float32)
+    image[10, 20, 20] = 1000.0
+    out = smoothed(image, (1.0, 0.5, 0.5), sigma_mm=1.0)
+    assert out.dtype == np.float32 and abs(out.sum() - 1000.0) < 1.0
+    for axis, spacing in ((0, 1.0), (1, 0.5), (2, 0.5)):
+        profile = out.sum(axis=tuple(a for a in range(3) if a != axis))
+        x = (np.arange(profile.size) - profile.size // 2) * spacing
+        assert abs(np.sqrt((profile * x**2).sum() / profile.sum()) - 1.0) < 0.05
 
 
 def test_a_thick_slice_scan_gets_its_bones_in_place_with_its_geometry(small_model, tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 The same knee (image and label) stored in another axis order or with flipped axes (sagittal
 acquisitions, other vendors), re-recorded with thick slices (0.7 x 0.7 x 2 mm 2D protocols), with
-more noise (lower field, faster sequences), or shaded by a receive coil's falling sensitivity.
+more noise (lower field, faster sequences), shaded by a receive coil's falling sensitivity, with
+the air left as noise where this scanner zeroes it (most scanners), or smoothed by a filter.
 Every function keeps the anatomy where it is in scanner space, so a prediction can be compared with
 the label transformed the same way.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from kneeseg.io import Geometry
 from kneeseg.preprocessing.resampling import along_axis, area_weights, target_shape
@@ -94,3 +96,25 @@ def with_coil_shading(image: np.ndarray, axis: int, ratio: float) -> np.ndarray:
     if np.issubdtype(image.dtype, np.integer):
         shaded = np.round(shaded)
     return shaded.astype(image.dtype)
+
+
+def with_noisy_background(image: np.ndarray, rng: np.random.Generator, sigma: float | None = None) -> np.ndarray:
+    """The image as a scanner that does not zero the air would store it: the zero voxels become
+    Rician noise (a magnitude image's noise where there is no signal) of ``sigma``, by default the
+    scan's own noise level (``noise_sigma``, which a coarse grid's tissue texture inflates)."""
+    sigma = noise_sigma(image) if sigma is None else sigma
+    out = image.astype(np.float32)
+    air = out == 0
+    out[air] = np.hypot(rng.normal(0, sigma, int(air.sum())), rng.normal(0, sigma, int(air.sum())))
+    if np.issubdtype(image.dtype, np.integer):
+        out = np.round(out)
+    return out.astype(image.dtype)
+
+
+def smoothed(image: np.ndarray, spacing_zyx, sigma_mm: float) -> np.ndarray:
+    """The image through a Gaussian filter of ``sigma_mm`` (a scanner's or a viewer's denoising filter)."""
+    sigma = [sigma_mm / s for s in spacing_zyx]
+    out = ndimage.gaussian_filter(image.astype(np.float32), sigma)
+    if np.issubdtype(image.dtype, np.integer):
+        out = np.round(out)
+    return out.astype(image.dtype)
