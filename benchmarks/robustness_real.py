@@ -6,7 +6,8 @@ Takes the model that benchmarks/kneebones3dify_holdout.py trained (on half A by 
 re-recorded with 2 mm thick slices (0.7 x 0.7 x 2.0 mm, along the stored slice axis and along
 left-right as a sagittal 2D protocol would), at 1/2 and 1/3 of the scan's SNR (Rician noise), and
 shaded by a receive coil whose sensitivity falls 2 : 1 across the half, left to right and front to back,
-with its air stored as noise instead of the zeros this scanner writes, and through a Gaussian filter.
+with its air stored as noise instead of the zeros this scanner writes (predicted as it is, and with
+kneeseg_predict --zero-air), and through a Gaussian filter.
 For each it prints Dice per bone and for all bones, HD95, whether the output has the input's
 geometry, and whether the bones are where anatomy puts them in scanner space (femur above tibia,
 patella in front of the femur). Half A is the training half (it measures what each change costs on a
@@ -42,6 +43,9 @@ def anatomical_axis(geometry: Geometry, axis_xyz: int) -> str:
     return "SPL"[next(a for a in range(3) if 2 - perm[a] == axis_xyz)]
 
 
+ZERO_AIR = "--zero-air"  # a version predicted with it passes it to kneeseg_predict
+
+
 def variants(image: np.ndarray, labels: np.ndarray, geometry: Geometry, seed: int):
     """(name, make) of each version of the scan, make() -> (image, labels, geometry): a run that
     picks versions by name makes only those."""
@@ -70,8 +74,9 @@ def variants(image: np.ndarray, labels: np.ndarray, geometry: Geometry, seed: in
     for patient_axis in "LP":  # array axes run z, y, x: index axis a is array axis 2 - a
         yield (f"coil shading 2:1 along {patient_axis}",
                same_grid(lambda a=2 - index_axis[patient_axis]: with_coil_shading(image, a, 2.0)))
-    yield "air as noise (a scanner that does not zero it)", same_grid(
-        lambda: with_noisy_background(image, np.random.default_rng([seed, 10])))
+    noisy_air = same_grid(lambda: with_noisy_background(image, np.random.default_rng([seed, 10])))
+    yield "air as noise (a scanner that does not zero it)", noisy_air
+    yield f"air as noise, predicted with {ZERO_AIR}", noisy_air
     yield "smoothed (Gaussian filter, sigma 0.5 mm)", same_grid(lambda: smoothed(image, geometry.spacing_zyx, 0.5))
 
 
@@ -126,7 +131,7 @@ def main() -> int:
             write_image(lab, geom, folder / "labels" / "knee.nii.gz")
             seconds, _, rc = run_measured(kneeseg_command(
                 "predict", "-i", str(folder / "images"), "-o", str(folder / "pred"), "-d", model_number, "--device", "cpu",
-                "--no-progress", *flags))
+                "--no-progress", *([ZERO_AIR] if ZERO_AIR in variant else []), *flags))
             assert rc == 0, f"prediction of {variant} failed"
             summary = folder / "summary.json"
             _, _, rc = run_measured(kneeseg_command("evaluate", "-ref", str(folder / "labels"), "-pred", str(folder / "pred"),

@@ -11,7 +11,7 @@ from kneeseg.cli.evaluate import main as evaluate_main
 from kneeseg.cli.predict import main as predict_main
 from kneeseg.evaluation.variants import (noise_sigma, smoothed, thick_slices, with_coil_shading, with_more_noise,
                                          with_noisy_background)
-from kneeseg.inference.acquisition import acquisition_warnings
+from kneeseg.inference.acquisition import acquisition_warnings, air_mask
 from kneeseg.io import Geometry, read_image, write_image
 
 DS = "Dataset900_KneePhantom"
@@ -124,8 +124,9 @@ def test_a_thick_slice_scan_gets_its_bones_in_place_with_its_geometry(small_mode
 
 
 def test_acquisition_warnings_name_thick_axes_in_patient_terms_and_oblique_scans():
-    class Config:  # the field acquisition_warnings reads from a ConfigurationPlan (canonical S, P, L order)
+    class Config:  # the fields acquisition_warnings reads from a ConfigurationPlan (canonical S, P, L order)
         spacing = [0.75, 0.75, 0.75]
+        use_mask_for_norm = [False]
 
     axial = Geometry((200, 200, 50), (0.7, 0.7, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     assert [w.split(" mm along ")[1].split(",")[0] for w in acquisition_warnings(axial, Config)] == ["superior-inferior"]
@@ -137,3 +138,57 @@ def test_acquisition_warnings_name_thick_axes_in_patient_terms_and_oblique_scans
     oblique = Geometry((200, 200, 200), (0.7, 0.7, 0.7), (0.0, 0.0, 0.0), (c, -s, 0, s, c, 0, 0, 0, 1))
     [warning] = acquisition_warnings(oblique, Config)
     assert "25 degrees oblique" in warning
+
+
+def test_a_model_trained_on_zeroed_air_warns_about_a_scan_with_noisy_air():
+    """Plans that normalise inside the nonzero region come from scans whose air was zeroed; a scan
+    without zeroed air gets a warning, one with it (or a model normalised on the whole image) none."""
+    class Zeroed:  # the fields acquisition_warnings reads from a ConfigurationPlan
+        spacing = [0.75, 0.75, 0.75]
+        use_mask_for_norm = [True]
+
+    class Whole(Zeroed):
+        use_mask_for_norm = [False]
+
+    geometry = Geometry((40, 40, 40), (0.7, 0.7, 0.7), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    image = np.zeros(geometry.shape_zyx, np.int16)
+    image[10:30, 10:30, 10:30] = 1000
+    noisy = with_noisy_background(image, np.random.default_rng(0), sigma=20.0)
+    [warning] = acquisition_warnings(geometry, Zeroed, noisy)
+    assert "trained on scans whose air was stored as zeros" in warning and "0.0 % of the voxels are 0" in warning
+    assert acquisition_warnings(geometry, Zeroed, image) == []
+    assert acquisition_warnings(geometry, Whole, noisy) == []
+    assert acquisition_warnings(geometry, Zeroed) == []  # no image: geometry checks only
+
+
+def test_air_mask_finds_the_noisy_air_around_the_body_and_not_dark_tissue_inside_it():
+    """The air a scanner would zero: dark and connected to the border, with its noise peaks; a dark
+    structure inside the body (cortex, tendon) stays, and so does the leg where it leaves the scan."""
+    rng = np.random.default_rng(0)
+    image = np.zeros((30, 40, 40), np.float32)
+    image[:, 8:32, 8:32] = 300.0  # the leg runs through the whole scan along z, as a knee's does
+    image[:, 14:26, 14:26] = 1200.0  # marrow
+    image[3:27, 18:22, 18:22] = 0.0  # a dark cortex-like core: inside the body, not air
+    truth_air = image == 0
+    truth_air[3:27, 18:22, 18:22] = False
+    noisy = np.hypot(image + rng.normal(0, 17, image.shape), rng.normal(0, 17, image.shape)).astype(np.float32)
+    air = air_mask(noisy)
+    assert air[truth_air].mean() > 0.999 and not air[~truth_air].any()
+
+
+def test_zero_air_lets_a_noisy_air_scan_through_with_its_geometry_and_leaves_the_input(small_model, tmp_path, capsys):
+    """kneeseg_predict --zero-air: the prediction of the phantom test knee keeps its geometry and finds
+    the bones; the user's file is not modified."""
+    paths = small_model
+    source = paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz"
+    (tmp_path / "in").mkdir()
+    given = tmp_path / "in" / "knee_0000.nii.gz"
+    given.write_bytes(source.read_bytes())
+    assert predict_main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "pred"), "--device", "cpu", "--no-progress",
+                         "--zero-air", *path_flags(paths)]) == 0
+    assert given.read_bytes() == source.read_bytes()
+    _, geometry = read_image(given)
+    pred, pred_geometry = read_image(tmp_path / "pred" / "knee.nii.gz")
+    assert geometry.matches(pred_geometry, tol=1e-6) is None
+    assert (pred == 1).sum() > 1000 and (pred == 2).sum() > 1000
+    assert "warning" not in capsys.readouterr().err

@@ -33,6 +33,9 @@ def main(argv=None):
                         "0.8 0.9 1.0 1.1 (one sliding window each: slower; default 1.0)")
     p.add_argument("--step", type=float, default=0.5, help="tile step as a fraction of the patch (default 0.5)")
     p.add_argument("--autocast", choices=["none", "bf16", "fp16"], help="mixed precision for inference")
+    p.add_argument("--zero-air", action="store_true",
+                   help="store the scan's air as zeros before predicting (dark voxels connected to the border), for a "
+                        "model trained on a scanner that zeroes it and a scan whose air is noise (the predictor warns)")
     p.add_argument("--no-postprocessing", dest="postprocess", action="store_false")
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz with class probabilities")
     p.add_argument("--overlays", type=Path, help="folder for QC PNGs (three planes with contours)")
@@ -42,7 +45,7 @@ def main(argv=None):
     outputs = predict(Path(args.input), Path(args.output), paths_from(args), args.model_dir, args.dataset,
                       args.configuration, args.folds, resolve_device(args.device), args.tta == "mirror",
                       args.postprocess, args.save_probabilities, args.overlays, args.step, args.autocast, args.progress,
-                      args.tta_scales)
+                      args.tta_scales, args.zero_air)
     for path in outputs:
         print(f"wrote {path}")
     return 0

@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from kneeseg.inference.acquisition import noise_sigma
 from kneeseg.io import Geometry
 from kneeseg.preprocessing.resampling import along_axis, area_weights, target_shape
 
@@ -56,17 +57,6 @@ def thick_slices(image: np.ndarray, labels: np.ndarray | None, geometry: Geometr
         fractions = np.stack([area_average(labels == v, grid.shape_zyx) for v in values])
         out_labels = np.asarray(values)[np.argmax(fractions, axis=0)].astype(labels.dtype)
     return out.astype(image.dtype), out_labels, grid
-
-
-def noise_sigma(image: np.ndarray) -> float:
-    """Noise standard deviation from differences of neighbouring nonzero voxels (robust: median
-    absolute deviation), for scans whose background the scanner has zeroed."""
-    a = image.astype(np.float32)
-    d = (a[:, :, 1:] - a[:, :, :-1])[(a[:, :, 1:] != 0) & (a[:, :, :-1] != 0)]
-    if d.size == 0:
-        return 0.0
-    mad = float(np.median(np.abs(d - np.median(d))))
-    return mad / 0.6745 / np.sqrt(2.0)  # a difference of two voxels has twice the variance of one
 
 
 def with_more_noise(image: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:

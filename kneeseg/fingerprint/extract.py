@@ -98,6 +98,10 @@ class Fingerprint:
     def shapes_after_crop(self) -> np.ndarray:
         return np.array([c.shape_after_crop for c in self.cases], dtype=float)
 
+    @property
+    def median_relative_size_after_crop(self) -> float:
+        return float(np.median([np.prod(c.shape_after_crop) / np.prod(c.shape) for c in self.cases]))
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -137,6 +137,7 @@ def plan_experiment(
     shapes_mm = fingerprint.shapes_after_crop * spacings
     median_mm = np.median(shapes_mm, axis=0)
     full_spacing = fullres_spacing(spacings)
+    use_mask = fingerprint.median_relative_size_after_crop < 0.75  # nnU-Net: crop removed >= 25 %
     separate_z = None
     if max(full_spacing) / min(full_spacing) > ANISOTROPY_THRESHOLD:
         separate_z = int(np.argmax(full_spacing))
@@ -185,11 +186,8 @@ def plan_experiment(
             patch_size=patch,
             batch_size=batch,
             network=network,
-            # Not nnU-Net's nonzero-mask z-score (chosen where cropping to nonzero removed >= 25 %): that
-            # assumes every scan's air arrives zeroed as the training scans' did, and a model trained on a
-            # scanner that zeroes it misread the same knee with noisy air (benchmarks/RESULTS.md).
-            normalization=["zscore_tissue"] * in_ch,
-            use_mask_for_norm=[False] * in_ch,
+            normalization=["zscore"] * in_ch,
+            use_mask_for_norm=[bool(use_mask)] * in_ch,
             resampling=ResamplingPlan(separate_z_axis=separate_z),
             training=training,
             estimate=est,

@@ -104,8 +104,8 @@ class ConfigurationPlan:
     patch_size: list[int]
     batch_size: int
     network: NetworkPlan
-    normalization: list[str]  # per channel: "zscore_tissue" or "zscore" (kneeseg.preprocessing.normalization)
-    use_mask_for_norm: list[bool]  # "zscore" only: statistics inside the nonzero region, 0 outside
+    normalization: list[str]  # per channel: "zscore"
+    use_mask_for_norm: list[bool]
     resampling: ResamplingPlan
     training: TrainingPlan
     estimate: ComputeEstimate

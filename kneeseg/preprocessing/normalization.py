@@ -6,17 +6,6 @@ measures mean and std on the original voxels (as nnU-Net does) but applies them 
 to ~40x fewer voxels on a 0.35 mm scan planned at 1 mm. With the nonzero mask (voxels outside it are
 zero, and become zero) the normalised image is x/std - mean/std * mask: still linear, in the image
 and in the mask, so the resampled mask carries the offset.
-
-Two schemes:
-- ``zscore`` (nnU-Net's): mean and std of the whole image, or of its nonzero voxels with the mask,
-  where everything outside becomes 0. The mask assumes every scan arrives with its background
-  zeroed the same way; a model trained on a scanner that zeroes the air then misreads a scan whose
-  air is noisy (another scanner, a resampled or filtered copy): the nonzero statistics take in the
-  air, shift every tissue's value, and the air itself moves from 0 to about -0.5.
-- ``zscore_tissue`` (the planner's default): mean and std of the scan's tissue, the voxels brighter
-  than ``TISSUE_FRACTION`` of its 99th percentile, applied to every voxel. Air lies below that
-  threshold whether it is zero or noise, and the percentile is set by bright tissue, so the same knee
-  normalises alike with its air zeroed or noisy, and whatever its intensity scale.
 """
 
 from __future__ import annotations
@@ -28,32 +17,13 @@ import torch
 
 from kneeseg.errors import KneesegError
 
-KNOWN_SCHEMES = ("zscore", "zscore_tissue")
-# Air noise of a magnitude image (Rayleigh) stays under ~4.5 noise sigmas in all but 1e-4 of its
-# voxels: 1-5 % of the 99th percentile on the real scan, ~20 % on a low-SNR one (the phantom's SNR of
-# 15, or the real scan at a third of its SNR). Above 20 % lie fat, marrow, fluid and cartilage; muscle
-# and cortex, the dark tissues, fall below with the air, which keeps them out of both statistics alike.
-TISSUE_FRACTION = 0.2
-TISSUE_PERCENTILE = 99.0
-PERCENTILE_SAMPLE = 2_000_000  # voxels the percentile is measured on (a regular subsample: deterministic)
+KNOWN_SCHEMES = ("zscore",)
 
 
-def check_schemes(schemes: list[str], use_mask: list[bool] | None = None) -> None:
-    for c, scheme in enumerate(schemes):
+def check_schemes(schemes: list[str]) -> None:
+    for scheme in schemes:
         if scheme not in KNOWN_SCHEMES:
             raise KneesegError(f"normalisation '{scheme}' is not known (known: {', '.join(KNOWN_SCHEMES)})")
-        if scheme == "zscore_tissue" and use_mask and use_mask[c]:
-            raise KneesegError("normalisation 'zscore_tissue' measures on its own tissue mask; use_mask_for_norm must be false")
-
-
-def tissue_mask(image: np.ndarray | torch.Tensor):
-    """Voxels brighter than ``TISSUE_FRACTION`` of the image's ``TISSUE_PERCENTILE``-th percentile
-    (measured on a regular subsample); every voxel where none is (a blank image)."""
-    flat = image.reshape(-1)
-    sample = flat[:: max(1, flat.shape[0] // PERCENTILE_SAMPLE)]
-    sample = sample.numpy() if isinstance(sample, torch.Tensor) else np.asarray(sample)
-    tissue = image > TISSUE_FRACTION * float(np.percentile(sample, TISSUE_PERCENTILE))
-    return tissue if tissue.any() else image == image
 
 
 def zscore(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -68,14 +38,6 @@ def zscore(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     return np.where(inside, (x - mean) / max(std, 1e-8), 0.0).astype(np.float32)
 
 
-def zscore_tissue(image: np.ndarray) -> np.ndarray:
-    """Every voxel z-scored with the mean and std of the image's ``tissue_mask``;
-    float32, a new array. The definition that ``normalize_and_resample`` computes in the other order."""
-    x = np.asarray(image, np.float64)
-    tissue = x[tissue_mask(x)]
-    return ((x - tissue.mean()) / max(tissue.std(), 1e-8)).astype(np.float32)
-
-
 def _sum64(x: torch.Tensor) -> float:
     """Sum of a float32 volume: rows in float32 (multi-threaded, short enough to stay exact to ~1e-7),
     the row sums in float64. A float64 reduction over the whole volume is ~5x slower on 10^8 voxels."""
@@ -87,7 +49,7 @@ def normalize_and_resample(data: np.ndarray, schemes: list[str], use_mask: list[
     """``resample`` of the z-scored (C, Z, Y, X) float32 data, channel c inside the nonzero mask when
     ``use_mask[c]``; ``resample`` must be linear with weights summing to one (the plans' resampling).
     ``inside``: the nonzero mask (any channel), when the caller has it already."""
-    check_schemes(schemes, use_mask)
+    check_schemes(schemes)
     volume = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     if any(use_mask) and inside is None:
         inside = (volume != 0).any(0).numpy()
@@ -95,10 +57,7 @@ def normalize_and_resample(data: np.ndarray, schemes: list[str], use_mask: list[
     offsets = []  # (mean, std, masked) per channel, measured on the original voxels
     for c, masked in enumerate(use_mask):
         x = volume[c]
-        if schemes[c] == "zscore_tissue":
-            var, mean = torch.var_mean(x.masked_select(tissue_mask(x)), correction=0)
-            mean, std = float(mean), float(var) ** 0.5
-        elif masked and n_inside:  # outside the mask x is 0, so sums over everything are sums inside it
+        if masked and n_inside:  # outside the mask x is 0, so sums over everything are sums inside it
             mean = _sum64(x) / n_inside
             std = max(_sum64(x.square()) / n_inside - mean * mean, 0.0) ** 0.5
         else:  # multi-threaded and numerically stable in float32 (10^8 voxels at prediction time)
