@@ -34,7 +34,8 @@ def oblique_degrees(direction) -> float:
 
 def noise_sigma(image: np.ndarray) -> float:
     """Noise standard deviation from differences of neighbouring nonzero voxels (robust: median
-    absolute deviation), for scans whose background the scanner has zeroed."""
+    absolute deviation), so a background the scanner zeroed does not count. Where the air is noise
+    its narrower (Rayleigh) differences count too: ~10 % low on the real scan (14.7 against 16.8)."""
     a = image.astype(np.float32)
     d = (a[:, :, 1:] - a[:, :, :-1])[(a[:, :, 1:] != 0) & (a[:, :, :-1] != 0)]
     if d.size == 0:
