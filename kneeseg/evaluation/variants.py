@@ -43,20 +43,26 @@ def area_average(volume: np.ndarray, new_shape) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def _stored_as(values: np.ndarray, dtype) -> np.ndarray:
+    """Float ``values`` as a scan of ``dtype`` stores them: integer types rounded and kept in range."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        values = np.clip(np.round(values), info.min, info.max)
+    return values.astype(dtype)
+
+
 def thick_slices(image: np.ndarray, labels: np.ndarray | None, geometry: Geometry,
                  spacing_xyz: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
     """Re-record a (z, y, x) image at coarser ``spacing_xyz``: each new voxel averages the old voxels it
     covers (what a thick slice measures); labels go by the class covering most of each new voxel."""
     grid = resampled_grid(geometry, spacing_xyz)
-    out = area_average(image, grid.shape_zyx)
-    if np.issubdtype(image.dtype, np.integer):
-        out = np.round(out)
+    out = _stored_as(area_average(image, grid.shape_zyx), image.dtype)
     out_labels = None
     if labels is not None:
         values = sorted(int(v) for v in np.unique(labels))
         fractions = np.stack([area_average(labels == v, grid.shape_zyx) for v in values])
         out_labels = np.asarray(values)[np.argmax(fractions, axis=0)].astype(labels.dtype)
-    return out.astype(image.dtype), out_labels, grid
+    return out, out_labels, grid
 
 
 def with_more_noise(image: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:
@@ -66,10 +72,7 @@ def with_more_noise(image: np.ndarray, factor: float, rng: np.random.Generator) 
     a = image.astype(np.float32)
     noisy = np.sqrt((a + rng.normal(0, sigma, a.shape)) ** 2 + rng.normal(0, sigma, a.shape) ** 2)
     noisy[a == 0] = 0
-    if np.issubdtype(image.dtype, np.integer):
-        info = np.iinfo(image.dtype)
-        noisy = np.clip(np.round(noisy), info.min, info.max)
-    return noisy.astype(image.dtype)
+    return _stored_as(noisy, image.dtype)
 
 
 def with_coil_shading(image: np.ndarray, axis: int, ratio: float) -> np.ndarray:
@@ -82,10 +85,7 @@ def with_coil_shading(image: np.ndarray, axis: int, ratio: float) -> np.ndarray:
     profile = np.exp(-np.log(ratio) * np.arange(n) / max(n - 1, 1)).astype(np.float32)
     shape = [1, 1, 1]
     shape[axis] = n
-    shaded = image.astype(np.float32) * profile.reshape(shape)
-    if np.issubdtype(image.dtype, np.integer):
-        shaded = np.round(shaded)
-    return shaded.astype(image.dtype)
+    return _stored_as(image.astype(np.float32) * profile.reshape(shape), image.dtype)
 
 
 def with_noisy_background(image: np.ndarray, rng: np.random.Generator, sigma: float | None = None) -> np.ndarray:
@@ -95,16 +95,12 @@ def with_noisy_background(image: np.ndarray, rng: np.random.Generator, sigma: fl
     sigma = noise_sigma(image) if sigma is None else sigma
     out = image.astype(np.float32)
     air = out == 0
-    out[air] = np.hypot(rng.normal(0, sigma, int(air.sum())), rng.normal(0, sigma, int(air.sum())))
-    if np.issubdtype(image.dtype, np.integer):
-        out = np.round(out)
-    return out.astype(image.dtype)
+    n = int(np.count_nonzero(air))
+    out[air] = np.hypot(rng.normal(0, sigma, n), rng.normal(0, sigma, n))
+    return _stored_as(out, image.dtype)
 
 
 def smoothed(image: np.ndarray, spacing_zyx, sigma_mm: float) -> np.ndarray:
     """The image through a Gaussian filter of ``sigma_mm`` (a scanner's or a viewer's denoising filter)."""
     sigma = [sigma_mm / s for s in spacing_zyx]
-    out = ndimage.gaussian_filter(image.astype(np.float32), sigma)
-    if np.issubdtype(image.dtype, np.integer):
-        out = np.round(out)
-    return out.astype(image.dtype)
+    return _stored_as(ndimage.gaussian_filter(image.astype(np.float32), sigma), image.dtype)
