@@ -19,7 +19,7 @@ import numpy as np
 from kneeseg.dataset.layout import KNEE_LABELS, DatasetJson, channel_files, find_dataset, foreground_labels
 from kneeseg.errors import KneesegError
 from kneeseg.export.overlays import save_overlay
-from kneeseg.inference.acquisition import acquisition_warnings, air_mask
+from kneeseg.inference.acquisition import acquisition_warnings, needs_zeroed_air, with_air_zeroed
 from kneeseg.inference.cases import InputCase, discover_cases
 from kneeseg.inference.model import TrainedModel, find_model, load_model
 from kneeseg.inference.predictor import Predictor
@@ -84,7 +84,7 @@ def _read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
 def _predict_cases(model: TrainedModel, cases: list[InputCase], device: str, tta: bool, postprocess: bool,
                    save_probabilities: bool = False, overlays: Path | None = None, step: float = 0.5,
                    autocast: str | None = None, progress: bool = True, tta_scales: Sequence[float] = (1.0,),
-                   zero_air: bool = False) -> list[Path]:
+                   zero_air: bool | None = None) -> list[Path]:
     from tqdm import tqdm
 
     steps = []
@@ -97,9 +97,11 @@ def _predict_cases(model: TrainedModel, cases: list[InputCase], device: str, tta
     written = []
     for case in tqdm(cases, desc="predicting", unit="case", disable=not progress or len(cases) < 2):
         images, geometry = _read_case(case)
-        if zero_air:  # the air found on the first channel, zeroed in every channel (copies: the input stays)
-            air = air_mask(images[0])
-            images = [np.where(air, np.zeros((), image.dtype), image) for image in images]
+        if zero_air or (zero_air is None and needs_zeroed_air(model.config, images[0])):
+            if zero_air is None:
+                tqdm.write(f"kneeseg: {case.channels[0]}: the model was trained on scans whose air was stored as zeros; "
+                           f"storing this scan's air as zeros first (--keep-air: as it is)", file=sys.stderr)
+            images = with_air_zeroed(images)  # copies: the input stays
         for warning in acquisition_warnings(geometry, model.config, images[0]):
             tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
         prediction = predictor.predict(images, geometry, keep_probabilities=save_probabilities)
@@ -128,13 +130,15 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
             dataset: str | int | None = None, configuration: str | None = None, folds: list[str] | None = None,
             device: str = "cpu", tta: bool = True, postprocess: bool = True, save_probabilities: bool = False,
             overlays: Path | None = None, step: float = 0.5, autocast: str | None = None, progress: bool = True,
-            tta_scales: Sequence[float] = (1.0,), zero_air: bool = False) -> list[Path]:
+            tta_scales: Sequence[float] = (1.0,), zero_air: bool | None = None) -> list[Path]:
     """Predict a file, a folder of CASE_0000.<ext> files or a DICOM series folder; returns the outputs.
 
     ``tta_scales``: also predict on grids at these multiples of the plan's spacing (0.75-1.3) and
     average the probabilities (one sliding window per scale: slower, see benchmarks/RESULTS.md).
-    ``zero_air``: store each scan's air as zeros first (``kneeseg.inference.acquisition.air_mask``),
-    for a model trained on a scanner that zeroes it and a scan whose air is noise."""
+    ``zero_air``: store each scan's air as zeros first (``kneeseg.fingerprint.air.air_mask``): None
+    (default) does so when the model was trained on scans whose air was stored as zeros and the scan's
+    is not (``kneeseg.inference.acquisition.needs_zeroed_air``), saying so on stderr; True always;
+    False never."""
     model = resolve_model(paths, model_dir, dataset, configuration, folds, device)
     cases = discover_cases(Path(inp), Path(out), model.ds.num_channels)
     return _predict_cases(model, cases, device, tta, postprocess, save_probabilities, overlays, step, autocast, progress,

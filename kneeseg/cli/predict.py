@@ -33,9 +33,13 @@ def main(argv=None):
                         "0.8 0.9 1.0 1.1 (one sliding window each: slower; default 1.0)")
     p.add_argument("--step", type=float, default=0.5, help="tile step as a fraction of the patch (default 0.5)")
     p.add_argument("--autocast", choices=["none", "bf16", "fp16"], help="mixed precision for inference")
-    p.add_argument("--zero-air", action="store_true",
-                   help="store the scan's air as zeros before predicting (dark voxels connected to the border), for a "
-                        "model trained on a scanner that zeroes it and a scan whose air is noise (the predictor warns)")
+    air = p.add_mutually_exclusive_group()
+    air.add_argument("--zero-air", action="store_true", default=None,
+                     help="always store the scan's air (dark voxels connected to the border) as zeros before predicting; "
+                          "by default this is done when the model was trained on scans whose air was zeros and the "
+                          "scan's is noise")
+    air.add_argument("--keep-air", dest="zero_air", action="store_false", help="never store the air as zeros")
+    p.set_defaults(zero_air=None)
     p.add_argument("--no-postprocessing", dest="postprocess", action="store_false")
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz with class probabilities")
     p.add_argument("--overlays", type=Path, help="folder for QC PNGs (three planes with contours)")

@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from kneeseg.inference.acquisition import noise_sigma
+from kneeseg.fingerprint.air import noise_sigma
 from kneeseg.io import Geometry
 from kneeseg.preprocessing.resampling import along_axis, area_weights, target_shape
 

@@ -2,7 +2,10 @@
 
 Spacings and shapes are stored in canonical array order (z, y, x along patient S, P, L; see
 kneeseg/io/orientation.py), like every spacing in kneeseg's plans.
-Foreground intensity statistics pool up to ``VOXELS_PER_CASE`` labelled voxels per case, drawn
+The body's extent (``body_shape``: the bounding box of what is not air, kneeseg/fingerprint/air.py)
+is recorded beside nnU-Net's crop to the nonzero region, which only removes air a scanner stored as
+zeros: the planner sizes patches from the body, so a scan gets the same plans whichever way its
+scanner stored the air. Foreground intensity statistics pool up to ``VOXELS_PER_CASE`` labelled voxels per case, drawn
 with a seeded generator so that the fingerprint (and hence the plans) are reproducible.
 """
 
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 
 from kneeseg.dataset.layout import DatasetJson, RawCase
+from kneeseg.fingerprint.air import air_mask
 from kneeseg.io import read_image
 from kneeseg.io.orientation import Orientation
 
@@ -77,9 +81,10 @@ class CaseFingerprint:
     case_id: str
     spacing: list[float]  # z, y, x mm
     shape: list[int]  # z, y, x voxels
-    shape_after_crop: list[int]
+    shape_after_crop: list[int]  # the nonzero region's bounding box (what preprocessing crops to)
     direction: list[float]  # the input's, SimpleITK row-major 3x3
     class_volumes_mm3: dict[str, float]
+    body_shape: list[int] | None = None  # bounding box of the voxels that are not air; None in older fingerprints
 
 
 @dataclass
@@ -97,6 +102,11 @@ class Fingerprint:
     @property
     def shapes_after_crop(self) -> np.ndarray:
         return np.array([c.shape_after_crop for c in self.cases], dtype=float)
+
+    @property
+    def body_shapes(self) -> np.ndarray:
+        """Each case's body extent (its nonzero crop where a fingerprint predates ``body_shape``)."""
+        return np.array([c.body_shape or c.shape_after_crop for c in self.cases], dtype=float)
 
     @property
     def median_relative_size_after_crop(self) -> float:
@@ -123,6 +133,7 @@ def _case_fingerprint(job):
     images = [orientation.to_canonical(read_image(p, np.float32)[0]) for p in case.images]
     labels = orientation.to_canonical(labels)
     box = nonzero_bbox(images)
+    body = ~np.logical_and.reduce([air_mask(image) for image in images])  # air: dark in every channel
     voxel_mm3 = float(np.prod(geometry.spacing))
     volumes = {ds.label_name(v): float((labels == v).sum() * voxel_mm3) for v in ds.foreground_labels}
     rng = np.random.default_rng(np.random.SeedSequence([seed, sum(map(ord, case.case_id))]))
@@ -140,6 +151,7 @@ def _case_fingerprint(job):
         shape_after_crop=[hi - lo for lo, hi in box],
         direction=list(geometry.direction),
         class_volumes_mm3=volumes,
+        body_shape=[hi - lo for lo, hi in mask_bbox(torch.from_numpy(body))],
     )
     return fp, samples
 

@@ -12,8 +12,8 @@ on the real scan's half B stored that way it read soft tissue and air as bone (b
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
+from kneeseg.fingerprint.air import air_mask
 from kneeseg.io import Geometry
 from kneeseg.io.orientation import Orientation
 from kneeseg.planning.plans import ConfigurationPlan
@@ -21,8 +21,6 @@ from kneeseg.planning.plans import ConfigurationPlan
 MAX_SPACING_RATIO = 2.0
 MAX_OBLIQUE_DEG = 15.0  # the training augmentation's rotation range
 MIN_ZEROED_SHARE = 0.01  # a scanner that zeroes the air leaves ~30 % of a knee scan at exactly 0
-AIR_NOISE_SIGMAS = 4.0  # Rayleigh noise (a magnitude image's air) exceeds 4 sigmas in 3e-4 of its voxels
-MIN_ISLAND_VOXELS = 1000  # brighter specks left in the air (noise peaks) join it
 CANONICAL_AXES = ("superior-inferior", "anterior-posterior", "left-right")
 
 
@@ -32,33 +30,18 @@ def oblique_degrees(direction) -> float:
     return float(np.degrees(np.arccos(np.clip(d.max(axis=0), -1.0, 1.0))).max())
 
 
-def noise_sigma(image: np.ndarray) -> float:
-    """Noise standard deviation from differences of neighbouring nonzero voxels (robust: median
-    absolute deviation), so a background the scanner zeroed does not count. Where the air is noise
-    its narrower (Rayleigh) differences count too: ~10 % low on the real scan (14.7 against 16.8)."""
-    a = image.astype(np.float32)
-    d = (a[:, :, 1:] - a[:, :, :-1])[(a[:, :, 1:] != 0) & (a[:, :, :-1] != 0)]
-    if d.size == 0:
-        return 0.0
-    mad = float(np.median(np.abs(d - np.median(d))))
-    return mad / 0.6745 / np.sqrt(2.0)  # a difference of two voxels has twice the variance of one
+def needs_zeroed_air(config: ConfigurationPlan, image: np.ndarray) -> bool:
+    """Whether ``config`` was trained on scans whose air was stored as zeros (plans that normalise
+    inside the nonzero region) and ``image`` (a first channel) has its air stored otherwise: under
+    ``MIN_ZEROED_SHARE`` of its voxels are exactly 0."""
+    return bool(config.use_mask_for_norm[0]) and np.count_nonzero(image == 0) < MIN_ZEROED_SHARE * image.size
 
 
-def air_mask(image: np.ndarray) -> np.ndarray:
-    """The scan's air as a scanner that zeroes it would find it: voxels darker than
-    ``AIR_NOISE_SIGMAS`` noise sigmas that are connected to the scan's border, and the islands of
-    fewer than ``MIN_ISLAND_VOXELS`` voxels left inside that air (noise peaks). For a model trained on
-    such scans (``acquisition_warnings`` says when) given one whose air is noise. Dark tissue that
-    reaches the border (a cortex where the femur leaves the field of view) counts as air too; at a low
-    SNR (muscle within 4 noise sigmas of the air) so does muscle there."""
-    dark, _ = ndimage.label(image < AIR_NOISE_SIGMAS * noise_sigma(image))
-    faces = [dark[i] for i in (0, -1)] + [dark[:, i] for i in (0, -1)] + [dark[:, :, i] for i in (0, -1)]
-    border = np.unique(np.concatenate([f.ravel() for f in faces]))
-    air = np.isin(dark, border[border > 0])
-    islands, _ = ndimage.label(~air)
-    small = np.bincount(islands.ravel()) < MIN_ISLAND_VOXELS
-    small[0] = False  # label 0 is the air itself
-    return air | small[islands]
+def with_air_zeroed(images: list[np.ndarray]) -> list[np.ndarray]:
+    """Copies of a case's channels with the air found on the first one (``air_mask``) set to 0 in
+    every channel, as a scanner that zeroes the air would have stored them."""
+    air = air_mask(images[0])
+    return [np.where(air, np.zeros((), image.dtype), image) for image in images]
 
 
 def acquisition_warnings(geometry: Geometry, config: ConfigurationPlan, image: np.ndarray | None = None) -> list[str]:
@@ -74,9 +57,8 @@ def acquisition_warnings(geometry: Geometry, config: ConfigurationPlan, image: n
     if angle > MAX_OBLIQUE_DEG:
         warnings.append(f"image axes are {angle:.0f} degrees oblique to the patient axes; the model was trained on "
                         f"rotations up to {MAX_OBLIQUE_DEG:.0f} degrees")
-    if image is not None and config.use_mask_for_norm[0]:
-        zeroed = np.count_nonzero(image == 0) / max(image.size, 1)
-        if zeroed < MIN_ZEROED_SHARE:
-            warnings.append(f"only {100 * zeroed:.1f} % of the voxels are 0, but the model was trained on scans whose air was "
-                            f"stored as zeros: it may read noisy air as bone (kneeseg_predict --zero-air stores it as zeros)")
+    if image is not None and needs_zeroed_air(config, image):
+        zeroed = np.count_nonzero(image == 0) / image.size
+        warnings.append(f"only {100 * zeroed:.1f} % of the voxels are 0, but the model was trained on scans whose air was "
+                        f"stored as zeros: it may read noisy air as bone (without --keep-air, kneeseg_predict stores it as zeros)")
     return warnings

@@ -3,7 +3,8 @@
 Rules (all spacings/shapes in z, y, x):
 - Full-resolution target spacing: the median spacing; for anisotropic data (max/min > 3) the
   coarse axis takes the 10th percentile of its spacings instead, never finer than the in-plane one.
-- Patch: starts at the median cropped case (its aspect ratio in mm), capped per axis, and shrinks
+- Patch: starts at the median body extent (its aspect ratio in mm; the bounding box of what is not
+  air, the same whether the scanner stored the air as zeros or as noise), capped per axis, and shrinks
   the axis that covers most of the median case until the iteration fits the budget: GPU memory for
   ``cuda`` configurations, seconds per iteration on ``cpu_threads`` cores for ``3d_cpu``.
 - Topology: an axis is pooled (stride 2) while its feature map stays >= 2 * MIN_FEATURE_MAP and its
@@ -134,8 +135,8 @@ def plan_experiment(
 ) -> Plans:
     in_ch, n_cls = ds.num_channels, len(ds.labels)
     spacings = fingerprint.spacings
-    shapes_mm = fingerprint.shapes_after_crop * spacings
-    median_mm = np.median(shapes_mm, axis=0)
+    shapes_mm = fingerprint.shapes_after_crop * spacings  # what the preprocessed data holds
+    median_mm = np.median(fingerprint.body_shapes * spacings, axis=0)  # what a patch must cover
     full_spacing = fullres_spacing(spacings)
     use_mask = fingerprint.median_relative_size_after_crop < 0.75  # nnU-Net: crop removed >= 25 %
     separate_z = None
