@@ -6,8 +6,9 @@ Takes the model that benchmarks/kneebones3dify_holdout.py trained (on half A by 
 re-recorded with 2 mm thick slices (0.7 x 0.7 x 2.0 mm, along the stored slice axis and along
 left-right as a sagittal 2D protocol would), at 1/2 and 1/3 of the scan's SNR (Rician noise), and
 shaded by a receive coil whose sensitivity falls 2 : 1 across the half, left to right and front to back,
-with its air stored as noise instead of the zeros this scanner writes (predicted as it is, and with
-kneeseg_predict --zero-air), and through a Gaussian filter.
+with its air stored as noise instead of the zeros this scanner writes (predicted by default, which
+stores that air as zeros again for a model trained on zeroed air, and with kneeseg_predict --keep-air,
+as it is), and through a Gaussian filter.
 For each it prints Dice per bone and for all bones, HD95, whether the output has the input's
 geometry, and whether the bones are where anatomy puts them in scanner space (femur above tibia,
 patella in front of the femur). Half A is the training half (it measures what each change costs on a
@@ -43,7 +44,7 @@ def anatomical_axis(geometry: Geometry, axis_xyz: int) -> str:
     return "SPL"[next(a for a in range(3) if 2 - perm[a] == axis_xyz)]
 
 
-ZERO_AIR = "--zero-air"  # a version predicted with it passes it to kneeseg_predict
+KEEP_AIR = "--keep-air"  # a version predicted with it passes it to kneeseg_predict
 
 
 def variants(image: np.ndarray, labels: np.ndarray, geometry: Geometry, seed: int):
@@ -76,7 +77,7 @@ def variants(image: np.ndarray, labels: np.ndarray, geometry: Geometry, seed: in
                same_grid(lambda a=2 - index_axis[patient_axis]: with_coil_shading(image, a, 2.0)))
     noisy_air = same_grid(lambda: with_noisy_background(image, np.random.default_rng([seed, 10])))
     yield "air as noise (a scanner that does not zero it)", noisy_air
-    yield f"air as noise, predicted with {ZERO_AIR}", noisy_air
+    yield f"air as noise, predicted with {KEEP_AIR}", noisy_air
     yield "smoothed (Gaussian filter, sigma 0.5 mm)", same_grid(lambda: smoothed(image, geometry.spacing_zyx, 0.5))
 
 
@@ -131,7 +132,7 @@ def main() -> int:
             write_image(lab, geom, folder / "labels" / "knee.nii.gz")
             seconds, _, rc = run_measured(kneeseg_command(
                 "predict", "-i", str(folder / "images"), "-o", str(folder / "pred"), "-d", model_number, "--device", "cpu",
-                "--no-progress", *([ZERO_AIR] if ZERO_AIR in variant else []), *flags))
+                "--no-progress", *([KEEP_AIR] if KEEP_AIR in variant else []), *flags))
             assert rc == 0, f"prediction of {variant} failed"
             summary = folder / "summary.json"
             _, _, rc = run_measured(kneeseg_command("evaluate", "-ref", str(folder / "labels"), "-pred", str(folder / "pred"),

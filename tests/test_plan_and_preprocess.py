@@ -1,16 +1,18 @@
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from conftest import make_phantom, path_flags
+from conftest import SMALL, make_phantom, path_flags
 from kneeseg.cli.plan_and_preprocess import main as pp_main
 from kneeseg.dataset.phantom import PhantomOptions
 from kneeseg.errors import KneesegError
 from kneeseg.fingerprint import nonzero_bbox
 from kneeseg.preprocessing.normalization import zscore
 from kneeseg.preprocessing.pipeline import plan_and_preprocess
-from kneeseg.io import Geometry
+from kneeseg.inference.acquisition import with_air_zeroed
+from kneeseg.io import Geometry, read_image, write_image
 from kneeseg.planning.estimate import estimate_iteration
 from kneeseg.planning.plans import Plans
 from kneeseg.preprocessing.preprocess import preprocess_case
@@ -61,6 +63,30 @@ def test_same_seed_gives_identical_plans_and_cache(tmp_path):
     ident = Plans.load(pa / "kneesegPlans.json").configuration("3d_cpu").data_identifier
     for name in ("phantom_001.npy", "phantom_001_seg.npy", "phantom_001.json"):
         assert (pa / ident / name).read_bytes() == (pb / ident / name).read_bytes()
+
+
+def test_plans_do_not_depend_on_how_the_scanner_stored_the_air(tmp_path):
+    """The same knees from a scanner that zeroes the air and from one that leaves noise: the nonzero
+    crop differs (by up to 10 voxels here), the body hardly (two voxels at most: the noise estimate,
+    which the zeros change, sets the air's threshold), and the plans, sized from the body, differ only
+    in normalising inside the nonzero region."""
+    options = dataclasses.replace(SMALL, snr=40.0)  # muscle well above the air (at 15 it is 3.4 noise sigmas)
+    noisy, zeroed = make_phantom(tmp_path / "noisy", options=options), make_phantom(tmp_path / "zeroed", options=options)
+    for path in (zeroed.raw / DS / "imagesTr").glob("*_0000.nii.gz"):
+        image, geometry = read_image(path)
+        write_image(with_air_zeroed([image])[0], geometry, path)
+    assert _run(noisy) == 0 and _run(zeroed) == 0
+    cases = [json.loads((p.preprocessed / DS / "dataset_fingerprint.json").read_text())["cases"] for p in (noisy, zeroed)]
+    assert [c["shape_after_crop"] for c in cases[0]] != [c["shape_after_crop"] for c in cases[1]]
+    body = [np.array([c["body_shape"] for c in case]) for case in cases]
+    assert np.abs(body[0] - body[1]).max() <= 2
+    plans = [Plans.load(p.preprocessed / DS / "kneesegPlans.json") for p in (noisy, zeroed)]
+    assert set(plans[0].configurations) == set(plans[1].configurations)
+    for name in plans[0].configurations:
+        a, b = plans[0].configuration(name), plans[1].configuration(name)
+        assert (a.spacing, a.patch_size) == (b.spacing, b.patch_size)
+        assert np.abs(np.subtract(a.median_shape, b.median_shape)).max() <= 2
+        assert a.use_mask_for_norm == [False] and b.use_mask_for_norm == [True]
 
 
 def test_anisotropic_data_gets_separate_z_and_in_plane_kernels(tmp_path):

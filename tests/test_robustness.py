@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 
-from conftest import path_flags
+from conftest import MODEL_DIR, path_flags
 from kneeseg.cli.evaluate import main as evaluate_main
 from kneeseg.cli.predict import main as predict_main
 from kneeseg.evaluation.variants import (noise_sigma, smoothed, thick_slices, with_coil_shading, with_more_noise,
                                          with_noisy_background)
-from kneeseg.inference.acquisition import acquisition_warnings, air_mask
+from kneeseg.fingerprint.air import air_mask
+from kneeseg.inference.acquisition import acquisition_warnings, with_air_zeroed
 from kneeseg.io import Geometry, read_image, write_image
 
 DS = "Dataset900_KneePhantom"
@@ -176,19 +178,38 @@ def test_air_mask_finds_the_noisy_air_around_the_body_and_not_dark_tissue_inside
     assert air[truth_air].mean() > 0.999 and not air[~truth_air].any()
 
 
-def test_zero_air_lets_a_noisy_air_scan_through_with_its_geometry_and_leaves_the_input(small_model, tmp_path, capsys):
-    """kneeseg_predict --zero-air: the prediction of the phantom test knee keeps its geometry and finds
-    the bones; the user's file is not modified."""
+def test_a_model_trained_on_zeroed_air_gets_noisy_air_zeroed_by_default(small_model, tmp_path, capsys):
+    """kneeseg_predict on a model whose plans normalise inside the nonzero region (scans with zeroed
+    air) and a scan whose air is noise (the phantom's): by default it says it stores the air as zeros
+    and predicts as --zero-air does, keeping the geometry and the user's file; --keep-air predicts the
+    scan as it is, with a warning; a scan whose air is already zeros is left alone."""
     paths = small_model
+    model = tmp_path / "model"
+    shutil.copytree(paths.results / MODEL_DIR, model)
+    plans = json.loads((model / "plans.json").read_text())
+    for config in plans["configurations"].values():
+        config["use_mask_for_norm"] = [True]
+    (model / "plans.json").write_text(json.dumps(plans))
     source = paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz"
     (tmp_path / "in").mkdir()
     given = tmp_path / "in" / "knee_0000.nii.gz"
     given.write_bytes(source.read_bytes())
-    assert predict_main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "pred"), "--device", "cpu", "--no-progress",
-                         "--zero-air", *path_flags(paths)]) == 0
+    image, geometry = read_image(given)
+    write_image(with_air_zeroed([image])[0], geometry, tmp_path / "zeroed" / "knee_0000.nii.gz")
+
+    def predict(folder, *flags):
+        assert predict_main(["-i", str(tmp_path / folder), "-o", str(tmp_path / f"pred_{folder}{''.join(flags)}"), "-m",
+                             str(model), "--device", "cpu", "--no-progress", *flags]) == 0
+        return read_image(tmp_path / f"pred_{folder}{''.join(flags)}" / "knee.nii.gz"), capsys.readouterr().err
+
+    (auto, auto_geometry), err = predict("in")
+    assert "storing this scan's air as zeros first" in err and "warning" not in err
     assert given.read_bytes() == source.read_bytes()
-    _, geometry = read_image(given)
-    pred, pred_geometry = read_image(tmp_path / "pred" / "knee.nii.gz")
-    assert geometry.matches(pred_geometry, tol=1e-6) is None
-    assert (pred == 1).sum() > 1000 and (pred == 2).sum() > 1000
-    assert "warning" not in capsys.readouterr().err
+    assert geometry.matches(auto_geometry, tol=1e-6) is None
+    assert (auto == 1).sum() > 1000 and (auto == 2).sum() > 1000
+    (forced, _), err = predict("in", "--zero-air")
+    assert np.array_equal(forced, auto) and "storing" not in err
+    _, err = predict("in", "--keep-air")
+    assert "storing" not in err and "trained on scans whose air was stored as zeros" in err
+    (zeroed, _), err = predict("zeroed")
+    assert err == "" and np.array_equal(zeroed, auto)  # the same scan, its air zeroed beforehand

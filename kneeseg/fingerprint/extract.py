@@ -5,8 +5,9 @@ kneeseg/io/orientation.py), like every spacing in kneeseg's plans.
 The body's extent (``body_shape``: the bounding box of what is not air, kneeseg/fingerprint/air.py)
 is recorded beside nnU-Net's crop to the nonzero region, which only removes air a scanner stored as
 zeros: the planner sizes patches from the body, so a scan gets the same plans whichever way its
-scanner stored the air. Foreground intensity statistics pool up to ``VOXELS_PER_CASE`` labelled voxels per case, drawn
-with a seeded generator so that the fingerprint (and hence the plans) are reproducible.
+scanner stored the air. Foreground intensity statistics pool up to ``VOXELS_PER_CASE`` labelled
+voxels per case, drawn with a seeded generator so that the fingerprint (and hence the plans) are
+reproducible.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ surfaces interpolated along that axis, an oblique scan is more rotated than the 
 (+-15 degrees, kneeseg/training/data.py) showed the network, and a model whose training scans had
 their air stored as zeros (plans that normalise inside the nonzero region) has never seen noisy air:
 on the real scan's half B stored that way it read soft tissue and air as bone (benchmarks/RESULTS.md).
+That last one the predictor mends by default (``needs_zeroed_air``, ``with_air_zeroed``); the
+warning is for a user who turned that off.
 """
 
 from __future__ import annotations
