@@ -8,7 +8,7 @@ left-right as a sagittal 2D protocol would), at 1/2 and 1/3 of the scan's SNR (R
 shaded by a receive coil whose sensitivity falls 2 : 1 across the half, left to right and front to back,
 with its air stored as noise instead of the zeros this scanner writes (predicted by default, which
 stores that air as zeros again for a model trained on zeroed air, and with kneeseg_predict --keep-air,
-as it is), and through a Gaussian filter.
+as it is; and at a third of the SNR), and through a Gaussian filter.
 For each it prints Dice per bone and for all bones, HD95, whether the output has the input's
 geometry, and whether the bones are where anatomy puts them in scanner space (femur above tibia,
 patella in front of the femur). Half A is the training half (it measures what each change costs on a
@@ -78,6 +78,11 @@ def variants(image: np.ndarray, labels: np.ndarray, geometry: Geometry, seed: in
     noisy_air = same_grid(lambda: with_noisy_background(image, np.random.default_rng([seed, 10])))
     yield "air as noise (a scanner that does not zero it)", noisy_air
     yield f"air as noise, predicted with {KEEP_AIR}", noisy_air
+
+    def low_snr_noisy_air():  # a low-SNR scanner that leaves noise in the air: the air as noisy as the tissue
+        noisier = with_more_noise(image, 3.0, np.random.default_rng([seed, 3]))
+        return with_noisy_background(noisier, np.random.default_rng([seed, 11]), sigma=3.0 * noise_sigma(image))
+    yield "SNR / 3 and air as noise", same_grid(low_snr_noisy_air)
     yield "smoothed (Gaussian filter, sigma 0.5 mm)", same_grid(lambda: smoothed(image, geometry.spacing_zyx, 0.5))
 
 

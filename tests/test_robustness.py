@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from conftest import MODEL_DIR, path_flags
 from kneeseg.cli.evaluate import main as evaluate_main
@@ -163,19 +164,22 @@ def test_a_model_trained_on_zeroed_air_warns_about_a_scan_with_noisy_air():
     assert acquisition_warnings(geometry, Zeroed) == []  # no image: geometry checks only
 
 
-def test_air_mask_finds_the_noisy_air_around_the_body_and_not_dark_tissue_inside_it():
+@pytest.mark.parametrize("soft_tissue", [300.0, 40.0])
+def test_air_mask_finds_the_noisy_air_around_the_body_and_not_dark_tissue_inside_it(soft_tissue):
     """The air a scanner would zero: dark and connected to the border, with its noise peaks; a dark
-    structure inside the body (cortex, tendon) stays, and so does the leg where it leaves the scan."""
+    structure inside the body (cortex, tendon) stays, and so does the leg where it leaves the scan,
+    also when its soft tissue is only 2.4 noise sigmas bright (the real scan's at a third of its SNR)."""
     rng = np.random.default_rng(0)
     image = np.zeros((30, 40, 40), np.float32)
-    image[:, 8:32, 8:32] = 300.0  # the leg runs through the whole scan along z, as a knee's does
+    image[:, 8:32, 8:32] = soft_tissue  # the leg runs through the whole scan along z, as a knee's does
     image[:, 14:26, 14:26] = 1200.0  # marrow
     image[3:27, 18:22, 18:22] = 0.0  # a dark cortex-like core: inside the body, not air
     truth_air = image == 0
     truth_air[3:27, 18:22, 18:22] = False
     noisy = np.hypot(image + rng.normal(0, 17, image.shape), rng.normal(0, 17, image.shape)).astype(np.float32)
     air = air_mask(noisy)
-    assert air[truth_air].mean() > 0.999 and not air[~truth_air].any()
+    assert air[truth_air].mean() > 0.995
+    assert not air[:, 10:30, 10:30].any()  # of the leg, at most its two outermost voxels
 
 
 def test_a_model_trained_on_zeroed_air_gets_noisy_air_zeroed_by_default(small_model, tmp_path, capsys):
