@@ -39,21 +39,23 @@ def noise_sigma(image: np.ndarray) -> float:
 
 
 def air_mask(image: np.ndarray) -> np.ndarray:
-    """The scan's air as a scanner that zeroes it would find it: the voxels that are 0 or whose local
-    mean (of the nonzero voxels within ``AIR_MEAN_VOXELS`` along each axis) is under ``AIR_NOISE_SIGMAS`` noise sigmas, where
-    they are connected to the scan's border, and the islands of fewer than ``MIN_ISLAND_VOXELS``
-    voxels left inside that air; at its edge, the voxels within ``AIR_MEAN_VOXELS // 2`` of it that
-    are under ``EDGE_NOISE_SIGMAS`` on their own. Dark tissue that reaches the border (a cortex where
-    the femur leaves the field of view) counts as air too."""
+    """The scan's air as a scanner that zeroes it would find it, a bool array of the image's shape:
+    the voxels connected to the scan's border that are 0 or whose local mean (of the nonzero voxels
+    within ``AIR_MEAN_VOXELS`` along each axis) is under ``AIR_NOISE_SIGMAS`` noise sigmas; at the
+    edge of that air, the voxels within ``AIR_MEAN_VOXELS // 2`` of it that are under
+    ``EDGE_NOISE_SIGMAS`` on their own; and the islands of fewer than ``MIN_ISLAND_VOXELS`` voxels
+    left inside it. Dark tissue that reaches the border (a cortex where the femur leaves the field
+    of view) counts as air too."""
     sigma = noise_sigma(image)
     # The mean of each neighbourhood's nonzero voxels: where a scanner zeroed the air, the tissue at its
     # edge keeps its own mean, so the air found in a zeroed scan is its zeros and the scanner's dark
     # rim, as in the same scan with noisy air (the zeros themselves are air, whatever their neighbours).
     nonzero = image != 0
-    count = ndimage.uniform_filter(nonzero.astype(np.float32), AIR_MEAN_VOXELS)
-    total = ndimage.uniform_filter(image.astype(np.float32), AIR_MEAN_VOXELS)
-    local_mean = np.divide(total, count, out=np.zeros_like(total), where=count > 1e-6)
+    count = ndimage.uniform_filter(nonzero.astype(np.float32), AIR_MEAN_VOXELS)  # share of nonzero neighbours
+    local_mean = ndimage.uniform_filter(image.astype(np.float32), AIR_MEAN_VOXELS)
+    np.divide(local_mean, count, out=local_mean, where=count > 1e-6)  # elsewhere all neighbours are 0: so is the sum
     dark, _ = ndimage.label((local_mean < AIR_NOISE_SIGMAS * sigma) | ~nonzero)
+    del count, local_mean
     faces = [dark[i] for i in (0, -1)] + [dark[:, i] for i in (0, -1)] + [dark[:, :, i] for i in (0, -1)]
     border = np.unique(np.concatenate([f.ravel() for f in faces]))
     air = np.isin(dark, border[border > 0])
