@@ -15,7 +15,9 @@ from kneeseg.evaluation.variants import (noise_sigma, smoothed, thick_slices, wi
                                          with_noisy_background)
 from kneeseg.fingerprint.air import air_mask
 from kneeseg.inference.acquisition import acquisition_warnings, with_air_zeroed
+from kneeseg.inference.model import load_model
 from kneeseg.io import Geometry, read_image, write_image
+from kneeseg.training.checkpoint import load_checkpoint, save_checkpoint
 
 DS = "Dataset900_KneePhantom"
 
@@ -194,6 +196,10 @@ def test_a_model_trained_on_zeroed_air_gets_noisy_air_zeroed_by_default(small_mo
     for config in plans["configurations"].values():
         config["use_mask_for_norm"] = [True]
     (model / "plans.json").write_text(json.dumps(plans))
+    checkpoint = model / "fold_0" / "checkpoint_final.pth"  # signed with the plans' preprocessing: sign it anew
+    state = load_checkpoint(checkpoint)
+    state["signature"] = load_model(model).config.preprocessing_signature()
+    save_checkpoint(state, checkpoint)
     source = paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz"
     (tmp_path / "in").mkdir()
     given = tmp_path / "in" / "knee_0000.nii.gz"

@@ -18,6 +18,7 @@ import torch
 from conftest import centroid, make_phantom, path_flags, tree_snapshot
 from kneeseg.cli.plan_and_preprocess import main as pp_main
 from kneeseg.cli.train import main as train_main
+from kneeseg.planning.plans import Plans
 from kneeseg.training.checkpoint import load_checkpoint
 from kneeseg.training.trainer import poly_lr
 from kneeseg.training.weight_average import TailAverage
@@ -312,10 +313,11 @@ def test_soft_targets_train_from_the_shares_preprocessing_kept(tmp_path, capsys)
     from kneeseg.dataset.phantom import PhantomOptions
 
     paths = make_phantom(tmp_path, n=3, options=PhantomOptions(shape=(56, 56, 56), spacing=(2.0, 2.0, 2.0)))
-    # A small per-iteration budget makes the CPU patch small, so the planner coarsens 2 mm to 2.42 mm.
+    # A small per-iteration budget makes the CPU patch small, so the planner coarsens the 2 mm grid.
     assert pp_main(["--device", "cpu", "--no-progress", "--cpu-seconds-per-iteration", "0.1", *path_flags(paths)]) == 0
-    cache = next((paths.preprocessed / "Dataset900_KneePhantom").glob("kneesegPlans_*"))
-    assert cache.name == "kneesegPlans_2.420x2.420x2.420mm"
+    cpu = Plans.load(paths.preprocessed / "Dataset900_KneePhantom" / "kneesegPlans.json").configuration("3d_cpu")
+    assert min(cpu.spacing) > 2.0
+    cache = paths.preprocessed / "Dataset900_KneePhantom" / cpu.data_identifier
     shares = sorted(cache.glob("*_fractions.npy"))
     assert [p.name for p in shares] == [f"phantom_00{i}_fractions.npy" for i in range(3)]
     assert np.load(shares[0]).shape == (3, *np.load(cache / "phantom_000_seg.npy").shape)
