@@ -36,6 +36,7 @@ from kneeseg.cli.common import positive_int  # noqa: E402
 from kneeseg.demo import REAL_HALVES, REAL_TTA_SCALES  # noqa: E402
 from kneeseg.errors import KneesegError  # noqa: E402
 from kneeseg.evaluation.variants import with_noisy_background  # noqa: E402
+from kneeseg.inference.acquisition import air_is_zeroed  # noqa: E402
 from kneeseg.inference.predictor import checked_scales  # noqa: E402
 from kneeseg.io import read_image, write_image  # noqa: E402
 from kneeseg.postprocessing.operations import describe_steps  # noqa: E402
@@ -46,15 +47,21 @@ def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float
         train_flags: list[str], tta_scales: list[float], air_as_noise: bool = False) -> None:
     flags = ["--raw", str(work / "raw"), "--preprocessed", str(work / "pre"), "--results", str(work / "res")]
     for half, (number, name) in REAL_HALVES.items():
+        scan = work / "raw" / f"Dataset{number}_{name}" / "imagesTr" / "knee_0000.nii.gz"
         if not (work / "raw" / f"Dataset{number}_{name}").exists():
             _, _, rc = run_measured(kneeseg_command("import_kneebones3dify", str(shared / "knee_0000.nii.gz"), "--mask",
                                                     str(shared / "knee_bone.nii.gz"), "--half", half, "-d", str(number),
                                                     "--name", name, *flags))
             assert rc == 0, f"import of half {half} failed"
             if air_as_noise:  # the benchmark's own imported copy; one seed per half, the same every run
-                scan = work / "raw" / f"Dataset{number}_{name}" / "imagesTr" / "knee_0000.nii.gz"
                 image, geometry = read_image(scan)
                 write_image(with_noisy_background(image, np.random.default_rng([number, 10])), geometry, scan)
+        else:  # a --workdir of an earlier run: its halves must have the air this run asks for
+            image, _ = read_image(scan)
+            noisy = not air_is_zeroed(image)
+            if noisy != air_as_noise:
+                raise SystemExit(f"{scan}: imported with its air {'as noise' if noisy else 'zeroed'} by an earlier run, "
+                                 f"{'without' if noisy else 'with'} --air-as-noise here; give another --workdir")
     number, name = REAL_HALVES[train_half]
     _, _, rc = run_measured(kneeseg_command("plan_and_preprocess", "-d", str(number), "--device", "cpu", "--no-progress",
                                             *plan_flags, *flags))

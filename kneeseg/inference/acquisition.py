@@ -32,11 +32,15 @@ def oblique_degrees(direction) -> float:
     return float(np.degrees(np.arccos(np.clip(d.max(axis=0), -1.0, 1.0))).max())
 
 
+def air_is_zeroed(image: np.ndarray) -> bool:
+    """Whether a scan stores its air as zeros: at least ``MIN_ZEROED_SHARE`` of its voxels are exactly 0."""
+    return np.count_nonzero(image == 0) >= MIN_ZEROED_SHARE * image.size
+
+
 def needs_zeroed_air(config: ConfigurationPlan, image: np.ndarray) -> bool:
     """Whether ``config`` was trained on scans whose air was stored as zeros (plans that normalise
-    inside the nonzero region) and ``image`` (a first channel) has its air stored otherwise: under
-    ``MIN_ZEROED_SHARE`` of its voxels are exactly 0."""
-    return bool(config.use_mask_for_norm[0]) and np.count_nonzero(image == 0) < MIN_ZEROED_SHARE * image.size
+    inside the nonzero region) and ``image`` (a first channel) has its air stored otherwise."""
+    return bool(config.use_mask_for_norm[0]) and not air_is_zeroed(image)
 
 
 def with_air_zeroed(images: list[np.ndarray]) -> list[np.ndarray]:
