@@ -13,8 +13,9 @@ does not zero the air would record it, which is most scanners, and the planner t
 the whole image instead of the nonzero region.
 
     python benchmarks/kneebones3dify_holdout.py [--budget-min 60] [--reverse | --train-on B] [--workdir DIR]
-        [--cpu-spacing MM [MM MM]] [--no-intensity-augmentation] [--elastic] [--soft-targets on|off] [--seed N]
-        [--average-last SHARE] [--max-epochs E] [--tta-scales F ... | --tta-scales 1.0] [--air-as-noise]
+        [--cpu-spacing MM [MM MM]] [--no-intensity-augmentation] [--elastic] [--remove-structures SHARE]
+        [--soft-targets on|off] [--seed N] [--average-last SHARE] [--max-epochs E]
+        [--tta-scales F ... | --tta-scales 1.0] [--air-as-noise]
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ def main() -> int:
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
     p.add_argument("--no-intensity-augmentation", action="store_true", help="train with spatial augmentation and mirroring only")
     p.add_argument("--elastic", action="store_true", help="kneeseg_train --elastic: add elastic deformation to the augmentation")
+    p.add_argument("--remove-structures", type=float, metavar="SHARE",
+                   help="kneeseg_train --remove-structures: share of patches with one bone replaced by the tissue around it")
     p.add_argument("--soft-targets", choices=["on", "off"], help="kneeseg_train --soft-targets (default: the plan's)")
     p.add_argument("--average-last", type=float, metavar="SHARE",
                    help="kneeseg_train --average-last: final weights averaged over this last share of the epochs (default: the plan's)")
@@ -139,6 +142,7 @@ def main() -> int:
     plan_flags = ["--cpu-spacing", *map(str, args.cpu_spacing)] if args.cpu_spacing else []
     train_flags = (["--autocast", args.autocast] if args.autocast else []) + (
         ["--no-intensity-augmentation"] if args.no_intensity_augmentation else []) + (["--elastic"] if args.elastic else []) + (
+        ["--remove-structures", str(args.remove_structures)] if args.remove_structures else []) + (
         ["--soft-targets", args.soft_targets] if args.soft_targets else []) + (
         ["--average-last", str(args.average_last)] if args.average_last is not None else []) + (
         ["--epochs", str(args.max_epochs)] if args.max_epochs else []) + ["--seed", str(args.seed)]

@@ -189,9 +189,15 @@ def test_bad_input_is_refused(prepared, tmp_path, capsys):
         train_main(["0", "--average-last", "1.5", *path_flags(paths)])
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after argparse's usage lines
     assert exit_info.value.code == 2 and last == "kneeseg_train: error: argument --average-last: 1.5: must be from 0 to 1"
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["0", "--remove-structures", "-0.1", *path_flags(paths)])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and last == "kneeseg_train: error: argument --remove-structures: -0.1: must be from 0 to 1"
     assert not paths.results.exists()
     # A finished training is not overwritten by accident; a corrupt checkpoint is named.
-    assert train_main(["0", "--device", "cpu", *QUICK, *path_flags(paths)]) == 0
+    assert train_main(["0", "--device", "cpu", "--remove-structures", "0.5", *QUICK, *path_flags(paths)]) == 0
+    log = (paths.results / FOLD_DIR.format(0) / "training_log.txt").read_text()
+    assert "one structure removed from 50 % of patches" in log and "mirror axes [2]" in log
     _assert_refused(["0"], paths, capsys, "already holds a training")
     final = paths.results / FOLD_DIR.format(0) / "checkpoint_final.pth"
     final.write_bytes(final.read_bytes()[:1000])
@@ -358,3 +364,59 @@ def test_foreground_oversampling_holds_for_every_batch_size(batch_size, expected
     centred = [b["seg"][i, 0, 8, 8, 8] > 0 for b in (loader.generate_train_batch() for _ in range(600 // batch_size))
                for i in range(batch_size)]
     assert abs(np.mean(centred) - expected) < 0.06
+
+
+def _two_structures(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy tissue (mean 0) with a bright block (label 1) and, 3 voxels in front of it, a brighter ball (label 3)."""
+    image = rng.normal(0.0, 0.2, (1, 24, 32, 24)).astype(np.float32)
+    labels = np.zeros((24, 32, 24), np.float32)
+    labels[4:20, 16:30, 4:20] = 1
+    z, y, x = np.mgrid[:24, :32, :24]
+    labels[(z - 12) ** 2 + (y - 8) ** 2 + (x - 12) ** 2 <= 25] = 3
+    image[0][labels == 1] += 2.0
+    image[0][labels == 3] += 2.5
+    return image, labels
+
+
+def test_structure_removal_fills_one_structure_with_the_tissue_around_it():
+    """--remove-structures: the chosen structure and its rim become background in the labels and look
+    like the tissue around them in the image; every other voxel and label stays as it was."""
+    from kneeseg.training.structure_removal import remove_structure
+
+    image, labels = _two_structures(np.random.default_rng(0))
+    before_image, before_labels = image.copy(), labels.copy()
+    region = remove_structure(image, labels, 3, rng=np.random.default_rng(1))
+    assert region is not None and region[before_labels == 3].all() and not region[before_labels == 1].any()
+    assert not (labels == 3).any() and np.array_equal(labels == 1, before_labels == 1)
+    assert np.array_equal(image[:, ~region], before_image[:, ~region])
+    filled = image[0][region]
+    assert abs(filled.mean()) < 0.15 and filled.max() < 1.0, (filled.mean(), filled.max())  # tissue, not a ball at 2.5
+
+
+def test_structure_removal_needs_tissue_around_and_keeps_soft_targets_in_step():
+    from kneeseg.training.soft_targets import FRACTIONS_KEY
+    from kneeseg.training.structure_removal import RemoveStructureTransform, remove_structure
+
+    # A structure wrapped in another one has no tissue of its own around it: nothing changes.
+    image, labels = _two_structures(np.random.default_rng(0))
+    labels[10:14, 20:24, 10:14] = 2
+    before_image, before_labels = image.copy(), labels.copy()
+    assert remove_structure(image, labels, 2) is None
+    assert np.array_equal(image, before_image) and np.array_equal(labels, before_labels)
+    # The transform removes exactly one structure from every patch, and its shares with it.
+    np.random.seed(0)
+    pairs = [_two_structures(np.random.default_rng(i)) for i in range(6)]
+    seg = np.stack([lab[None] for _, lab in pairs])
+    shares = np.concatenate([(seg == 1), (seg == 3)], axis=1).astype(np.float32)
+    batch = RemoveStructureTransform(1.0, fractions_key=FRACTIONS_KEY)(
+        data=np.stack([img for img, _ in pairs]), seg=seg.copy(), **{FRACTIONS_KEY: shares.copy()})
+    removed = set()
+    for b in range(len(pairs)):
+        left = {int(v) for v in np.unique(batch["seg"][b]) if v > 0}
+        assert len(left) == 1, left
+        removed |= {1, 3} - left
+        assert np.array_equal(batch[FRACTIONS_KEY][b, 0] > 0, batch["seg"][b, 0] == 1)
+        assert np.array_equal(batch[FRACTIONS_KEY][b, 1] > 0, batch["seg"][b, 0] == 3)
+    assert removed == {1, 3}  # either structure can go
+    untouched = RemoveStructureTransform(0.0)(data=np.stack([img for img, _ in pairs]), seg=seg.copy())
+    assert np.array_equal(untouched["seg"], seg)

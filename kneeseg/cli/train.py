@@ -36,6 +36,9 @@ def main(argv=None):
     p.add_argument("--autocast", choices=["none", "bf16", "fp16"], help="mixed precision (default: the plan's)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], help="optimizer (default: the plan's; its default lr)")
     p.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
+    p.add_argument("--remove-structures", type=share, default=0.0, metavar="SHARE",
+                   help="share of training patches in which one labelled structure is replaced by the tissue "
+                        "around it, so no structure is found only by its neighbours (default 0: off)")
     p.add_argument("--no-intensity-augmentation", dest="intensity_augmentation", action="store_false",
                    help="augment with spatial transforms and mirroring only (no noise, blur, contrast, gamma, low resolution)")
     p.add_argument("--soft-targets", choices=["on", "off"],
@@ -52,7 +55,8 @@ def main(argv=None):
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
         time_budget_min=args.time_budget_min, seed=args.seed, device=resolve_device(args.device),
         num_workers=args.num_workers, resume=args.resume, overwrite=args.overwrite, autocast=args.autocast, optimizer=args.optimizer,
-        elastic=args.elastic, intensity_augmentation=args.intensity_augmentation, distributed=distributed, progress=args.progress,
+        elastic=args.elastic, remove_structures=args.remove_structures, intensity_augmentation=args.intensity_augmentation,
+        distributed=distributed, progress=args.progress,
         soft_targets=None if args.soft_targets is None else args.soft_targets == "on", average_last=args.average_last,
     )
     result = train(paths_from(args), args.fold, args.dataset, args.configuration, args.plans, options)

@@ -25,6 +25,7 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Spati
 from kneeseg.errors import KneesegError
 from kneeseg.training.ranges import ROTATION_DEG, SCALE
 from kneeseg.training.soft_targets import FRACTIONS_KEY, AppendFractionsToData, SplitFractionsFromData, one_hot_fractions
+from kneeseg.training.structure_removal import RemoveStructureTransform
 from kneeseg.training.thick_slices import ThickSliceTransform
 
 
@@ -121,12 +122,14 @@ class PatchLoader(SlimDataLoaderBase):
 
 
 def training_transforms(patch: list[int], mirror_axes: list[int], elastic: bool = False, intensity: bool = True,
-                        soft_targets: bool = False) -> Compose:
+                        soft_targets: bool = False, remove_structures: float = 0.0) -> Compose:
     """nnU-Net's augmentation recipe, with rotations limited to +-15 degrees (knees come roughly
     aligned), mirroring only along the axes the plans allow (anatomical labels are sided), and thick
     slices along one random axis (low-field 2D protocols). ``intensity=False`` keeps only the spatial
     transforms and mirroring (an ablation: scans from the training scanner only). ``soft_targets``:
-    the batch's label shares get the same spatial transform and mirroring as the image."""
+    the batch's label shares get the same spatial transform and mirroring as the image.
+    ``remove_structures``: the share of patches in which one labelled structure is replaced by the
+    tissue around it (kneeseg/training/structure_removal.py), after the spatial transform."""
     a = np.deg2rad(ROTATION_DEG)
     transforms = [
         # Elastic: nnU-Net v1's 3D range; the displacement field then has a std of ~1.7 voxels (at most
@@ -151,10 +154,12 @@ def training_transforms(patch: list[int], mirror_axes: list[int], elastic: bool 
         GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
     ]
     mirror = [MirrorTransform(tuple(mirror_axes))] if mirror_axes else []
+    removal = [RemoveStructureTransform(remove_structures, fractions_key=FRACTIONS_KEY if soft_targets else None)
+               ] if remove_structures > 0 else []
     if soft_targets:  # the shares leave the image channels before any intensity transform
-        return Compose([AppendFractionsToData(), *transforms, *mirror, SplitFractionsFromData(),
+        return Compose([AppendFractionsToData(), *transforms, *mirror, SplitFractionsFromData(), *removal,
                         *(intensity_transforms if intensity else [])])
-    return Compose([*transforms, *(intensity_transforms if intensity else []), *mirror])
+    return Compose([*transforms, *removal, *(intensity_transforms if intensity else []), *mirror])
 
 
 def center_crop_transform(patch: list[int], soft_targets: bool = False) -> Compose:

@@ -62,6 +62,7 @@ class TrainOptions:
     autocast: str | None = None  # default: the plan's ("none" | "bf16" | "fp16")
     optimizer: str | None = None  # default: the plan's ("sgd" | "adamw", with that optimizer's default lr)
     elastic: bool = False
+    remove_structures: float = 0.0  # share of patches with one labelled structure replaced by surrounding tissue
     intensity_augmentation: bool = True  # False: spatial transforms and mirroring only
     soft_targets: bool | None = None  # default: the plan's (train against label shares, not labels)
     average_last: float | None = None  # default: the plan's share of the epochs whose weights are averaged
@@ -167,7 +168,8 @@ class Trainer:
         soft = self.ds.foreground_labels if self.soft_targets else None
         self.train_batches = make_augmenter(
             PatchLoader(train_store, self.batch_size, rotation_patch, oversample, soft),
-            training_transforms(patch, self.config.training.mirror_axes, o.elastic, o.intensity_augmentation, self.soft_targets),
+            training_transforms(patch, self.config.training.mirror_axes, o.elastic, o.intensity_augmentation, self.soft_targets,
+                                o.remove_structures),
             o.num_workers, data_seed)
         self.val_batches = make_augmenter(
             PatchLoader(val_store, self.batch_size, patch, oversample, soft), center_crop_transform(patch, self.soft_targets),
@@ -301,6 +303,14 @@ class Trainer:
         self._checkpoint("checkpoint_final.pth", {"network_last_epoch": last})
         self._log(f"final weights: mean of the weights after the last {self.tail_average.count} epochs")
 
+    def _augmentation_summary(self) -> str:
+        o = self.options
+        parts = ["spatial" + (" + elastic" if o.elastic else ""), "intensity" if o.intensity_augmentation else "no intensity",
+                 f"mirror axes {list(self.config.training.mirror_axes)}"]
+        if o.remove_structures:
+            parts.append(f"one structure removed from {100 * o.remove_structures:.0f} % of patches")
+        return ", ".join(parts)
+
     def run(self) -> TrainingResult:
         from tqdm import tqdm
 
@@ -309,7 +319,8 @@ class Trainer:
         self._log(f"{'continuing' if o.resume else 'training'} {self.plans.dataset_name} {self.config.name} fold {o.fold} on "
                   f"{self.device} (world {self.world}), {len(self.train_ids)} train / {len(self.val_ids)} val cases, "
                   f"patch {self.config.patch_size}, batch {self.batch_size}/rank, {type(self.optimizer).__name__} lr {self.initial_lr}, "
-                  f"autocast {self.autocast}, targets {'label shares (soft)' if self.soft_targets else 'labels'}")
+                  f"autocast {self.autocast}, targets {'label shares (soft)' if self.soft_targets else 'labels'}, "
+                  f"augmentation: {self._augmentation_summary()}")
         epoch_times, waits = [], []
         try:
             while self.epoch < self.num_epochs:
