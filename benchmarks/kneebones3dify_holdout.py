@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import kneeseg_command, run_measured  # noqa: E402
 
-from kneeseg.cli.common import positive_int  # noqa: E402
+from kneeseg.cli.common import positive_int, share  # noqa: E402
 from kneeseg.demo import REAL_HALVES, REAL_TTA_SCALES  # noqa: E402
 from kneeseg.errors import KneesegError  # noqa: E402
 from kneeseg.evaluation.variants import with_noisy_background  # noqa: E402
@@ -120,7 +120,7 @@ def main() -> int:
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
     p.add_argument("--no-intensity-augmentation", action="store_true", help="train with spatial augmentation and mirroring only")
     p.add_argument("--elastic", action="store_true", help="kneeseg_train --elastic: add elastic deformation to the augmentation")
-    p.add_argument("--remove-structures", type=float, metavar="SHARE",
+    p.add_argument("--remove-structures", type=share, metavar="SHARE",  # refused now, not after preprocessing
                    help="kneeseg_train --remove-structures: share of patches with one bone replaced by the tissue around it")
     p.add_argument("--soft-targets", choices=["on", "off"], help="kneeseg_train --soft-targets (default: the plan's)")
     p.add_argument("--average-last", type=float, metavar="SHARE",

@@ -33,9 +33,9 @@ def remove_structure(image: np.ndarray, labels: np.ndarray, label: int, rim: int
     around = ndimage.binary_dilation(region, iterations=shell) & ~region & (labels == 0)
     if np.count_nonzero(around) < MIN_SHELL_VOXELS:
         return None
-    lo = [max(0, int(i.min()) - shell) for i in np.nonzero(region)]
-    hi = [int(i.max()) + 1 + shell for i in np.nonzero(region)]
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    # scipy's find_objects, not kneeseg.fingerprint.bbox_slices: that one uses torch, which can deadlock
+    # in the forked augmentation workers this runs in.
+    box = tuple(slice(max(0, s.start - shell), s.stop + shell) for s in ndimage.find_objects(region.astype(np.uint8))[0])
     inside, source = region[box], around[box]
     # Each voxel takes the nearest surrounding tissue voxel's value; smoothing then hides the seams.
     nearest = ndimage.distance_transform_edt(~source, return_distances=False, return_indices=True)
