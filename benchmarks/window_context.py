@@ -21,12 +21,13 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from kneeseg.cli.common import positive_int
 from kneeseg.errors import KneesegError
 from kneeseg.inference.acquisition import needs_zeroed_air, with_air_zeroed
 from kneeseg.inference.model import load_model
 from kneeseg.inference.predictor import Predictor
+from kneeseg.inference.sliding_window import predict_sliding_window
 from kneeseg.io.image import read_image
 from kneeseg.io.orientation import Orientation
 from kneeseg.preprocessing.preprocess import preprocess_case
@@ -43,18 +44,18 @@ def voxel_in_preprocessed(voxel_xyz: list[int], shape_zyx: tuple, properties: di
     return np.clip(inside, 0, np.array(properties["shape_after_resampling"]) - 1)
 
 
-def window_probabilities(network, data: torch.Tensor, centre: np.ndarray, patch: np.ndarray, autocast: str,
-                         rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+def window_probabilities(network, data: np.ndarray, centre: np.ndarray, patch: np.ndarray, num_classes: int,
+                         autocast: str, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Softmax at ``centre`` from ``n`` windows, and the centre's relative position (0-1) in each."""
     shape = np.array(data.shape[1:])
     probabilities, positions = [], []
     for _ in range(n):
         start = np.clip(centre - rng.integers(0, patch), 0, np.maximum(shape - patch, 0))
         at = centre - start
-        tile = data[(slice(None), *(slice(s, s + p) for s, p in zip(start, patch)))][None]
-        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=autocast == "bf16"):
-            logits = network(tile)
-        probabilities.append(torch.softmax(logits.float(), 1)[0, :, at[0], at[1], at[2]].numpy())
+        tile = data[(slice(None), *(slice(s, s + p) for s, p in zip(start, patch)))]
+        # One window of the predictor's own sliding window (its padding, precision and output handling).
+        probs = predict_sliding_window(network, tile, patch.tolist(), num_classes, autocast=autocast)
+        probabilities.append(probs[(slice(None), *at)])
         positions.append(at / patch)
     return np.array(probabilities), np.array(positions)
 
@@ -65,7 +66,7 @@ def main() -> None:
     p.add_argument("--image", required=True)
     p.add_argument("--voxel", required=True, type=int, nargs=3, metavar=("X", "Y", "Z"))
     p.add_argument("--label", type=int, default=1, help="the label whose probability is broken down by position")
-    p.add_argument("--windows", type=int, default=120)
+    p.add_argument("--windows", type=positive_int, default=120)
     p.add_argument("--seed", type=int, default=0, help="where the windows fall")
     args = p.parse_args()
     try:
@@ -82,12 +83,12 @@ def main() -> None:
     case = preprocess_case(images, geometry, predictor.config)
     centre = voxel_in_preprocessed(args.voxel, image.shape, case.properties)
     patch = np.array(predictor.config.patch_size)
-    data = torch.from_numpy(np.ascontiguousarray(case.data, dtype=np.float32))
+    data = np.ascontiguousarray(case.data, dtype=np.float32)
     print(f"{args.image}, voxel {args.voxel} -> preprocessed {centre.tolist()} of {list(data.shape[1:])}, "
           f"window {patch.tolist()}, {args.windows} windows per fold")
     column = labels.index(args.label)
     for fold, network in zip(predictor.model.checkpoints, predictor.networks):
-        probs, positions = window_probabilities(network, data, centre, patch, predictor.autocast,
+        probs, positions = window_probabilities(network, data, centre, patch, len(labels), predictor.autocast,
                                                 np.random.default_rng(args.seed), args.windows)
         wins = np.bincount(probs.argmax(1), minlength=len(labels)) / len(probs)
         print(f"{fold.parent.name}: mean probability " + ", ".join(f"{v}: {m:.2f}" for v, m in zip(labels, probs.mean(0)))
