@@ -26,6 +26,8 @@ demo-real: venv
 	$(PY) -m kneeseg.demo --real $(SHARED) --train-minutes $(REAL_MINUTES) --output $(DEMO_DIR)_real
 
 test: venv
+	$(PY) -m ruff check kneeseg tests benchmarks
+	$(PY) -m mypy kneeseg
 	$(PY) -m pytest -q tests
 
 # Regenerate the reference plans in plans/ (tests fail when they drift).
@@ -33,4 +35,4 @@ plans: venv
 	$(PY) -m kneeseg.reference --write plans --shared $(SHARED)
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)_real kneeseg_data .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)_real kneeseg_data .pytest_cache .mypy_cache .ruff_cache

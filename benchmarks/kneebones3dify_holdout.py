@@ -8,13 +8,12 @@ evaluates both with kneeseg_evaluate (per-bone Dice, IoU, HD95, ASSD, average Ha
 binary all-bone Dice: the paper's headline metric, 0.9838 on its own split). With --reverse it also
 trains on B and predicts A (--train-on B: only that direction). Prints training time, prediction
 time and peak RSS. --air-as-noise stores both halves' air as Rician noise at the scan's own noise
-level (kneeseg.evaluation.variants.with_noisy_background) before planning: the scan as a scanner that
+level (scan_variants.with_noisy_background) before planning: the scan as a scanner that
 does not zero the air would record it, which is most scanners, and the planner then normalises over
 the whole image instead of the nonzero region.
 
     python benchmarks/kneebones3dify_holdout.py [--budget-min 60] [--reverse | --train-on B] [--workdir DIR]
-        [--cpu-spacing MM [MM MM]] [--no-intensity-augmentation] [--elastic] [--remove-structures SHARE]
-        [--soft-targets on|off] [--seed N] [--average-last SHARE] [--max-epochs E]
+        [--cpu-spacing MM [MM MM]] [-tr TRAINER] [--seed N] [--max-epochs E]
         [--tta-scales F ... | --tta-scales 1.0] [--air-as-noise]
 """
 
@@ -32,16 +31,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import kneeseg_command, run_measured  # noqa: E402
+from scan_variants import with_noisy_background  # noqa: E402
 
-from kneeseg.cli.common import positive_int, share  # noqa: E402
+from kneeseg.cli.common import positive_int  # noqa: E402
 from kneeseg.demo import REAL_HALVES, REAL_TTA_SCALES  # noqa: E402
 from kneeseg.errors import KneesegError  # noqa: E402
-from kneeseg.evaluation.variants import with_noisy_background  # noqa: E402
 from kneeseg.inference.acquisition import air_is_zeroed  # noqa: E402
 from kneeseg.inference.predictor import checked_scales  # noqa: E402
 from kneeseg.io import read_image, write_image  # noqa: E402
 from kneeseg.postprocessing.operations import describe_steps  # noqa: E402
 from kneeseg.training.checkpoint import load_checkpoint  # noqa: E402
+from kneeseg.training.layout import TRAINER_NAME  # noqa: E402
+from kneeseg.training.variants import TRAINERS  # noqa: E402
 
 
 def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float, plan_flags: list[str],
@@ -118,13 +119,8 @@ def main() -> int:
     p.add_argument("--cpu-spacing", type=float, nargs="+", metavar="MM",
                    help="kneeseg_plan_and_preprocess --cpu-spacing: the 3d_cpu spacing instead of the planner's")
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
-    p.add_argument("--no-intensity-augmentation", action="store_true", help="train with spatial augmentation and mirroring only")
-    p.add_argument("--elastic", action="store_true", help="kneeseg_train --elastic: add elastic deformation to the augmentation")
-    p.add_argument("--remove-structures", type=share, metavar="SHARE",  # refused now, not after preprocessing
-                   help="kneeseg_train --remove-structures: share of patches with one bone replaced by the tissue around it")
-    p.add_argument("--soft-targets", choices=["on", "off"], help="kneeseg_train --soft-targets (default: the plan's)")
-    p.add_argument("--average-last", type=float, metavar="SHARE",
-                   help="kneeseg_train --average-last: final weights averaged over this last share of the epochs (default: the plan's)")
+    p.add_argument("-tr", "--trainer", choices=TRAINERS, default=TRAINER_NAME, metavar="TRAINER",
+                   help=f"kneeseg_train -tr: {', '.join(TRAINERS)} (default {TRAINER_NAME})")
     p.add_argument("--seed", type=int, default=0, help="training seed (kneeseg_train --seed): another sample of the same recipe")
     p.add_argument("--max-epochs", type=positive_int, metavar="E",  # refused now, not after preprocessing
                    help="kneeseg_train --epochs E with the budget: at most E epochs (the same schedule on a faster machine)")
@@ -140,11 +136,7 @@ def main() -> int:
     except KneesegError as e:
         p.error(str(e))
     plan_flags = ["--cpu-spacing", *map(str, args.cpu_spacing)] if args.cpu_spacing else []
-    train_flags = (["--autocast", args.autocast] if args.autocast else []) + (
-        ["--no-intensity-augmentation"] if args.no_intensity_augmentation else []) + (["--elastic"] if args.elastic else []) + (
-        ["--remove-structures", str(args.remove_structures)] if args.remove_structures else []) + (
-        ["--soft-targets", args.soft_targets] if args.soft_targets else []) + (
-        ["--average-last", str(args.average_last)] if args.average_last is not None else []) + (
+    train_flags = (["--autocast", args.autocast] if args.autocast else []) + ["-tr", args.trainer] + (
         ["--epochs", str(args.max_epochs)] if args.max_epochs else []) + ["--seed", str(args.seed)]
     tmp = tempfile.TemporaryDirectory()
     work = args.workdir or Path(tmp.name)

@@ -2,7 +2,7 @@
 
 Takes the model that benchmarks/kneebones3dify_holdout.py trained (on half A by default, in its
 --workdir) and predicts versions of a half of the real scan that this script makes
-(kneeseg.evaluation.variants): stored sagittally (axes permuted), stored with flipped axes,
+(benchmarks/scan_variants.py): stored sagittally (axes permuted), stored with flipped axes,
 re-recorded with 2 mm thick slices (0.7 x 0.7 x 2.0 mm, along the stored slice axis and along
 left-right as a sagittal 2D protocol would), at 1/2 and 1/3 of the scan's SNR (Rician noise), and
 shaded by a receive coil whose sensitivity falls 2 : 1 across the half, left to right and front to back,
@@ -29,10 +29,9 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import kneeseg_command, run_measured  # noqa: E402
+from scan_variants import noise_sigma, smoothed, stored_differently, thick_slices, with_coil_shading, with_more_noise, with_noisy_background  # noqa: E402
 
 from kneeseg.demo import REAL_HALVES  # noqa: E402
-from kneeseg.evaluation.variants import (noise_sigma, smoothed, stored_differently, thick_slices,  # noqa: E402
-                                         with_coil_shading, with_more_noise, with_noisy_background)
 from kneeseg.io import Geometry, read_image, write_image  # noqa: E402
 from kneeseg.io.orientation import Orientation  # noqa: E402
 

@@ -68,8 +68,9 @@ def trainer_step_seconds(patch, batch, iters, autocast):
         config = result.plans.configuration("3d_cpu")
         config.patch_size, config.batch_size = list(patch), batch
         config.network = build_network(config.spacing, list(patch), CPU_FEATURES)
+        config.training.optimizer = "sgd"
         ds = DatasetJson.load(paths.preprocessed / "Dataset900_KneePhantom" / "dataset.json")
-        options = TrainOptions(device="cpu", autocast="bf16" if autocast else "none", optimizer="sgd", progress=False)
+        options = TrainOptions(device="cpu", autocast="bf16" if autocast else "none", progress=False)
         trainer = Trainer(result.plans, config, ds, paths.preprocessed, paths.results, options)
         trainer._setup()
         times = []

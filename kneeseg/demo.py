@@ -32,7 +32,6 @@ from kneeseg.preprocessing.pipeline import plan_and_preprocess
 from kneeseg.reference import PHANTOM_DATASET, REFERENCE_HARDWARE, make_phantom_dataset
 from kneeseg.training.trainer import TrainOptions
 
-
 REAL_HALVES = {"A": (902, "KneeHalfA"), "B": (903, "KneeHalfB")}  # train on A, hold out B
 REAL_TRAIN, REAL_TEST = (dataset_folder_name(*REAL_HALVES[h]) for h in "AB")
 REAL_TTA_SCALES = (0.8, 0.9, 1.0, 1.1)  # raised half B's all-bone Dice of all five 60-minute models tried

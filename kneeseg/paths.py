@@ -7,9 +7,9 @@ No other module reads the environment.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 ENV_RAW = "KNEESEG_RAW"
 ENV_PREPROCESSED = "KNEESEG_PREPROCESSED"

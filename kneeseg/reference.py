@@ -29,9 +29,9 @@ REAL_DATASET = "Dataset901_KneeBones3Dify"
 REFERENCE_HARDWARE = HardwareTarget()  # 8 GB GPU, 2 CPU threads: what the reference plans assume
 
 
-def make_phantom_dataset(raw: Path, options: PhantomOptions = PhantomOptions(), progress: bool = False) -> Path:
+def make_phantom_dataset(raw: Path, options: PhantomOptions | None = None, progress: bool = False) -> Path:
     out = raw / PHANTOM_DATASET
-    synthesize_dataset(out, PHANTOM_CASES, PHANTOM_SEED, options, PHANTOM_TEST_CASES, progress=progress)
+    synthesize_dataset(out, PHANTOM_CASES, PHANTOM_SEED, options or PhantomOptions(), PHANTOM_TEST_CASES, progress=progress)
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from kneeseg.dataset.phantom import PhantomOptions, synthesize_dataset
 from kneeseg.paths import KneesegPaths
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # scan_variants: versions of a scan for the robustness tests
 SHARED = Path(os.environ.get("KNEESEG_SHARED", REPO.parent / "shared" / "data" / "KneeBones3Dify"))
 
 # Small phantoms keep the suite fast: 48^3 voxels of 2.5 mm is a whole knee at low resolution.

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import make_paths, path_flags, tree_snapshot
+
 from kneeseg.cli.import_kneebones3dify import main as import_main
 from kneeseg.dataset.bones import split_bones
 from kneeseg.dataset.layout import DatasetJson

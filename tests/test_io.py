@@ -4,6 +4,7 @@ import SimpleITK as sitk
 
 from kneeseg.errors import KneesegError
 from kneeseg.io import Geometry, file_ending, read_image, strip_ending, write_image
+from kneeseg.io.orientation import Orientation
 
 GEOM = Geometry(size=(5, 4, 3), spacing=(0.5, 0.7, 2.0), origin=(10.0, -20.0, 3.5),
                 direction=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
@@ -77,10 +78,30 @@ def test_nonfinite_voxels_are_found_in_nifti_although_itk_zeroes_them(tmp_path, 
     assert nifti_nonfinite_count(tmp_path / f"int{ending}") == 0
 
 
+def canonical_geometry(geometry: Geometry) -> Geometry:
+    """The geometry of the canonical array: same voxels in space, axes permuted and flipped."""
+    o = Orientation.of(geometry.direction)
+    d = np.asarray(geometry.direction, float).reshape(3, 3)
+    size_zyx = geometry.shape_zyx
+    corner = np.zeros(3)  # input index (x, y, z) of the canonical first voxel
+    cols = []
+    for a in range(3):
+        j = 2 - o.perm[a]  # input index axis behind canonical array axis a
+        sign = -1.0 if o.flips[a] else 1.0
+        if o.flips[a]:
+            corner[j] = size_zyx[o.perm[a]] - 1
+        cols.append((2 - a, sign * d[:, j], geometry.spacing[j]))
+    cols.sort(key=lambda c: c[0])  # index axes x, y, z of the canonical array
+    direction = np.stack([c[1] for c in cols], axis=1)
+    origin = geometry.index_to_physical(corner[None])[0]
+    return Geometry(tuple(o.shape(size_zyx)[::-1]), tuple(float(c[2]) for c in cols),
+                    tuple(float(v) for v in origin), tuple(float(v) for v in direction.ravel()))
+
+
 @pytest.mark.parametrize("order,flip", [((2, 0, 1), (False, True, False)), ((1, 2, 0), (True, False, True)),
                                         ((0, 1, 2), (False, False, True))])
 def test_canonical_orientation_undoes_permuted_and_flipped_storage(order, flip):
-    from kneeseg.io.orientation import Orientation, canonical_geometry
+    from kneeseg.io.orientation import Orientation
 
     array = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32)
     axial = Geometry((7, 6, 5), (0.5, 0.7, 2.0), (1.0, 2.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))

@@ -1,7 +1,7 @@
 import numpy as np
+from conftest import SMALL, centroid
 from scipy import ndimage
 
-from conftest import SMALL, centroid
 from kneeseg.cli.synth import main as synth_main
 from kneeseg.dataset.layout import DatasetJson
 from kneeseg.dataset.phantom import PhantomOptions, synthesize_case

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import MODEL_DIR, path_flags, tree_snapshot
+
 from kneeseg.cli.evaluate import main as evaluate_main
 from kneeseg.cli.export_stl import main as stl_main
 from kneeseg.cli.find_postprocessing import main as findpp_main
@@ -196,11 +196,15 @@ def test_a_broken_postprocessing_file_is_refused_before_predicting(small_model, 
     good = paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz"
     out = tmp_path / "out"
     for steps, message in (([{"op": "keep_biggest", "label": 1}], "step 1: unknown post-processing op 'keep_biggest'"),
-                           ([{"op": "fill_holes", "label": 1}, {"op": "closing", "label": 2}], "step 2 (closing): missing radius_mm"),
-                           ([{"op": "remove_far", "label": 3, "max_mm": 20}], "step 1 (remove_far): missing from"),
-                           ([{"op": "remove_small", "label": 3, "min_voxels": 900}],
-                            "step 1 (remove_small): missing min_mm3 (written by an older kneeseg: run kneeseg_find_postprocessing again)"),
-                           ([{"op": "keep_largest", "label": 1, "fragments": "nearest"}], "step 1 (keep_largest): fragments must be one of"),
+                           ([{"op": "fill_holes", "label": 1}, {"op": "closing", "label": 2}], "step 2: closing: missing radius_mm"),
+                           ([{"op": "remove_far", "label": 3, "max_mm": 20}], "step 1: remove_far: missing from"),
+                           ([{"op": "remove_small", "label": 3, "min_mm3": 900, "min_voxels": 9}],
+                            "step 1: remove_small: unknown parameter(s) min_voxels"),
+                           ([{"op": "keep_largest", "label": 1, "fragments": "nearest"}],
+                            "step 1: keep_largest: fragments 'nearest' must be one of background, neighbour"),
+                           ([{"op": "keep_largest", "label": 7}], "step 1: keep_largest: label 7 must be one of the model's bone labels [1, 2, 3]"),
+                           ([{"op": "closing", "label": 1, "radius_mm": -1}], "step 1: closing: radius_mm -1 must be a positive number"),
+                           ([{"op": "keep_largest_foreground", "n": 2.5}], "step 1: keep_largest_foreground: n 2.5 must be an integer >= 1"),
                            ({"op": "fill_holes"}, "no list of post-processing 'steps'")):
         (model / "postprocessing.json").write_text(json.dumps({"steps": steps}))
         _refused(["-i", str(good), "-o", str(out), "-m", str(model)], capsys, f"{model / 'postprocessing.json'}: {message}")

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import REPO
+
 from kneeseg.reference import PHANTOM_DATASET, REAL_DATASET, plans_file, reference_plans
 
 

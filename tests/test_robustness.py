@@ -7,12 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import MODEL_DIR, path_flags
+from scan_variants import noise_sigma, smoothed, thick_slices, with_coil_shading, with_more_noise, with_noisy_background
+
 from kneeseg.cli.evaluate import main as evaluate_main
 from kneeseg.cli.predict import main as predict_main
-from kneeseg.evaluation.variants import (noise_sigma, smoothed, thick_slices, with_coil_shading, with_more_noise,
-                                         with_noisy_background)
 from kneeseg.fingerprint.air import air_mask
 from kneeseg.inference.acquisition import acquisition_warnings, with_air_zeroed
 from kneeseg.inference.model import load_model

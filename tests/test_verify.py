@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import path_flags, tree_snapshot
+
 from kneeseg.cli.plan_and_preprocess import main as pp_main
 from kneeseg.io import Geometry, read_image, write_image
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 
+from kneeseg import __version__
 from kneeseg.paths import KneesegPaths, resolve_paths
+
+
+def parser(prog: str, doc: str | None, **kwargs) -> argparse.ArgumentParser:
+    """An argument parser for command ``prog`` described by its module's docstring, with --version."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, **kwargs)
+    p.add_argument("--version", action="version", version=f"%(prog)s (kneeseg {__version__})")
+    return p
 
 
 def add_path_flags(parser: argparse.ArgumentParser) -> None:

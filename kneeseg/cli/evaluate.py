@@ -6,17 +6,17 @@ per bone and for the union of all bones; means and std; JSON and CSV (same name,
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from kneeseg.api import evaluate
-from kneeseg.errors import KneesegError, cli_entry
+from kneeseg.cli.common import parser
 from kneeseg.dataset.layout import DatasetJson
+from kneeseg.errors import KneesegError, cli_entry
 
 
 @cli_entry("kneeseg_evaluate")
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="kneeseg_evaluate", description=__doc__)
+    p = parser("kneeseg_evaluate", __doc__)
     p.add_argument("-ref", "--reference", required=True, type=Path, help="label file or folder")
     p.add_argument("-pred", "--prediction", required=True, type=Path, help="prediction file or folder")
     p.add_argument("-o", "--output", type=Path, default=Path("summary.json"))

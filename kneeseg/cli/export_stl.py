@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from kneeseg.api import export_stl
+from kneeseg.cli.common import parser
 from kneeseg.errors import KneesegError, cli_entry
 
 
 @cli_entry("kneeseg_export_stl")
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="kneeseg_export_stl", description=__doc__)
+    p = parser("kneeseg_export_stl", __doc__)
     p.add_argument("segmentation", type=Path)
     p.add_argument("-o", "--output", required=True, type=Path, help="folder for <bone>.stl")
     p.add_argument("--smoothing-iterations", type=int, default=20, help="Taubin smoothing passes (default 20; 0: none)")

@@ -5,27 +5,27 @@ Writes postprocessing.json beside the model; kneeseg_predict applies it by defau
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from kneeseg.api import find_postprocessing
-from kneeseg.cli.common import add_path_flags, paths_from
+from kneeseg.cli.common import add_path_flags, parser, paths_from
 from kneeseg.errors import cli_entry
 from kneeseg.hardware import resolve_device
 
 
 @cli_entry("kneeseg_find_postprocessing")
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="kneeseg_find_postprocessing", description=__doc__)
+    p = parser("kneeseg_find_postprocessing", __doc__)
     p.add_argument("-d", "--dataset")
     p.add_argument("-c", "--configuration")
+    p.add_argument("-tr", "--trainer", help="trainer whose model to use (default: the one trained)")
     p.add_argument("-m", "--model-dir", type=Path)
     p.add_argument("--device", default="auto", help="picks the recommended configuration when several are trained")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_path_flags(p)
     args = p.parse_args(argv)
     result = find_postprocessing(paths_from(args), args.dataset, args.configuration, args.model_dir,
-                                 resolve_device(args.device), args.progress)
+                                 resolve_device(args.device), args.progress, args.trainer)
     steps = ", ".join(s["op"] + (f" (label {s['label']})" if "label" in s else "") for s in result["steps"]) or "none"
     print(f"mean Dice {result['mean_dice_before']:.4f} -> {result['mean_dice_after']:.4f} on {result['cv_cases']} "
           f"cross-validation case(s); steps: {steps}")

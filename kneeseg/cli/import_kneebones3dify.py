@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kneeseg.cli.common import add_path_flags, paths_from
+from kneeseg.cli.common import add_path_flags, parser, paths_from
 from kneeseg.dataset.kneebones3dify import import_kneebones3dify
 from kneeseg.errors import cli_entry
 
 
 @cli_entry("kneeseg_import_kneebones3dify")
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="kneeseg_import_kneebones3dify", description=__doc__,
+    p = parser("kneeseg_import_kneebones3dify", __doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="Zenodo folder (Data/ + GT-Masks/) or scan file")
     p.add_argument("--mask", help="binary bone mask file (with a scan file as SOURCE)")

@@ -7,9 +7,7 @@ recommended for --device is preprocessed unless -c names others.
 
 from __future__ import annotations
 
-import argparse
-
-from kneeseg.cli.common import add_path_flags, paths_from, positive_float, positive_int
+from kneeseg.cli.common import add_path_flags, parser, paths_from, positive_float, positive_int
 from kneeseg.errors import cli_entry
 from kneeseg.hardware import detect_device
 from kneeseg.planning.planner import HardwareTarget
@@ -18,7 +16,7 @@ from kneeseg.preprocessing.pipeline import plan_and_preprocess
 
 @cli_entry("kneeseg_plan_and_preprocess")
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="kneeseg_plan_and_preprocess", description=__doc__)
+    p = parser("kneeseg_plan_and_preprocess", __doc__)
     p.add_argument("-d", "--dataset", nargs="*", help="dataset id(s) or name(s); default: the only one")
     p.add_argument("-c", "--configurations", nargs="+", help="configurations to preprocess (default: recommended for --device)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="machine to plan the default configuration for")

@@ -8,22 +8,22 @@ elsewhere. Post-processing chosen by kneeseg_find_postprocessing is applied unle
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from kneeseg.api import predict
-from kneeseg.cli.common import add_path_flags, paths_from
+from kneeseg.cli.common import add_path_flags, parser, paths_from
 from kneeseg.errors import cli_entry
 from kneeseg.hardware import resolve_device
 
 
 @cli_entry("kneeseg_predict")
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="kneeseg_predict", description=__doc__)
+    p = parser("kneeseg_predict", __doc__)
     p.add_argument("-i", "--input", required=True)
     p.add_argument("-o", "--output", required=True, help="output file (single input) or folder")
     p.add_argument("-d", "--dataset")
     p.add_argument("-c", "--configuration")
+    p.add_argument("-tr", "--trainer", help="trainer whose model to use (default: the one trained)")
     p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: all trained)")
     p.add_argument("-m", "--model-dir", type=Path, help="trained model folder (plans.json, dataset.json, fold_*/)")
     p.add_argument("--device", default="auto")
@@ -49,7 +49,7 @@ def main(argv=None):
     outputs = predict(Path(args.input), Path(args.output), paths_from(args), args.model_dir, args.dataset,
                       args.configuration, args.folds, resolve_device(args.device), args.tta == "mirror",
                       args.postprocess, args.save_probabilities, args.overlays, args.step, args.autocast, args.progress,
-                      args.tta_scales, args.zero_air)
+                      args.tta_scales, args.zero_air, args.trainer)
     for path in outputs:
         print(f"wrote {path}")
     return 0

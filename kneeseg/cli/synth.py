@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from kneeseg.cli.common import positive_float, positive_int
+from kneeseg.cli.common import parser, positive_float, positive_int
 from kneeseg.dataset.phantom import PhantomOptions, synthesize_dataset
 from kneeseg.errors import KneesegError, cli_entry
 
 
 @cli_entry("kneeseg_synth")
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="kneeseg_synth", description=__doc__)
+    p = parser("kneeseg_synth", __doc__)
     p.add_argument("-o", "--output", required=True, help="dataset folder to create, e.g. kneeseg_data/raw/Dataset900_KneePhantom")
     p.add_argument("-n", "--num-cases", type=positive_int, default=4, help="training cases (default 4)")
     p.add_argument("--num-test", type=int, default=0, help="held-out cases written to imagesTs/labelsTs (default 0)")

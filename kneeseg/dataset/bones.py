@@ -21,7 +21,7 @@ from kneeseg.io import Geometry
 class Component:
     voxels: int
     volume_mm3: float
-    centroid_mm: tuple[float, float, float]  # physical x, y, z (LPS)
+    centroid_mm: tuple[float, ...]  # physical x, y, z (LPS)
     label: str = "stray"
 
     def describe(self) -> str:

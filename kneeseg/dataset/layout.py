@@ -17,7 +17,6 @@ from kneeseg.errors import KneesegError
 from kneeseg.io import atomic_write_json, read_json
 
 KNEE_LABELS = {"background": 0, "femur": 1, "tibia": 2, "patella": 3}
-BONE_NAMES = ("femur", "tibia", "patella")
 _DATASET_RE = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_\-]+)$")
 
 
@@ -59,7 +58,7 @@ class DatasetJson:
         return d
 
     @classmethod
-    def load(cls, path: Path) -> "DatasetJson":
+    def load(cls, path: Path) -> DatasetJson:
         d = read_json(path)
         if not isinstance(d, dict):
             raise KneesegError(f"{path}: expected a JSON object")
@@ -125,7 +124,7 @@ def find_dataset(root: Path, dataset: str | int | None = None) -> str:
         return names[0]
     text = str(dataset)
     for name in names:
-        number, short = _DATASET_RE.match(name).groups()
+        number, short = _DATASET_RE.match(name).groups()  # type: ignore[union-attr]  # listed names match
         if text in (name, short) or (text.isdigit() and int(text) == int(number)):
             return name
     listing = ", ".join(names) if names else "none"

@@ -29,8 +29,8 @@ CANONICAL_FOV_MM = 150.0  # the knee below is drawn for a 150 mm field of view, 
 
 @dataclass(frozen=True)
 class PhantomOptions:
-    shape: tuple[int, int, int] = (128, 128, 128)  # (z, y, x) voxels
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (z, y, x) mm
+    shape: tuple[int, ...] = (128, 128, 128)  # (z, y, x) voxels
+    spacing: tuple[float, ...] = (1.0, 1.0, 1.0)  # (z, y, x) mm
     snr: float = 15.0  # marrow intensity / noise sigma; the real scan is about 15
     bias_strength: float = 0.25  # peak relative amplitude of the multiplicative bias field
     max_rotation_deg: float = 12.0

@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from kneeseg.arrays import bbox_slices
 from kneeseg.dataset.layout import foreground_labels
-from kneeseg.fingerprint import bbox_slices
 
 METRICS = ("dice", "iou", "hd95", "assd", "avg_hausdorff", "volume_similarity", "sensitivity", "precision",
            "ref_volume_mm3", "pred_volume_mm3")
@@ -75,7 +75,7 @@ def label_metrics(ref: np.ndarray, pred: np.ndarray, spacing, labels: dict[str, 
     return result
 
 
-def largest_disagreement(ref: np.ndarray, pred: np.ndarray) -> tuple[tuple[int, int, int], int] | None:
+def largest_disagreement(ref: np.ndarray, pred: np.ndarray) -> tuple[tuple[int, ...], int] | None:
     """(a voxel near the middle of, size in voxels of) the largest region where the label maps differ,
     judged on its core (one erosion): 1-voxel boundary disagreements join into a shell around every
     bone, which is not where a person should look first. None when the maps agree."""

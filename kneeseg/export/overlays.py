@@ -46,3 +46,30 @@ def save_overlay(image: np.ndarray, labels: np.ndarray, spacing_zyx, path: Path,
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=70)
     plt.close(fig)
+
+
+def save_evaluation_overlays(summary: dict, folder: Path, images: Path | None = None) -> None:
+    """For each case of an evaluation ``summary`` (kneeseg.evaluation.evaluate): ``CASE.png``, the
+    prediction (solid) and reference (dashed) through the bones' centre, and ``CASE_largest_error.png``
+    through the largest region where the two differ. Drawn on ``images/CASE_0000.*`` when given,
+    else on the reference labels."""
+    from kneeseg.evaluation.metrics import largest_disagreement
+    from kneeseg.io import read_image
+
+    for case in summary["per_case"]:
+        reference, geometry = read_image(case["reference"])
+        predicted, _ = read_image(case["prediction"])
+        background = reference.astype(np.float32)
+        if images is not None:
+            found = sorted(Path(images).glob(f"{case['case']}_0000.*"))
+            if found:
+                background = read_image(found[0], np.float32)[0]
+        save_overlay(background, predicted, geometry.spacing_zyx, Path(folder) / f"{case['case']}.png",
+                     f"{case['case']}: Dice " + ", ".join(f"{k} {v['dice']:.3f}" for k, v in case["metrics"].items()),
+                     reference=reference)
+        worst = largest_disagreement(reference, predicted)
+        if worst is not None:
+            (z, y, x), size = worst
+            save_overlay(background, predicted, geometry.spacing_zyx, Path(folder) / f"{case['case']}_largest_error.png",
+                         f"{case['case']}: largest disagreement, {size * np.prod(geometry.spacing_zyx):.0f} mm³ "
+                         f"around voxel (x {x}, y {y}, z {z})", reference=reference, centre=(z, y, x))

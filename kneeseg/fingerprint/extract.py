@@ -29,10 +29,9 @@ VOXELS_PER_CASE = 100_000
 def nonzero_mask(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
     """Bool (z, y, x) tensor: voxels nonzero in any channel (a list of 3D arrays or one (C, z, y, x))."""
     stack = list(images) if isinstance(images, list) else [images] if images.ndim == 3 else list(images)
-    nonzero = None
-    for image in stack:
-        channel = torch.from_numpy(np.asarray(image) != 0)  # numpy compares any dtype (torch lacks uint32 ops)
-        nonzero = channel if nonzero is None else nonzero.logical_or_(channel)
+    nonzero = torch.from_numpy(np.asarray(stack[0]) != 0)  # numpy compares any dtype (torch lacks uint32 ops)
+    for image in stack[1:]:
+        nonzero.logical_or_(torch.from_numpy(np.asarray(image) != 0))
     return nonzero
 
 
@@ -47,17 +46,6 @@ def mask_bbox(mask: torch.Tensor) -> list[list[int]]:
     return box
 
 
-def nonzero_bbox(images: list[np.ndarray] | np.ndarray) -> list[list[int]]:
-    """Bounding box (as :func:`mask_bbox`) of voxels nonzero in any channel."""
-    return mask_bbox(nonzero_mask(images))
-
-
-def bbox_slices(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
-    """Slices of the bounding box of a mask's nonzero voxels widened by ``margin`` (clipped to the
-    array): where morphology and surface distances on a bone need to look in a whole scan."""
-    return tuple(slice(max(0, lo - margin), min(n, hi + margin)) for (lo, hi), n in zip(nonzero_bbox(mask), mask.shape))
-
-
 @dataclass
 class IntensityStats:
     mean: float
@@ -69,7 +57,7 @@ class IntensityStats:
     percentile_99_5: float
 
     @classmethod
-    def of(cls, values: np.ndarray) -> "IntensityStats":
+    def of(cls, values: np.ndarray) -> IntensityStats:
         if values.size == 0:
             return cls(*(0.0,) * 7)
         v = values.astype(np.float64)
@@ -83,9 +71,9 @@ class CaseFingerprint:
     spacing: list[float]  # z, y, x mm
     shape: list[int]  # z, y, x voxels
     shape_after_crop: list[int]  # the nonzero region's bounding box (what preprocessing crops to)
+    body_shape: list[int]  # the bounding box of the voxels that are not air (what the planner sizes from)
     direction: list[float]  # the input's, SimpleITK row-major 3x3
     class_volumes_mm3: dict[str, float]
-    body_shape: list[int] | None = None  # bounding box of the voxels that are not air; None in older fingerprints
 
 
 @dataclass
@@ -106,8 +94,8 @@ class Fingerprint:
 
     @property
     def body_shapes(self) -> np.ndarray:
-        """Each case's body extent (its nonzero crop where a fingerprint predates ``body_shape``)."""
-        return np.array([c.body_shape or c.shape_after_crop for c in self.cases], dtype=float)
+        """Each case's body extent (z, y, x voxels)."""
+        return np.array([c.body_shape for c in self.cases], dtype=float)
 
     @property
     def median_relative_size_after_crop(self) -> float:
@@ -117,7 +105,7 @@ class Fingerprint:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Fingerprint":
+    def from_dict(cls, d: dict) -> Fingerprint:
         return cls(
             dataset_name=d["dataset_name"],
             cases=[CaseFingerprint(**c) for c in d["cases"]],
@@ -133,7 +121,7 @@ def _case_fingerprint(job):
     orientation = Orientation.of(geometry.direction)  # facts are recorded in canonical (S, P, L) axes
     images = [orientation.to_canonical(read_image(p, np.float32)[0]) for p in case.images]
     labels = orientation.to_canonical(labels)
-    box = nonzero_bbox(images)
+    box = mask_bbox(nonzero_mask(images))
     body = ~np.logical_and.reduce([air_mask(image) for image in images])  # air: dark in every channel
     voxel_mm3 = float(np.prod(geometry.spacing))
     volumes = {ds.label_name(v): float((labels == v).sum() * voxel_mm3) for v in ds.foreground_labels}

@@ -34,7 +34,7 @@ def oblique_degrees(direction) -> float:
 
 def air_is_zeroed(image: np.ndarray) -> bool:
     """Whether a scan stores its air as zeros: at least ``MIN_ZEROED_SHARE`` of its voxels are exactly 0."""
-    return np.count_nonzero(image == 0) >= MIN_ZEROED_SHARE * image.size
+    return bool(np.count_nonzero(image == 0) >= MIN_ZEROED_SHARE * image.size)
 
 
 def needs_zeroed_air(config: ConfigurationPlan, image: np.ndarray) -> bool:

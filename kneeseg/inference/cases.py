@@ -66,6 +66,8 @@ def discover_cases(inp: Path, out: Path, num_channels: int) -> list[InputCase]:
         raise KneesegError(f"{inp}: no CASE_0000.<ext> images and no DICOM series in this folder")
     if single_out:
         raise KneesegError(f"{out}: input is a folder, so the output must be a folder, not an image file")
+    if out.exists() and out.resolve() == inp.resolve():
+        raise KneesegError(f"{out}: is the input folder; write the predictions to another folder")
     cases = []
     for first in firsts:
         case_id = strip_ending(first)[:-5]

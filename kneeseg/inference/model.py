@@ -1,16 +1,19 @@
-"""Finding a trained model: a model folder (plans.json, dataset.json, fold_N/checkpoint_*.pth,
-optional postprocessing.json), either given with -m or found in the results folder."""
+"""A trained model: a model folder (plans.json, dataset.json, model.json, fold_N/checkpoint_*.pth,
+optional postprocessing.json), given with -m or found in the results folder, and its networks."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from kneeseg.dataset.layout import DatasetJson, list_datasets
+import torch
+
+from kneeseg.dataset.layout import DatasetJson, find_dataset, list_datasets
 from kneeseg.errors import KneesegError
 from kneeseg.io import read_json
 from kneeseg.planning.plans import ConfigurationPlan, Plans
-from kneeseg.training.layout import TRAINER_NAME
+from kneeseg.training.checkpoint import load_checkpoint
+from kneeseg.training.network import UNet
 
 CHECKPOINT = "checkpoint_final.pth"
 
@@ -26,6 +29,23 @@ class TrainedModel:
     @property
     def postprocessing_file(self) -> Path:
         return self.folder / "postprocessing.json"
+
+    def load_networks(self, device: str | torch.device = "cpu") -> list[torch.nn.Module]:
+        """One network per fold, in evaluation mode on ``device``; a checkpoint trained with other
+        plans than the folder's is refused."""
+        networks: list[torch.nn.Module] = []
+        for path in self.checkpoints:
+            state = load_checkpoint(path)
+            if state.get("signature") != self.config.preprocessing_signature():
+                raise KneesegError(f"{path}: trained with other plans than {self.folder / 'plans.json'}")
+            net = UNet(self.config.network, self.ds.num_channels, len(self.ds.labels))
+            try:
+                net.load_state_dict(state["network"])
+            except RuntimeError:  # shapes or names differ: another network than the folder's files describe
+                raise KneesegError(f"{path}: does not fit {self.folder / 'plans.json'} and dataset.json "
+                                   f"({self.ds.num_channels} channel(s), {len(self.ds.labels)} labels)") from None
+            networks.append(net.to(device).eval())
+        return networks
 
 
 def trained_folds(folder: Path, checkpoint: str = CHECKPOINT) -> list[str]:
@@ -52,25 +72,24 @@ def load_model(folder: Path, folds: list[str] | None = None, checkpoint: str = C
 
 
 def find_model(results: Path, dataset: str | int | None = None, configuration: str | None = None, device: str = "cpu",
-               folds: list[str] | None = None, checkpoint: str = CHECKPOINT) -> TrainedModel:
-    """The one trained model in ``results`` (narrowed by dataset / configuration); ambiguity is an error."""
-    names = list_datasets(results)
-    if dataset is not None:
-        from kneeseg.dataset.layout import find_dataset
-
-        names = [find_dataset(results, dataset)]
-    candidates = [m for n in names for m in sorted((results / n).glob(f"{TRAINER_NAME}__*__*")) if trained_folds(m, checkpoint)]
+               folds: list[str] | None = None, checkpoint: str = CHECKPOINT, trainer: str | None = None) -> TrainedModel:
+    """The one trained model in ``results`` (narrowed by dataset / configuration / trainer); ambiguity is an error."""
+    names = [find_dataset(results, dataset)] if dataset is not None else list_datasets(results)
+    candidates = [m for n in names for m in sorted((results / n).glob("*__*__*")) if trained_folds(m, checkpoint)]
     if configuration is not None:
         candidates = [m for m in candidates if m.name.split("__")[-1] == configuration]
+    if trainer is not None:
+        candidates = [m for m in candidates if m.name.split("__")[0] == trainer]
     if not candidates:
         raise KneesegError(f"{results}: no trained model found" + (f" for {dataset}" if dataset else "")
-                           + (f" ({configuration})" if configuration else ""))
+                           + "".join(f" ({v})" for v in (trainer, configuration) if v))
     if len({m.parent for m in candidates}) > 1:
         raise KneesegError(f"{results}: several trained datasets ({', '.join(sorted({m.parent.name for m in candidates}))}); choose with -d")
     if len(candidates) > 1:
         recommended = Plans.load(candidates[0] / "plans.json").recommended_configuration(device)
         preferred = [m for m in candidates if m.name.split("__")[-1] == recommended]
         if len(preferred) != 1:
-            raise KneesegError(f"{results}: several trained models ({', '.join(m.name for m in candidates)}); choose with -c")
+            raise KneesegError(f"{results}: several trained models ({', '.join(m.name for m in candidates)}); "
+                               "choose with -c or -tr")
         candidates = preferred
     return load_model(candidates[0], folds, checkpoint)

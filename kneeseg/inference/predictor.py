@@ -23,8 +23,6 @@ from kneeseg.io import Geometry
 from kneeseg.preprocessing.preprocess import preprocess_case
 from kneeseg.preprocessing.resampling import resample_channels
 from kneeseg.preprocessing.restore import restore_original
-from kneeseg.training.checkpoint import load_checkpoint
-from kneeseg.training.network import UNet
 from kneeseg.training.ranges import SCALE
 
 
@@ -37,6 +35,8 @@ class Prediction:
 class Predictor:
     def __init__(self, model: TrainedModel, device: str = "cpu", tta: bool = True, step: float = 0.5,
                  autocast: str | None = None, progress: bool = False, scales: Sequence[float] = (1.0,)):
+        if not 0.0 < step <= 1.0:
+            raise KneesegError(f"sliding-window step {step}: must be a fraction of the patch, more than 0 and at most 1")
         self.model, self.device, self.step, self.progress = model, torch.device(device), step, progress
         self.config = model.config
         self.scales = checked_scales(scales)
@@ -44,14 +44,7 @@ class Predictor:
         self.mirror_axes = list(self.config.training.mirror_axes) if tta else []
         # Predict in the precision the model was trained in, where this machine runs it natively.
         self.autocast = usable_autocast(autocast or self.config.training.autocast, device)
-        self.networks = []
-        for path in model.checkpoints:
-            state = load_checkpoint(path)
-            if state.get("signature") != self.config.preprocessing_signature():
-                raise KneesegError(f"{path}: trained with other plans than {model.folder / 'plans.json'}")
-            net = UNet(self.config.network, model.ds.num_channels, len(self.label_values))
-            net.load_state_dict(state["network"])
-            self.networks.append(net.to(self.device).eval())
+        self.networks = model.load_networks(self.device)
 
     def predict(self, images: list[np.ndarray], geometry: Geometry, keep_probabilities: bool = False) -> Prediction:
         if len(images) != self.model.ds.num_channels:
@@ -60,25 +53,26 @@ class Predictor:
             case = preprocess_case(images, geometry, self.config)  # converts to float32 after cropping
             probs = self._fold_mean(case.data)
         else:  # mean of the scales' probabilities on the cropped original grid (all scales share its crop)
-            probs = None
+            on_crop = []
             for factor in self.scales:
                 config = replace(self.config, spacing=[s * factor for s in self.config.spacing])
                 case = preprocess_case(images, geometry, config)
-                on_crop = resample_channels(self._fold_mean(case.data), case.properties["shape_after_crop"],
-                                            case.properties["separate_z_axis"])
-                probs = on_crop if probs is None else probs + on_crop
-            probs /= len(self.scales)
+                on_crop.append(resample_channels(self._fold_mean(case.data), case.properties["shape_after_crop"],
+                                                 case.properties["separate_z_axis"]))
+                if len(on_crop) == 2:  # summed as they come: at most two float copies of the probabilities
+                    on_crop = [on_crop[0] + on_crop[1]]
+            probs = on_crop[0] / len(self.scales)
         labels, full = restore_original(probs, case.properties, self.label_values, keep_probabilities)
         return Prediction(labels, full)
 
     def _fold_mean(self, data: np.ndarray) -> np.ndarray:
         """The folds' mean softmax (K, Z, Y, X) over preprocessed ``data``."""
-        probs = None
-        for net in self.networks:
-            p = predict_sliding_window(net, data, self.config.patch_size, len(self.label_values), self.step,
-                                       self.mirror_axes, self.device, self.autocast, self.progress)
-            probs = p if probs is None else probs + p
-        return probs / len(self.networks)
+        probs = [predict_sliding_window(net, data, self.config.patch_size, len(self.label_values), self.step,
+                                        self.mirror_axes, self.device, self.autocast, self.progress) for net in self.networks[:1]]
+        for net in self.networks[1:]:  # summed as they come: one more copy at a time
+            probs[0] += predict_sliding_window(net, data, self.config.patch_size, len(self.label_values), self.step,
+                                               self.mirror_axes, self.device, self.autocast, self.progress)
+        return probs[0] / len(self.networks)
 
 
 def checked_scales(scales: Sequence[float]) -> list[float]:

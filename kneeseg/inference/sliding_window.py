@@ -17,12 +17,12 @@ import torch.nn.functional as F
 
 def gaussian_importance(patch: list[int], sigma_scale: float = 1 / 8) -> torch.Tensor:
     grids = [torch.arange(p, dtype=torch.float32) - (p - 1) / 2 for p in patch]
-    g = None
+    g = torch.ones(())
     for axis, (grid, p) in enumerate(zip(grids, patch)):
         one = torch.exp(-0.5 * (grid / (p * sigma_scale)) ** 2)
         shape = [1, 1, 1]
         shape[axis] = p
-        g = one.view(shape) if g is None else g * one.view(shape)
+        g = g * one.view(shape)
     # Never exactly zero: every voxel must get some weight from some tile.
     return (g / g.max()).clamp(min=1e-4)
 
@@ -74,7 +74,7 @@ def predict_sliding_window(
     dtype = torch.float16 if autocast == "fp16" else torch.bfloat16
     for start in tqdm(tiles, desc="windows", leave=False, disable=not progress):
         region = tuple(slice(s, s + p) for s, p in zip(start, patch))
-        tile = volume[(slice(None), *region)][None].to(device)
+        tile = volume[(slice(None),) + region][None].to(device)
         probs = torch.zeros((num_classes, *patch), dtype=torch.float32, device=device)
         for dims in flips:  # one mirrored copy at a time: memory stays flat with 8 flips
             x = torch.flip(tile, dims) if dims else tile
@@ -84,8 +84,8 @@ def predict_sliding_window(
                 logits = logits[0]
             out = torch.softmax(logits.float(), 1)
             probs += (torch.flip(out, dims) if dims else out)[0]
-        scores[(slice(None), *region)] += probs.mul_(flip_weights)
+        scores[(slice(None),) + region] += probs.mul_(flip_weights)
         norm[region] += weights
     scores /= norm
     crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, shape))
-    return scores[(slice(None), *crop)].cpu().numpy()
+    return scores[(slice(None),) + crop].cpu().numpy()

@@ -1,6 +1,13 @@
 """Image and file I/O with geometry; imported by every stage, imports no other stage."""
 
-from kneeseg.io.atomic import atomic_path, atomic_write_json, atomic_write_text, ensure_writable_folder, read_json
+from kneeseg.io.atomic import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable_folder,
+    read_json,
+    refuse_overwriting_inputs,
+)
 from kneeseg.io.image import (
     SUPPORTED_ENDINGS,
     Geometry,
@@ -20,6 +27,7 @@ __all__ = [
     "file_ending",
     "read_image",
     "read_json",
+    "refuse_overwriting_inputs",
     "strip_ending",
     "write_image",
 ]

@@ -9,8 +9,9 @@ import contextlib
 import json
 import os
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from kneeseg.errors import KneesegError
 
@@ -23,6 +24,20 @@ def ensure_writable_folder(folder: Path) -> None:
         raise KneesegError(f"{folder}: cannot create output folder ({exc.strerror})") from None
     if not os.access(folder, os.W_OK):
         raise KneesegError(f"{folder}: output folder is not writable")
+
+
+def refuse_overwriting_inputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> None:
+    """A KneesegError naming the first output that would replace one of the command's input files
+    (also through a link) or be written into an input folder (a DICOM series): no command modifies
+    what it was given. Called before anything is computed or written."""
+    protected = [Path(p).resolve() for p in inputs if Path(p).exists()]
+    for out in outputs:
+        target = Path(out).resolve()
+        for source in protected:
+            same = target == source or (target.exists() and os.path.samefile(target, source))
+            if same or (source.is_dir() and source in target.parents):
+                raise KneesegError(f"{out}: would {'replace' if same else 'be written into'} the input {source}; "
+                                   "choose another output")
 
 
 @contextlib.contextmanager

@@ -28,13 +28,13 @@ _READ_ENDINGS = SUPPORTED_ENDINGS + (".mhd", ".nhdr", ".dcm")
 class Geometry:
     """Where an image's voxels lie in scanner space (SimpleITK order: x, y, z)."""
 
-    size: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
     direction: tuple[float, ...]  # 9 values, row-major 3x3
 
     @classmethod
-    def of(cls, image: sitk.Image) -> "Geometry":
+    def of(cls, image: sitk.Image) -> Geometry:
         return cls(
             size=tuple(int(s) for s in image.GetSize()),
             spacing=tuple(float(s) for s in image.GetSpacing()),
@@ -43,11 +43,11 @@ class Geometry:
         )
 
     @property
-    def shape_zyx(self) -> tuple[int, int, int]:
+    def shape_zyx(self) -> tuple[int, ...]:
         return tuple(reversed(self.size))
 
     @property
-    def spacing_zyx(self) -> tuple[float, float, float]:
+    def spacing_zyx(self) -> tuple[float, ...]:
         return tuple(reversed(self.spacing))
 
     def apply_to(self, image: sitk.Image) -> sitk.Image:
@@ -61,7 +61,7 @@ class Geometry:
         d = np.asarray(self.direction).reshape(3, 3)
         return np.asarray(self.origin) + (np.asarray(index_xyz) * np.asarray(self.spacing)) @ d.T
 
-    def matches(self, other: "Geometry", tol: float = 1e-4) -> str | None:
+    def matches(self, other: Geometry, tol: float = 1e-4) -> str | None:
         """None if both describe the same voxel grid, else a short description of the difference."""
         if self.size != other.size:
             return f"size {other.size} differs from {self.size}"
@@ -76,7 +76,7 @@ class Geometry:
         return {k: list(v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Geometry":
+    def from_dict(cls, d: dict) -> Geometry:
         return cls(
             size=tuple(int(v) for v in d["size"]),
             spacing=tuple(float(v) for v in d["spacing"]),

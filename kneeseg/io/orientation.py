@@ -14,18 +14,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kneeseg.io.image import Geometry
-
 
 @dataclass(frozen=True)
 class Orientation:
     """How to turn an input (z, y, x) array into the canonical one: transpose by ``perm``, then flip ``flips``."""
 
-    perm: tuple[int, int, int]
-    flips: tuple[bool, bool, bool]
+    perm: tuple[int, ...]
+    flips: tuple[bool, ...]
 
     @classmethod
-    def of(cls, direction) -> "Orientation":
+    def of(cls, direction) -> Orientation:
         d = np.asarray(direction, float).reshape(3, 3)  # d[physical axis, index axis (x, y, z)]
         # Each index axis gets its closest physical axis: the one-to-one pairing with the largest total
         # |cosine| (3! candidates; a first-found maximum breaks the ties of 45-degree obliques).
@@ -71,25 +69,5 @@ class Orientation:
         return {"perm": list(self.perm), "flips": list(self.flips)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Orientation":
+    def from_dict(cls, d: dict) -> Orientation:
         return cls(tuple(int(v) for v in d["perm"]), tuple(bool(v) for v in d["flips"]))
-
-
-def canonical_geometry(geometry: Geometry) -> Geometry:
-    """The geometry of the canonical array: same voxels in space, axes permuted and flipped."""
-    o = Orientation.of(geometry.direction)
-    d = np.asarray(geometry.direction, float).reshape(3, 3)
-    size_zyx = geometry.shape_zyx
-    corner = np.zeros(3)  # input index (x, y, z) of the canonical first voxel
-    cols = []
-    for a in range(3):
-        j = 2 - o.perm[a]  # input index axis behind canonical array axis a
-        sign = -1.0 if o.flips[a] else 1.0
-        if o.flips[a]:
-            corner[j] = size_zyx[o.perm[a]] - 1
-        cols.append((2 - a, sign * d[:, j], geometry.spacing[j]))
-    cols.sort(key=lambda c: c[0])  # index axes x, y, z of the canonical array
-    direction = np.stack([c[1] for c in cols], axis=1)
-    origin = geometry.index_to_physical(corner[None])[0]
-    return Geometry(tuple(o.shape(size_zyx)[::-1]), tuple(float(c[2]) for c in cols),
-                    tuple(float(v) for v in origin), tuple(float(v) for v in direction.ravel()))

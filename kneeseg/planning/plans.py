@@ -18,7 +18,7 @@ from pathlib import Path
 from kneeseg.errors import KneesegError
 from kneeseg.io import atomic_write_json, read_json
 
-PLANS_VERSION = 1
+PLANS_VERSION = 2  # 2: no soft_targets (label shares) in TrainingPlan
 
 
 @dataclass
@@ -76,9 +76,6 @@ class TrainingPlan:
     # Mirroring (training augmentation and test-time augmentation) only along axes where a mirrored
     # knee is still a knee with the same labels: left-right for sided anatomy, all axes otherwise.
     mirror_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
-    # Train against each class's share of a voxel (kept when preprocessing resamples the labels)
-    # instead of the resampled labels: the network learns where inside a coarse voxel the surface lies.
-    soft_targets: bool = False
     # The final weights are the mean of the weights after each of this last share of the epochs
     # (training/weight_average.py); 0 keeps the last epoch's weights, as nnU-Net does.
     average_last_fraction: float = 0.0
@@ -153,12 +150,13 @@ class Plans:
         atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: Path) -> "Plans":
+    def load(cls, path: Path) -> Plans:
         data = read_json(path)
-        plans = from_dict(cls, data, str(path))
-        if plans.version != PLANS_VERSION:
-            raise KneesegError(f"{path}: plans version {plans.version}, this kneeseg reads version {PLANS_VERSION}")
-        return plans
+        version = data.get("version", PLANS_VERSION) if isinstance(data, dict) else PLANS_VERSION
+        if version != PLANS_VERSION:
+            raise KneesegError(f"{path}: plans version {version}, this kneeseg reads version {PLANS_VERSION}; "
+                               "run kneeseg_plan_and_preprocess again")
+        return from_dict(cls, data, str(path))
 
 
 def from_dict(cls, data, where: str):

@@ -29,13 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from kneeseg.dataset.layout import foreground_labels
+from kneeseg.errors import KneesegError
 from kneeseg.evaluation.metrics import binary_metrics
 from kneeseg.io import atomic_write_json, read_image
-from kneeseg.postprocessing.operations import apply_step, gap_mm
+from kneeseg.postprocessing.operations import OPERATIONS, apply_step, gap_mm
 
 TOLERANCE = 1e-6
-# Steps that enforce what a bone is (one piece, solid cross-sections, in its joint): kept unless they cost Dice.
-ANATOMY_OPS = ("relabel_enclosed", "remove_far", "keep_largest", "keep_largest_foreground", "remove_small", "fill_holes_slices")
 # remove_far never takes pieces nearer than this to the largest bone, however close the training labels
 # put the bones (a patella alta, or a knee scanned in flexion, lies farther from the femur than most).
 FAR_MIN_MM = 20.0
@@ -92,7 +91,10 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
     cases = []
     for ref_path, pred_path in pairs:
         ref, geometry = read_image(ref_path)
-        pred, _ = read_image(pred_path)
+        pred, pred_geometry = read_image(pred_path)
+        problem = geometry.matches(pred_geometry)
+        if problem:
+            raise KneesegError(f"{pred_path}: cross-validation prediction does not match its reference {ref_path} ({problem})")
         cases.append((ref, pred.astype(np.uint8), geometry.spacing_zyx))
     bones = foreground_labels(labels)
     volumes = {v: [float((ref == v).sum() * np.prod(spacing)) for ref, _, spacing in cases] for v in bones.values()}  # mm³
@@ -131,7 +133,7 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
             continue
         trial, dice = attempt(candidate)
         spare = None
-        if candidate["op"] in ANATOMY_OPS:
+        if OPERATIONS[candidate["op"]].anatomy:
             # A bone is one solid piece, apart from the others: dropping its other pieces (or relabelling
             # those wrapped in another bone, or filling its cross-sections) is kept unless it costs Dice
             # (nnU-Net's rule for components), so that an error the validation cases happen not to have

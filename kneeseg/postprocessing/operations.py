@@ -1,5 +1,9 @@
 """Post-processing steps on a label map, each described by a small dict (postprocessing.json).
 
+Every operation is an entry of ``OPERATIONS``: its parameters (each checked where a file or a caller
+hands it in, so that a value that cannot be honoured is an error, not a no-op), what it does, and
+whether the chooser treats it as an anatomical rule (kept unless it costs Dice).
+
 - ``{"op": "keep_largest_foreground", "n": 3}``: keep the n largest connected components of the
   union of all bones (the reference paper's "three largest components");
 - ``{"op": "relabel_enclosed", "label": L}``: every component of L (the largest too) of which more
@@ -27,16 +31,16 @@ Removed voxels become background.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from kneeseg.arrays import bbox_slices
 from kneeseg.errors import KneesegError
-from kneeseg.fingerprint import bbox_slices
 
-REQUIRED_KEYS = {"keep_largest_foreground": ("n",), "keep_largest": ("label",), "remove_small": ("label", "min_mm3"),
-                 "remove_far": ("label", "from", "max_mm"), "fill_holes": ("label",), "fill_holes_slices": ("label",),
-                 "closing": ("label", "radius_mm"), "relabel_enclosed": ("label",)}
 FRAGMENTS = ("background", "neighbour")
 
 
@@ -115,84 +119,171 @@ def _slice_holes(mask: np.ndarray) -> np.ndarray:
     return (holes & ~padded)[1:-1, 1:-1, 1:-1]
 
 
-def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
-    out = labels.copy()
-    op = step["op"]
-    if op == "keep_largest_foreground":
-        mask = out > 0
-        if not mask.any():
-            return out
-        box = bbox_slices(mask)  # components never leave the bounding box; labelling it is enough
-        components, sizes = _components(mask[box])
-        keep = np.argsort(sizes)[::-1][: step["n"]]
-        keep = keep[sizes[keep] > 0]
-        out[box][~np.isin(components, keep)] = 0
-        return out
+# ---- the operations: each changes ``out`` (a copy of the labels) in place ----------------------------
+def _keep_largest_foreground(out: np.ndarray, step: dict, spacing) -> None:
+    mask = out > 0
+    box = bbox_slices(mask)  # components never leave the bounding box; labelling it is enough
+    components, sizes = _components(mask[box])
+    keep = np.argsort(sizes)[::-1][: step["n"]]
+    keep = keep[sizes[keep] > 0]
+    out[box][~np.isin(components, keep)] = 0
+
+
+def _relabel_enclosed(out: np.ndarray, step: dict, spacing) -> None:
     mask = out == step["label"]
-    if not mask.any():
-        return out
-    if op == "relabel_enclosed" or op == "keep_largest" and step.get("fragments") == "neighbour":
-        box = bbox_slices(mask, 1)  # one voxel beyond the label: the pieces' neighbours
-        components, sizes = _components(mask[box])
-        enclosed = op == "relabel_enclosed"
-        _reassign_fragments(out[box], components, step["label"], keep=None if enclosed else int(np.argmax(sizes)),
-                            enclosed_only=enclosed)
-    elif op == "remove_far":
-        anchor = out == step["from"]
-        if anchor.any():
-            _remove_far(out, mask, anchor, float(step["max_mm"]), spacing)
-    elif op == "keep_largest":
-        box = bbox_slices(mask)
-        components, sizes = _components(mask[box])
-        out[box][mask[box] & (components != int(np.argmax(sizes)))] = 0
-    elif op == "remove_small":
+    box = bbox_slices(mask, 1)  # one voxel beyond the label: the pieces' neighbours
+    components, _ = _components(mask[box])
+    _reassign_fragments(out[box], components, step["label"], enclosed_only=True)
+
+
+def _keep_largest(out: np.ndarray, step: dict, spacing) -> None:
+    mask = out == step["label"]
+    if step.get("fragments") == "neighbour":
         box = bbox_slices(mask, 1)
         components, sizes = _components(mask[box])
-        small = sizes * float(np.prod(spacing)) < float(step["min_mm3"])
-        small[0] = False  # index 0 is the background (its size was zeroed, so it would pass as small)
-        if step.get("fragments") == "neighbour":
-            _reassign_fragments(out[box], np.where(small[components], components, 0), step["label"])
-        else:
-            out[box][small[components]] = 0
-    elif op == "fill_holes":
-        box = bbox_slices(mask, 1)  # enclosed background lies inside the bounding box
-        region = out[box]
-        region[ndimage.binary_fill_holes(mask[box]) & (region == 0)] = step["label"]
-    elif op == "fill_holes_slices":
-        box = bbox_slices(mask, 1)
-        region = out[box]
-        region[_slice_holes(mask[box]) & (region == 0)] = step["label"]
-    elif op == "closing":
-        # Pad so that closing near the border does not erode from the outside.
-        k = _ball(step["radius_mm"], spacing)
-        pad = max(k.shape) // 2 + 1
-        box = bbox_slices(mask, pad)  # dilation reaches at most the ball's radius beyond the mask
-        closed = ndimage.binary_closing(np.pad(mask[box], pad), structure=k)[tuple(slice(pad, -pad) for _ in range(3))]
-        region = out[box]
-        region[closed & (region == 0)] = step["label"]
+        _reassign_fragments(out[box], components, step["label"], keep=int(np.argmax(sizes)))
+        return
+    box = bbox_slices(mask)
+    components, sizes = _components(mask[box])
+    out[box][mask[box] & (components != int(np.argmax(sizes)))] = 0
+
+
+def _remove_far_op(out: np.ndarray, step: dict, spacing) -> None:
+    anchor = out == step["from"]
+    if anchor.any():  # nothing to measure from where the scan has no such bone
+        _remove_far(out, out == step["label"], anchor, float(step["max_mm"]), spacing)
+
+
+def _remove_small(out: np.ndarray, step: dict, spacing) -> None:
+    mask = out == step["label"]
+    box = bbox_slices(mask, 1)
+    components, sizes = _components(mask[box])
+    small = sizes * float(np.prod(spacing)) < float(step["min_mm3"])
+    small[0] = False  # index 0 is the background (its size was zeroed, so it would pass as small)
+    if step.get("fragments") == "neighbour":
+        _reassign_fragments(out[box], np.where(small[components], components, 0), step["label"])
     else:
-        raise ValueError(f"unknown post-processing op '{op}'")
+        out[box][small[components]] = 0
+
+
+def _fill_holes(out: np.ndarray, step: dict, spacing) -> None:
+    mask = out == step["label"]
+    box = bbox_slices(mask, 1)  # enclosed background lies inside the bounding box
+    region = out[box]
+    region[ndimage.binary_fill_holes(mask[box]) & (region == 0)] = step["label"]
+
+
+def _fill_holes_slices(out: np.ndarray, step: dict, spacing) -> None:
+    mask = out == step["label"]
+    box = bbox_slices(mask, 1)
+    region = out[box]
+    region[_slice_holes(mask[box]) & (region == 0)] = step["label"]
+
+
+def _closing(out: np.ndarray, step: dict, spacing) -> None:
+    mask = out == step["label"]
+    # Pad so that closing near the border does not erode from the outside.
+    k = _ball(step["radius_mm"], spacing)
+    pad = max(k.shape) // 2 + 1
+    box = bbox_slices(mask, pad)  # dilation reaches at most the ball's radius beyond the mask
+    closed = ndimage.binary_closing(np.pad(mask[box], pad), structure=k)[tuple(slice(pad, -pad) for _ in range(3))]
+    region = out[box]
+    region[closed & (region == 0)] = step["label"]
+
+
+# ---- the registry ------------------------------------------------------------------------------------
+def _label(value, labels) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return "must be a bone's label value (an integer >= 1)"
+    if labels is not None and value not in labels:
+        return f"must be one of the model's bone labels {sorted(labels)}"
+    return None
+
+
+def _count(value, labels) -> str | None:
+    return None if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else "must be an integer >= 1"
+
+
+def _positive(value, labels) -> str | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value > 0
+    return None if ok else "must be a positive number"
+
+
+def _fragments(value, labels) -> str | None:
+    return None if value in FRAGMENTS else f"must be one of {', '.join(FRAGMENTS)}"
+
+
+Check = Callable[[object, "set[int] | None"], "str | None"]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One post-processing operation: its parameters (name -> check) and what it does."""
+
+    apply: Callable[[np.ndarray, dict, object], None]
+    required: dict[str, Check]
+    optional: dict[str, Check]
+    # The chooser keeps an anatomical rule (a bone is one solid piece, apart from the others, near its
+    # joint) unless it costs Dice; any other operation only where it helps.
+    anatomy: bool
+    acts_on_label: bool = True  # a no-op when the label map has none of ``step["label"]``
+
+
+OPERATIONS: dict[str, Operation] = {
+    "keep_largest_foreground": Operation(_keep_largest_foreground, {"n": _count}, {}, anatomy=True, acts_on_label=False),
+    "relabel_enclosed": Operation(_relabel_enclosed, {"label": _label}, {}, anatomy=True),
+    "remove_far": Operation(_remove_far_op, {"label": _label, "from": _label, "max_mm": _positive}, {}, anatomy=True),
+    "keep_largest": Operation(_keep_largest, {"label": _label}, {"fragments": _fragments}, anatomy=True),
+    "remove_small": Operation(_remove_small, {"label": _label, "min_mm3": _positive}, {"fragments": _fragments}, anatomy=True),
+    "fill_holes_slices": Operation(_fill_holes_slices, {"label": _label}, {}, anatomy=True),
+    "fill_holes": Operation(_fill_holes, {"label": _label}, {}, anatomy=False),
+    "closing": Operation(_closing, {"label": _label, "radius_mm": _positive}, {}, anatomy=False),
+}
+
+
+def step_problem(step, labels: set[int] | None = None) -> str | None:
+    """Why ``step`` cannot be applied as written (None if it can); ``labels``: the bone label values
+    it may name (None: any positive integer)."""
+    op = step.get("op") if isinstance(step, dict) else None
+    if op not in OPERATIONS:
+        return f"unknown post-processing op {op!r} (known: {', '.join(OPERATIONS)})"
+    operation = OPERATIONS[op]
+    missing = [k for k in operation.required if k not in step]
+    if missing:
+        return f"{op}: missing {', '.join(missing)}"
+    unknown = sorted(set(step) - {"op", *operation.required, *operation.optional})
+    if unknown:
+        return f"{op}: unknown parameter(s) {', '.join(unknown)}"
+    for key, check in {**operation.required, **operation.optional}.items():
+        problem = check(step[key], labels) if key in step else None
+        if problem:
+            return f"{op}: {key} {step[key]!r} {problem}"
+    return None
+
+
+def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
+    """A copy of ``labels`` with ``step`` applied (``spacing``: z, y, x mm)."""
+    problem = step_problem(step)
+    if problem:
+        raise KneesegError(f"post-processing step {step}: {problem}")
+    out = labels.copy()
+    operation = OPERATIONS[step["op"]]
+    if (out == step["label"]).any() if operation.acts_on_label else (out > 0).any():
+        operation.apply(out, step, spacing)
     return out
 
 
-def checked_steps(document, source) -> list[dict]:
+def checked_steps(document, source, labels: set[int] | None = None) -> list[dict]:
     """The steps of ``document`` (a postprocessing.json read from ``source``), refused with one line
-    naming the file and the step if one is not an operation this module knows, so that a hand-edited
-    file fails before any prediction is made rather than after the first case."""
+    naming the file and the step if one cannot be applied as written (``labels``: the model's bone
+    label values), so that a hand-edited file fails before any prediction is made."""
     steps = document.get("steps") if isinstance(document, dict) else None
     if not isinstance(steps, list):
         raise KneesegError(f"{source}: no list of post-processing 'steps'")
     for number, step in enumerate(steps, start=1):
-        op = step.get("op") if isinstance(step, dict) else None
-        if op not in REQUIRED_KEYS:
-            raise KneesegError(f"{source}: step {number}: unknown post-processing op {op!r} (known: {', '.join(REQUIRED_KEYS)})")
-        missing = [k for k in REQUIRED_KEYS[op] if k not in step]
-        if missing:
-            # remove_small counted voxels before it measured mm³; such a file is re-chosen, not guessed at.
-            hint = " (written by an older kneeseg: run kneeseg_find_postprocessing again)" if "min_voxels" in step else ""
-            raise KneesegError(f"{source}: step {number} ({op}): missing {', '.join(missing)}{hint}")
-        if step.get("fragments", "background") not in FRAGMENTS:
-            raise KneesegError(f"{source}: step {number} ({op}): fragments must be one of {', '.join(FRAGMENTS)}")
+        problem = step_problem(step, labels)
+        if problem:
+            raise KneesegError(f"{source}: step {number}: {problem}")
     return steps
 
 

@@ -10,7 +10,7 @@ and in the mask, so the resampled mask carries the offset.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ def normalize_and_resample(data: np.ndarray, schemes: list[str], use_mask: list[
     volume = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     if any(use_mask) and inside is None:
         inside = (volume != 0).any(0).numpy()
-    n_inside = int(np.count_nonzero(inside)) if any(use_mask) else 0
+    n_inside = int(np.count_nonzero(inside)) if inside is not None and any(use_mask) else 0
     offsets = []  # (mean, std, masked) per channel, measured on the original voxels
     for c, masked in enumerate(use_mask):
         x = volume[c]
@@ -61,10 +61,10 @@ def normalize_and_resample(data: np.ndarray, schemes: list[str], use_mask: list[
             mean = _sum64(x) / n_inside
             std = max(_sum64(x.square()) / n_inside - mean * mean, 0.0) ** 0.5
         else:  # multi-threaded and numerically stable in float32 (10^8 voxels at prediction time)
-            var, mean = torch.var_mean(x, correction=0)
-            mean, std = float(mean), float(var) ** 0.5
+            var_t, mean_t = torch.var_mean(x, correction=0)
+            mean, std = float(mean_t), float(var_t) ** 0.5
         offsets.append((mean, max(std, 1e-8), bool(masked and n_inside)))
-    mask_after = None
+    mask_after = torch.zeros(())
     if n_inside:
         mask_after = torch.from_numpy(resample(torch.from_numpy(inside)[None].float().numpy())[0])
     out = torch.from_numpy(resample(volume.numpy()))  # may be ``data`` itself when no axis changes: stats are taken

@@ -3,9 +3,7 @@
 Layout written under ``<preprocessed>/DatasetNNN_Name/``:
     dataset.json, dataset_fingerprint.json, <plans_name>.json
     <data_identifier>/CASE.npy (float32 C,Z,Y,X), CASE_seg.npy (int8 Z,Y,X), CASE.json (properties),
-                      CASE_fractions.npy (float16 K,Z,Y,X: each foreground class's share of a voxel;
-                      only where the labels were resampled), preprocessing.json (plans name,
-                      signature, case list)
+                      preprocessing.json (plans name, signature, case list)
 Nothing is written before verification passes; each cache folder is built under a temporary name
 and renamed into place when complete.
 """
@@ -57,8 +55,6 @@ def _preprocess_job(job):
     np.save(out_dir / f"{case.case_id}.npy", result.data)
     if result.seg is not None:
         np.save(out_dir / f"{case.case_id}_seg.npy", result.seg)
-    if result.fractions is not None:
-        np.save(out_dir / f"{case.case_id}_fractions.npy", result.fractions)
     atomic_write_json(out_dir / f"{case.case_id}.json", {"case_id": case.case_id, **result.properties})
     return case.case_id
 
@@ -87,7 +83,6 @@ def preprocess_dataset(
             "data_identifier": config.data_identifier,
             "signature": config.preprocessing_signature(),
             "cases": sorted(done),
-            "label_fractions": True,  # caches written before soft targets lack them
         })
         if final.exists():
             shutil.rmtree(final)
@@ -108,18 +103,12 @@ def check_cache(cache_dir: Path, plans: Plans, config: ConfigurationPlan) -> lis
     return list(info["cases"])
 
 
-def cache_has_fractions(cache_dir: Path) -> bool:
-    """Whether the cache keeps the labels' shares of each voxel (soft targets): caches made before
-    kneeseg kept them do not."""
-    return bool(read_json(cache_dir / CACHE_MANIFEST).get("label_fractions", False))
-
-
 def plan_and_preprocess(
     paths: KneesegPaths,
     dataset: str | int | None = None,
     configurations: list[str] | None = None,
     device: str = "cpu",
-    hardware: HardwareTarget = HardwareTarget(),
+    hardware: HardwareTarget | None = None,
     plans_name: str = "kneesegPlans",
     num_processes: int = 1,
     seed: int = 0,
@@ -144,7 +133,10 @@ def plan_and_preprocess(
         ds = DatasetJson.load(raw_dir / "dataset.json")
         cases = training_cases(raw_dir, ds)
     fingerprint = extract_fingerprint(name, cases, ds, num_processes, seed, progress)
-    plans = plan_experiment(fingerprint, ds, hardware, plans_name, cpu_spacing)
+    if not any(volume > 0 for case in fingerprint.cases for volume in case.class_volumes_mm3.values()):
+        raise KneesegError(f"{raw_dir}: every label map is empty (no voxel of {', '.join(ds.foreground)}): "
+                           "nothing to plan or train for")
+    plans = plan_experiment(fingerprint, ds, hardware or HardwareTarget(), plans_name, cpu_spacing)
     wanted = configurations or [plans.recommended_configuration(device)]
     for c in wanted:
         plans.configuration(c)  # unknown configuration: error before anything is written

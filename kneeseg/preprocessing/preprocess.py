@@ -16,7 +16,7 @@ from kneeseg.io import Geometry
 from kneeseg.io.orientation import Orientation
 from kneeseg.planning.plans import ConfigurationPlan
 from kneeseg.preprocessing.normalization import normalize_and_resample
-from kneeseg.preprocessing.resampling import resample_channels, resample_labels_with_fractions, target_shape
+from kneeseg.preprocessing.resampling import resample_channels, resample_labels, target_shape
 
 MAX_LOCATIONS_PER_CLASS = 2000
 
@@ -26,9 +26,6 @@ class PreprocessedCase:
     data: np.ndarray  # float32 (C, Z, Y, X) at the plan's spacing
     seg: np.ndarray | None  # int8 (Z, Y, X) or None at prediction time
     properties: dict
-    # float16 (foreground classes, Z, Y, X): each class's share of a voxel, where the labels were
-    # resampled (soft training targets); None at prediction time or when the grid did not change.
-    fractions: np.ndarray | None = None
 
 
 def preprocess_case(
@@ -41,8 +38,7 @@ def preprocess_case(
 ) -> PreprocessedCase:
     """Preprocess one case (channel arrays in (z, y, x)) for ``config``.
 
-    With ``seg`` (training), the label map is resampled too (with each class's share of every new
-    voxel) and up to MAX_LOCATIONS_PER_CLASS voxel positions per foreground class are sampled for
+    With ``seg`` (training), the label map is resampled too and up to MAX_LOCATIONS_PER_CLASS voxel positions per foreground class are sampled for
     foreground-oversampled patch selection.
     """
     orientation = Orientation.of(geometry.direction)
@@ -70,11 +66,11 @@ def preprocess_case(
         "shape_after_resampling": list(new_shape),
         "separate_z_axis": separate,
     }
-    out_seg = fractions = None
+    out_seg = None
     if seg is not None:
         labels = labels or sorted(int(v) for v in np.unique(seg) if v != 0)
         seg = orientation.to_canonical(np.asarray(seg))
-        out_seg, fractions = resample_labels_with_fractions(seg[crop].astype(np.int8), new_shape, labels, separate)
+        out_seg = resample_labels(seg[crop].astype(np.int8), new_shape, labels, separate)
         rng = rng or np.random.default_rng(0)
         locations = {}
         for value in labels:
@@ -85,4 +81,4 @@ def preprocess_case(
                 where = where[np.sort(rng.choice(len(where), MAX_LOCATIONS_PER_CLASS, replace=False))]
             locations[str(value)] = where.astype(int).tolist()
         properties["class_locations"] = locations
-    return PreprocessedCase(data=data, seg=out_seg, properties=properties, fractions=fractions)
+    return PreprocessedCase(data=data, seg=out_seg, properties=properties)

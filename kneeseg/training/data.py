@@ -10,13 +10,15 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-from batchgenerators.transforms.abstract_transforms import Compose
+from batchgenerators.transforms.abstract_transforms import AbstractTransform
 from batchgenerators.transforms.color_transforms import BrightnessMultiplicativeTransform, ContrastAugmentationTransform, GammaTransform
 from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
@@ -24,8 +26,6 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Spati
 
 from kneeseg.errors import KneesegError
 from kneeseg.training.ranges import ROTATION_DEG, SCALE
-from kneeseg.training.soft_targets import FRACTIONS_KEY, AppendFractionsToData, SplitFractionsFromData, one_hot_fractions
-from kneeseg.training.structure_removal import RemoveStructureTransform
 from kneeseg.training.thick_slices import ThickSliceTransform
 
 
@@ -43,17 +43,37 @@ class CaseStore:
     def load(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
         return self._open(self.cache_dir / f"{case_id}.npy"), self._open(self.cache_dir / f"{case_id}_seg.npy")
 
-    def fractions(self, case_id: str) -> np.ndarray | None:
-        """Each foreground class's share of a voxel (K, Z, Y, X), None where the labels were not resampled."""
-        path = self.cache_dir / f"{case_id}_fractions.npy"
-        return self._open(path) if path.exists() else None
+    def check(self) -> None:
+        """A KneesegError naming the first case whose files have gone from the cache."""
+        for case_id in self.case_ids:
+            for path in (self.cache_dir / f"{case_id}.npy", self.cache_dir / f"{case_id}_seg.npy"):
+                if not path.exists():
+                    raise KneesegError(f"{path}: preprocessed case disappeared during training; "
+                                       "run kneeseg_plan_and_preprocess again")
 
     @staticmethod
     def _open(path: Path) -> np.ndarray:
         try:
             return np.load(path, mmap_mode="r")
         except (OSError, ValueError) as exc:
-            raise KneesegError(f"{path}: cannot read preprocessed case ({exc})") from None
+            problem = "disappeared during training" if not path.exists() else f"cannot be read ({exc})"
+            raise KneesegError(f"{path}: preprocessed case {problem}; run kneeseg_plan_and_preprocess again") from None
+
+
+FAILED_KEY = "failed"  # a batch that could not be made carries the reason here (the trainer raises it)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In a forked augmentation worker (Linux): have the kernel kill this process when its parent
+    ends, SIGKILL included, so that no worker outlives a killed training."""
+    if os.getpid() == parent_pid or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent ended before the request
+        os._exit(1)
 
 
 def loader_patch_size(patch: list[int], rotation: bool = True, min_scale: float = SCALE[0]) -> list[int]:
@@ -69,22 +89,20 @@ def crop_padded(array: np.ndarray, start: np.ndarray, size: list[int], fill=0) -
     out = np.full((*array.shape[:-3], *size), fill, dtype=array.dtype)
     src = tuple(slice(a, b) for a, b in zip(lo, hi))
     dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
-    out[(Ellipsis, *dst)] = array[(Ellipsis, *src)]
+    out[(Ellipsis,) + dst] = array[(Ellipsis,) + src]
     return out
 
 
 class PatchLoader(SlimDataLoaderBase):
-    """Endless batches {'data': (B, C, *size), 'seg': (B, 1, *size)} from a CaseStore, and with
-    ``soft_labels`` (the foreground label values) 'fractions': (B, K, *size), each label's share.
+    """Endless batches {'data': (B, C, *size), 'seg': (B, 1, *size)} from a CaseStore.
 
     Randomness comes from numpy's global generator, which batchgenerators seeds in each worker.
     """
 
-    def __init__(self, store: CaseStore, batch_size: int, size: list[int], oversample: float = 0.33,
-                 soft_labels: list[int] | None = None):
+    def __init__(self, store: CaseStore, batch_size: int, size: list[int], oversample: float = 0.33):
         super().__init__(None, batch_size, 1)
         self.store, self.size, self.oversample = store, list(size), oversample
-        self.soft_labels = soft_labels
+        self.parent_pid, self.in_worker = os.getpid(), False
 
     def _start(self, case_id: str, shape: np.ndarray, force_fg: bool) -> np.ndarray:
         size = np.asarray(self.size)
@@ -100,8 +118,18 @@ class PatchLoader(SlimDataLoaderBase):
         return np.array([np.random.randint(a, b) for a, b in zip(low, high)])
 
     def generate_train_batch(self) -> dict:
+        if not self.in_worker:  # first batch in this process: a worker (forked) must not outlive the trainer
+            die_with_parent(self.parent_pid)
+            self.in_worker = True
+        try:
+            return self._batch()
+        except KneesegError as exc:  # the trainer raises it as one line; no worker traceback
+            shape = (self.batch_size, 1, *self.size)
+            return {"data": np.zeros(shape, np.float32), "seg": np.zeros(shape, np.float32), FAILED_KEY: str(exc)}
+
+    def _batch(self) -> dict:
         n_fg = int(round(self.batch_size * self.oversample))
-        data, seg, fractions = [], [], []
+        data, seg = [], []
         for i in range(self.batch_size):
             case_id = self.store.case_ids[np.random.randint(len(self.store.case_ids))]
             image, labels = self.store.load(case_id)
@@ -111,37 +139,27 @@ class PatchLoader(SlimDataLoaderBase):
             start = self._start(case_id, np.asarray(labels.shape), force_fg=force)
             data.append(crop_padded(image, start, self.size))
             seg.append(crop_padded(labels[None], start, self.size))
-            if self.soft_labels is not None:
-                shares = self.store.fractions(case_id)
-                fractions.append(one_hot_fractions(seg[-1][0], self.soft_labels) if shares is None
-                                 else crop_padded(shares, start, self.size).astype(np.float32))
-        batch = {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.float32)}
-        if fractions:
-            batch[FRACTIONS_KEY] = np.stack(fractions)
-        return batch
+        return {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.float32)}
 
 
-def training_transforms(patch: list[int], mirror_axes: list[int], elastic: bool = False, intensity: bool = True,
-                        soft_targets: bool = False, remove_structures: float = 0.0) -> Compose:
-    """nnU-Net's augmentation recipe, with rotations limited to +-15 degrees (knees come roughly
-    aligned), mirroring only along the axes the plans allow (anatomical labels are sided), and thick
-    slices along one random axis (low-field 2D protocols). ``intensity=False`` keeps only the spatial
-    transforms and mirroring (an ablation: scans from the training scanner only). ``soft_targets``:
-    the batch's label shares get the same spatial transform and mirroring as the image.
-    ``remove_structures``: the share of patches in which one labelled structure is replaced by the
-    tissue around it (kneeseg/training/structure_removal.py), after the spatial transform."""
+def spatial_transform(patch: list[int], **overrides) -> SpatialTransform:
+    """nnU-Net's rotation and scaling, with rotations limited to +-15 degrees (knees come roughly
+    aligned); cuts the network ``patch`` from the centre of the loader's larger patch. ``overrides``
+    are further SpatialTransform arguments (a trainer variant's elastic deformation, for example)."""
     a = np.deg2rad(ROTATION_DEG)
-    transforms = [
-        # Elastic: nnU-Net v1's 3D range; the displacement field then has a std of ~1.7 voxels (at most
-        # ~5), where alpha up to 200 moved voxels by ~0.4 and changed no shape a network would notice.
-        SpatialTransform(
-            patch, patch_center_dist_from_border=None, do_elastic_deform=elastic, alpha=(0.0, 900.0), sigma=(9.0, 13.0),
-            do_rotation=True, angle_x=(-a, a), angle_y=(-a, a), angle_z=(-a, a), do_scale=True, scale=SCALE,
-            border_mode_data="constant", border_cval_data=0, order_data=3, border_mode_seg="constant", border_cval_seg=0,
-            order_seg=0, random_crop=False, p_el_per_sample=0.2, p_scale_per_sample=0.2, p_rot_per_sample=0.2,
-        ),
-    ]
-    intensity_transforms = [
+    arguments = dict(
+        patch_center_dist_from_border=None, do_elastic_deform=False, do_rotation=True, angle_x=(-a, a), angle_y=(-a, a),
+        angle_z=(-a, a), do_scale=True, scale=SCALE, border_mode_data="constant", border_cval_data=0, order_data=3,
+        border_mode_seg="constant", border_cval_seg=0, order_seg=0, random_crop=False, p_scale_per_sample=0.2,
+        p_rot_per_sample=0.2,
+    )
+    return SpatialTransform(patch, **{**arguments, **overrides})
+
+
+def intensity_transforms() -> list[AbstractTransform]:
+    """nnU-Net's intensity recipe (noise, blur, brightness, contrast, low resolution, gamma) and thick
+    slices along one random axis (low-field 2D protocols)."""
+    return [
         GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),
         GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
         BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
@@ -153,23 +171,20 @@ def training_transforms(patch: list[int], mirror_axes: list[int], elastic: bool 
         GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
         GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
     ]
-    mirror = [MirrorTransform(tuple(mirror_axes))] if mirror_axes else []
-    removal = [RemoveStructureTransform(remove_structures, fractions_key=FRACTIONS_KEY if soft_targets else None)
-               ] if remove_structures > 0 else []
-    if soft_targets:  # the shares leave the image channels before any intensity transform
-        return Compose([AppendFractionsToData(), *transforms, *mirror, SplitFractionsFromData(), *removal,
-                        *(intensity_transforms if intensity else [])])
-    return Compose([*transforms, *removal, *(intensity_transforms if intensity else []), *mirror])
 
 
-def center_crop_transform(patch: list[int], soft_targets: bool = False) -> Compose:
+def mirror_transforms(mirror_axes: list[int]) -> list[AbstractTransform]:
+    """Mirroring only along the axes the plans allow (anatomical labels are sided)."""
+    return [MirrorTransform(tuple(mirror_axes))] if mirror_axes else []
+
+
+def center_crop_transform(patch: list[int]) -> SpatialTransform:
     """Validation: no augmentation, just the network patch from the centre of the loader patch."""
-    crop = SpatialTransform(patch, patch_center_dist_from_border=None, do_elastic_deform=False,
+    return SpatialTransform(patch, patch_center_dist_from_border=None, do_elastic_deform=False,
                             do_rotation=False, do_scale=False, random_crop=False)
-    return Compose([AppendFractionsToData(), crop, SplitFractionsFromData()] if soft_targets else [crop])
 
 
-def make_augmenter(loader: PatchLoader, transforms: Compose, num_workers: int, seed: int):
+def make_augmenter(loader: PatchLoader, transforms: AbstractTransform, num_workers: int, seed: int):
     """Background processes (num_workers > 0) or in-process augmentation, both seeded."""
     if num_workers <= 0:
         np.random.seed(seed)

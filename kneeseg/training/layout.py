@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TRAINER_NAME = "kneesegTrainer"
+TRAINER_NAME = "kneesegTrainer"  # the default trainer; variants are named like nnU-Net's (kneesegTrainerElastic)
 
 
-def model_dir(results: Path, dataset_name: str, plans_name: str, configuration: str) -> Path:
-    """``<results>/DatasetNNN_Name/kneesegTrainer__<plans>__<configuration>``."""
-    return results / dataset_name / f"{TRAINER_NAME}__{plans_name}__{configuration}"
+def model_dir(results: Path, dataset_name: str, plans_name: str, configuration: str, trainer: str = TRAINER_NAME) -> Path:
+    """``<results>/DatasetNNN_Name/<trainer>__<plans>__<configuration>``, nnU-Net's convention."""
+    return results / dataset_name / f"{trainer}__{plans_name}__{configuration}"

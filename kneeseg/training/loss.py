@@ -1,8 +1,5 @@
-"""Soft Dice + cross-entropy, summed over deep-supervision outputs with halving weights.
-
-A target is either a label map (B, *spatial) of class indices or soft targets (B, K, *spatial):
-each of the K classes' share of a voxel, summing to 1 (see training/soft_targets.py).
-"""
+"""Soft Dice + cross-entropy against a label map (B, *spatial) of class indices, summed over the
+deep-supervision outputs with halving weights."""
 
 from __future__ import annotations
 
@@ -11,17 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _as_probabilities(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Soft targets as they are; a label map as its one-hot, shaped like the softmax ``like``."""
-    if target.ndim == like.ndim:
-        return target.float()
-    return torch.zeros_like(like).scatter_(1, target[:, None].long(), 1.0)
-
-
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
     """1 - mean foreground soft Dice, pooled over the batch (batch Dice: stable with small patches)."""
     probs = torch.softmax(logits.float(), 1)
-    onehot = _as_probabilities(target, probs)
+    onehot = torch.zeros_like(probs).scatter_(1, target[:, None].long(), 1.0)
     dims = (0, *range(2, probs.ndim))
     intersect = (probs * onehot).sum(dims)[1:]
     denom = (probs.sum(dims) + onehot.sum(dims))[1:]
@@ -29,8 +19,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against class indices or against class probabilities (soft targets)."""
-    return F.cross_entropy(logits.float(), target.float() if target.ndim == logits.ndim else target.long())
+    return F.cross_entropy(logits.float(), target.long())
 
 
 class DeepSupervisionLoss(nn.Module):
@@ -51,14 +40,11 @@ class DeepSupervisionLoss(nn.Module):
             if weight == 0:  # zero, but part of the graph: DistributedDataParallel expects every head used
                 total = total + 0.0 * out.float().sum()
                 continue
-            t = target if out.shape[2:] == target.shape[-(out.ndim - 2):] else downsample_target(target, out.shape[2:])
+            t = target if out.shape[2:] == target.shape[1:] else downsample_target(target, out.shape[2:])
             total = total + weight * (cross_entropy(out, t) + soft_dice_loss(out, t))
         return total
 
 
 def downsample_target(target: torch.Tensor, size) -> torch.Tensor:
-    """A target at a coarser deep-supervision resolution: a label map by nearest neighbour, soft
-    targets by averaging (a coarse voxel's share is the mean of its fine voxels' shares)."""
-    if target.ndim == len(size) + 2:
-        return F.adaptive_avg_pool3d(target, list(size))  # the network is 3D
+    """A label map at a coarser deep-supervision resolution (nearest neighbour)."""
     return F.interpolate(target[:, None].float(), size=list(size), mode="nearest")[:, 0].long()

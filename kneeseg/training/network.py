@@ -13,12 +13,16 @@ from torch import nn
 from kneeseg.planning.plans import NetworkPlan
 
 
+def _triple(values: list[int]) -> tuple[int, int, int]:
+    return int(values[0]), int(values[1]), int(values[2])
+
+
 class ConvBlock(nn.Sequential):
     def __init__(self, cin: int, cout: int, kernel: list[int], stride: list[int], n_conv: int):
         layers = []
         for i in range(n_conv):
             layers += [
-                nn.Conv3d(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, [k // 2 for k in kernel]),
+                nn.Conv3d(cin if i == 0 else cout, cout, _triple(kernel), _triple(stride) if i == 0 else 1, _triple([k // 2 for k in kernel])),
                 nn.InstanceNorm3d(cout, eps=1e-5, affine=True),
                 nn.LeakyReLU(0.01, inplace=True),
             ]
@@ -34,7 +38,7 @@ class UNet(nn.Module):
             ConvBlock(in_channels if i == 0 else f[i - 1], f[i], k[i], s[i], plan.n_conv_per_stage) for i in range(len(f))
         )
         # Decoder stage i (from the bottom up) goes from resolution i+1 to resolution i.
-        self.upsample = nn.ModuleList(nn.ConvTranspose3d(f[i + 1], f[i], s[i + 1], s[i + 1]) for i in range(len(f) - 1))
+        self.upsample = nn.ModuleList(nn.ConvTranspose3d(f[i + 1], f[i], _triple(s[i + 1]), _triple(s[i + 1])) for i in range(len(f) - 1))
         self.decoder = nn.ModuleList(ConvBlock(2 * f[i], f[i], k[i], [1, 1, 1], plan.n_conv_per_stage_decoder) for i in range(len(f) - 1))
         self.heads = nn.ModuleList(nn.Conv3d(f[i], num_classes, 1) for i in range(len(f) - 1))
         self.apply(_init)

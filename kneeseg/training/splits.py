@@ -27,6 +27,8 @@ def make_splits(case_ids: list[str], seed: int = 0) -> list[dict[str, list[str]]
 
 
 def load_or_make_splits(path: Path, case_ids: list[str], seed: int = 0) -> list[dict[str, list[str]]]:
+    """The splits in ``path``, or new ones (not written: :func:`save_splits` does that once a training
+    starts, so that a refused training leaves nothing behind)."""
     if path.exists():
         splits = read_json(path)
         known = set(case_ids)
@@ -35,9 +37,13 @@ def load_or_make_splits(path: Path, case_ids: list[str], seed: int = 0) -> list[
             if not missing <= known:
                 raise KneesegError(f"{path}: names cases that are not preprocessed: {sorted(missing - known)[:3]}")
         return splits
-    splits = make_splits(case_ids, seed)
-    atomic_write_json(path, splits)
-    return splits
+    return make_splits(case_ids, seed)
+
+
+def save_splits(path: Path, splits: list[dict[str, list[str]]]) -> None:
+    """Write ``splits`` unless ``path`` holds them already (every later training reads the same folds)."""
+    if not path.exists():
+        atomic_write_json(path, splits)
 
 
 def fold_cases(splits: list[dict[str, list[str]]], fold: str | int, where: Path) -> tuple[list[str], list[str]]:

@@ -1,13 +1,14 @@
-"""Structure-removal augmentation: one labelled structure of a patch replaced by the tissue around it.
+"""kneesegTrainerRemoveStructures: in 30 % of the training patches one labelled structure is
+replaced by the tissue around it.
 
 A network trained on a few scans can learn to find a structure by its neighbours rather than by its
-own look. Trained on the real scan's half A, where the patella always lies in front of the femoral
-trochlea, some models call the front of half B's lateral condyle (with no patella in front of it)
-background or patella, and whether they do depends on how much of the region in front a window
-shows (benchmarks/window_context.py; benchmarks/RESULTS.md, twentieth session). Removing a
-structure from a patch now and then shows the network its other structures without it: the
-structure's voxels and a rim of partial volume are filled with the tissue around them, carried
-inwards and smoothed, and its label becomes background.
+own look: trained on the real scan's half A, where the patella always lies in front of the femoral
+trochlea, some models miss the front of half B's lateral condyle, which has no patella in front.
+Removing a structure from a patch now and then shows the network its other structures without it:
+the structure's voxels and a rim of partial volume are filled with the tissue around them, carried
+inwards and smoothed, and its label becomes background. Not the default: on the real scan it
+narrowed the spread of 60-minute runs without raising their level (git history of
+benchmarks/RESULTS.md, twentieth and twenty-first sessions).
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from __future__ import annotations
 import numpy as np
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
 from scipy import ndimage
+
+from kneeseg.arrays import bbox_slices
+from kneeseg.training.data import intensity_transforms, mirror_transforms, spatial_transform
+from kneeseg.training.trainer import Trainer
 
 MIN_SHELL_VOXELS = 50  # fewer surrounding voxels than this give no usable tissue to fill with
 TEXTURE_SHARE = 0.25  # of the surrounding tissue's spread, added as ~1-voxel texture over the smooth fill
@@ -33,9 +38,7 @@ def remove_structure(image: np.ndarray, labels: np.ndarray, label: int, rim: int
     around = ndimage.binary_dilation(region, iterations=shell) & ~region & (labels == 0)
     if np.count_nonzero(around) < MIN_SHELL_VOXELS:
         return None
-    # scipy's find_objects, not kneeseg.fingerprint.bbox_slices: that one uses torch, which can deadlock
-    # in the forked augmentation workers this runs in.
-    box = tuple(slice(max(0, s.start - shell), s.stop + shell) for s in ndimage.find_objects(region.astype(np.uint8))[0])
+    box = bbox_slices(region, shell)
     inside, source = region[box], around[box]
     # Each voxel takes the nearest surrounding tissue voxel's value; smoothing then hides the seams.
     nearest = ndimage.distance_transform_edt(~source, return_distances=False, return_indices=True)
@@ -52,20 +55,18 @@ def remove_structure(image: np.ndarray, labels: np.ndarray, label: int, rim: int
 
 class RemoveStructureTransform(AbstractTransform):
     """Per sample, with probability ``p_per_sample``: pick one foreground label present in the patch
-    and remove it (:func:`remove_structure`). Label shares (soft targets), when the batch has them,
-    lose the removed structure too.
+    and remove it (:func:`remove_structure`).
 
     numpy and scipy only: this runs in forked augmentation workers, as the other transforms do.
     """
 
     def __init__(self, p_per_sample: float = 0.2, rim: int = 2, shell: int = 4, data_key: str = "data",
-                 label_key: str = "seg", fractions_key: str | None = None):
+                 label_key: str = "seg"):
         self.p_per_sample, self.rim, self.shell = p_per_sample, rim, shell
-        self.data_key, self.label_key, self.fractions_key = data_key, label_key, fractions_key
+        self.data_key, self.label_key = data_key, label_key
 
     def __call__(self, **data_dict):
         data, seg = data_dict[self.data_key], data_dict[self.label_key]
-        fractions = data_dict.get(self.fractions_key) if self.fractions_key else None
         for b in range(data.shape[0]):
             if np.random.uniform() >= self.p_per_sample:
                 continue
@@ -75,7 +76,16 @@ class RemoveStructureTransform(AbstractTransform):
                 continue
             label = present[np.random.randint(len(present))]
             rng = np.random.default_rng(np.random.randint(2**31))  # follows the worker's seeded global stream
-            region = remove_structure(data[b], labels, label, self.rim, self.shell, rng)
-            if region is not None and fractions is not None:
-                fractions[b][:, region] = 0
+            remove_structure(data[b], labels, label, self.rim, self.shell, rng)
         return data_dict
+
+
+class kneesegTrainerRemoveStructures(Trainer):
+    name = "kneesegTrainerRemoveStructures"
+    share = 0.3  # of the patches; 0.6 lost marrow under the tibial plateau on the real scan
+
+    def augmentation(self):
+        # After the spatial transform (the structure is removed from what the network sees), before
+        # the intensity transforms (which then treat the fill like any other tissue).
+        return [spatial_transform(self.config.patch_size), RemoveStructureTransform(self.share), *intensity_transforms(),
+                *mirror_transforms(self.config.training.mirror_axes)]

@@ -1,4 +1,4 @@
-"""Versions of a scan as other acquisitions would have recorded it: for robustness checks.
+"""Versions of a scan as other acquisitions would have recorded it: for robustness benchmarks and tests.
 
 The same knee (image and label) stored in another axis order or with flipped axes (sagittal
 acquisitions, other vendors), re-recorded with thick slices (0.7 x 0.7 x 2 mm 2D protocols), with

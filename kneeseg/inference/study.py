@@ -1,0 +1,147 @@
+"""Predicting a study: every case of a list read, checked, predicted, post-processed and written.
+
+The model is loaded once; each case is read (every channel, checked for NaN, a constant image and
+matching geometry), its air stored as zeros where the model needs that, checked against what the
+model was trained for (warnings on stderr), predicted, post-processed with the model's chosen steps
+and written with the input's geometry. Before the first case: outputs that would replace an input
+are refused and the output folders checked. Outputs are written atomically. In a study of several
+cases a case that fails is reported and skipped; the others are written, and the failures are
+listed at the end (a KneesegError, so the command exits non-zero).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kneeseg.errors import KneesegError
+from kneeseg.inference.acquisition import acquisition_warnings, needs_zeroed_air, with_air_zeroed
+from kneeseg.inference.cases import InputCase
+from kneeseg.inference.model import TrainedModel
+from kneeseg.inference.predictor import Predictor
+from kneeseg.io import (
+    Geometry,
+    atomic_path,
+    ensure_writable_folder,
+    read_image,
+    read_json,
+    refuse_overwriting_inputs,
+    strip_ending,
+    write_image,
+)
+from kneeseg.io.nifti import has_nonfinite
+from kneeseg.postprocessing.operations import apply_postprocessing, checked_steps
+
+
+@dataclass
+class PredictionOptions:
+    """How a study is predicted (``kneeseg_predict``'s flags)."""
+
+    device: str = "cpu"
+    tta: bool = True  # mirroring along the plan's mirror axes
+    tta_scales: Sequence[float] = (1.0,)  # multiples of the plan's spacing (0.75-1.3), probabilities averaged
+    step: float = 0.5  # sliding-window step, a fraction of the patch
+    autocast: str | None = None  # default: the plan's, where this device runs it natively
+    postprocess: bool = True  # apply the model's postprocessing.json
+    # Store each scan's air as zeros first: None (default) where the model was trained on zeroed air and
+    # the scan's is not (saying so on stderr), True always, False never.
+    zero_air: bool | None = None
+    save_probabilities: bool = False  # CASE.npz beside each output
+    progress: bool = True
+
+
+# Called after each case with the case, its first channel and the labels written (QC overlays, say).
+AfterCase = Callable[[InputCase, np.ndarray, np.ndarray, Geometry], None]
+
+
+def read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
+    """A case's channels (z, y, x) and their common geometry."""
+    images: list[np.ndarray] = []
+    geometry: Geometry | None = None
+    for path in case.channels:
+        image, g = read_image(path)
+        if has_nonfinite(image, path):
+            raise KneesegError(f"{path}: contains NaN or Inf values")
+        if image.size and not np.any(image != image.flat[0]):  # nothing to normalise, nothing to find
+            raise KneesegError(f"{path}: every voxel is {image.flat[0].item()}: a constant image cannot be segmented")
+        problem = geometry.matches(g) if geometry is not None else None
+        if problem:
+            raise KneesegError(f"{path}: geometry does not match channel 0 ({problem})")
+        images.append(image)
+        geometry = geometry or g
+    assert geometry is not None
+    return images, geometry
+
+
+def postprocessing_steps(model: TrainedModel) -> list[dict]:
+    """The model's chosen post-processing (none when it has no postprocessing.json)."""
+    if not model.postprocessing_file.exists():
+        return []
+    return checked_steps(read_json(model.postprocessing_file), model.postprocessing_file, set(model.ds.foreground_labels))
+
+
+def probabilities_path(output: Path) -> Path:
+    """Where ``--save-probabilities`` puts a case's class probabilities: CASE.npz beside CASE.<ext>."""
+    return output.with_name(strip_ending(output) + ".npz")
+
+
+def predict_study(model: TrainedModel, cases: list[InputCase], options: PredictionOptions,
+                  after_case: AfterCase | None = None, extra_folders: Sequence[Path] = ()) -> list[Path]:
+    """Predict ``cases`` with ``model``; returns the outputs written. ``extra_folders`` (e.g. for
+    overlays) are checked with the output folders, before any prediction."""
+    from tqdm import tqdm
+
+    o = options
+    outputs = [c.output for c in cases] + [probabilities_path(c.output) for c in cases if o.save_probabilities]
+    refuse_overwriting_inputs([*outputs, *extra_folders], [path for c in cases for path in c.channels])
+    steps = postprocessing_steps(model) if o.postprocess else []
+    predictor = Predictor(model, o.device, o.tta, o.step, o.autocast, o.progress, o.tta_scales)  # checks scales, checkpoints
+    for folder in {c.output.parent for c in cases} | set(extra_folders):
+        ensure_writable_folder(folder)  # before any prediction: fail early, write nothing
+    written, failed = [], []
+    for case in tqdm(cases, desc="predicting", unit="case", disable=not o.progress or len(cases) < 2):
+        try:
+            _predict_case(model, predictor, case, steps, o, after_case)
+        except KneesegError as exc:
+            if len(cases) == 1:
+                raise
+            tqdm.write(f"kneeseg: skipped {case.case_id}: {exc}", file=sys.stderr)
+            failed.append(str(exc))
+            continue
+        written.append(case.output)
+    if written and o.postprocess and not model.postprocessing_file.exists():
+        print(f"kneeseg: {model.folder}: no postprocessing.json, so the outputs are not post-processed (run "
+              "kneeseg_find_postprocessing after training a cross-validation fold; see docs/prediction.md)", file=sys.stderr)
+    if failed:
+        raise KneesegError("\n".join([*failed, f"{len(failed)} of {len(cases)} cases failed (above); the other "
+                                                 f"{len(written)} were written"]))
+    return written
+
+
+def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, steps: list[dict], o: PredictionOptions,
+                  after_case: AfterCase | None) -> None:
+    from tqdm import tqdm
+
+    images, geometry = read_case(case)
+    if o.zero_air or (o.zero_air is None and needs_zeroed_air(model.config, images[0])):
+        if o.zero_air is None:
+            tqdm.write(f"kneeseg: {case.channels[0]}: the model was trained on scans whose air was stored as zeros; "
+                       f"storing this scan's air as zeros first (--keep-air: as it is)", file=sys.stderr)
+        images = with_air_zeroed(images)  # copies: the input stays
+    for warning in acquisition_warnings(geometry, model.config, images[0]):
+        tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
+    prediction = predictor.predict(images, geometry, keep_probabilities=o.save_probabilities)
+    labels = apply_postprocessing(prediction.labels, steps, geometry.spacing_zyx) if steps else prediction.labels
+    write_image(labels, geometry, case.output)
+    if o.save_probabilities:
+        assert prediction.probabilities is not None
+        with atomic_path(probabilities_path(case.output)) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, probabilities=prediction.probabilities.astype(np.float16),
+                                    labels=np.array(sorted(model.ds.labels.values())))
+    if after_case is not None:
+        after_case(case, images[0], labels, geometry)
