@@ -447,3 +447,24 @@ def test_a_refused_training_leaves_no_splits_or_model_folder(prepared, tmp_path,
     splits.unlink(missing_ok=True)
     _assert_refused(["7"], paths, capsys, "fold 7: ")
     assert not splits.exists() and not paths.results.exists()
+
+
+@pytest.mark.parametrize("name", ["kneesegTrainerElastic", "kneesegTrainerNoIntensityAug", "kneesegTrainerRemoveStructures"])
+def test_each_variant_augments_a_batch_into_network_patches(name):
+    """A variant changes the augmentation only: its transforms take a loader batch to network patches."""
+    from types import SimpleNamespace
+
+    from batchgenerators.transforms.abstract_transforms import Compose
+
+    from kneeseg.training.data import loader_patch_size
+    from kneeseg.training.variants import trainer_class
+
+    np.random.seed(0)
+    patch = [16, 16, 16]
+    fake = SimpleNamespace(config=SimpleNamespace(patch_size=patch, training=SimpleNamespace(mirror_axes=[2])))
+    size = loader_patch_size(patch)
+    seg = np.zeros((2, 1, *size), np.float32)
+    seg[:, :, 6:18, 6:18, 6:18] = 1
+    batch = Compose(trainer_class(name).augmentation(fake))(data=np.random.rand(2, 1, *size).astype(np.float32), seg=seg)
+    assert batch["data"].shape == batch["seg"].shape == (2, 1, *patch)
+    assert set(np.unique(batch["seg"])) <= {0.0, 1.0}

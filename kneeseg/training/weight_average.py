@@ -4,7 +4,7 @@ With the poly learning rate the weights of the last epochs still wander around t
 run has found; their mean lies nearer its centre than any one of them (stochastic weight averaging,
 Izmailov et al. 2018, without the cyclic rate). On the real scan's half-B hold-out it added
 0.0005-0.0015 binary Dice with four test-time scales on each of three models and never lowered it
-(benchmarks/RESULTS.md, eleventh and twelfth sessions).
+(git history of benchmarks/RESULTS.md).
 The network has instance norm only, so there are no batch statistics to recompute afterwards.
 """
 

@@ -1,8 +1,7 @@
 """kneesegTrainerElastic: the default augmentation plus elastic deformation in one patch in five.
 
 nnU-Net v1's 3D range: the displacement field then has a std of ~1.7 voxels (at most ~5). Not the
-default: on the real scan two 60-minute runs scored level with the default recipe (git history of
-benchmarks/RESULTS.md).
+default: on the real scan two 60-minute runs scored level with the default recipe (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

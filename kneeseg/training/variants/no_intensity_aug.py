@@ -2,7 +2,7 @@
 gamma, low resolution or thick slices).
 
 For scans from the training scanner only: an ablation of the default recipe, which on the real scan
-scored level with it (git history of benchmarks/RESULTS.md).
+scored level with it (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

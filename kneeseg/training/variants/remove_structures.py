@@ -7,8 +7,7 @@ trochlea, some models miss the front of half B's lateral condyle, which has no p
 Removing a structure from a patch now and then shows the network its other structures without it:
 the structure's voxels and a rim of partial volume are filled with the tissue around them, carried
 inwards and smoothed, and its label becomes background. Not the default: on the real scan it
-narrowed the spread of 60-minute runs without raising their level (git history of
-benchmarks/RESULTS.md, twentieth and twenty-first sessions).
+narrowed the spread of 60-minute runs without raising their level (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
