@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from kneeseg.errors import KneesegError
 from kneeseg.io.atomic import atomic_path
+from kneeseg.io.truncation import data_shortfall
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 _READ_ENDINGS = SUPPORTED_ENDINGS + (".mhd", ".nhdr", ".dcm")
@@ -114,10 +115,18 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
 
 
 def read_sitk(path: str | os.PathLike) -> sitk.Image:
-    """Read a file or DICOM folder as a SimpleITK image; any failure is a one-line KneesegError."""
+    """Read a file or DICOM folder as a SimpleITK image; any failure is a one-line KneesegError.
+
+    A file shorter than its header says is an error (ITK's NIfTI reader fills the rest with zeros
+    silently; its NRRD and MetaImage readers fail).
+    """
     path = Path(path)
     if not path.exists():
         raise KneesegError(f"{path}: file not found")
+    if path.is_file():
+        short = data_shortfall(path)  # ITK's NIfTI reader would fill the missing voxels with zeros
+        if short is not None:
+            raise KneesegError(f"{path}: {short.describe(path)}")
     try:
         if path.is_dir():
             return _read_dicom_series(path)
@@ -126,7 +135,8 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
         raise
     except (RuntimeError, OSError) as exc:
         first = str(exc).strip().splitlines()
-        why = next((ln for ln in first if "ERROR" in ln or "Unable" in ln), first[-1] if first else "")
+        nrrd = [ln for ln in first if ln.startswith("[nrrd]")]  # teem's last line is its reason
+        why = nrrd[-1] if nrrd else next((ln for ln in first if "ERROR" in ln or "Unable" in ln), first[-1] if first else "")
         raise KneesegError(f"{path}: cannot read image ({why.strip()[:160]})") from None
 
 
