@@ -118,3 +118,59 @@ def test_every_command_refuses_a_truncated_image(small_model, tmp_path, capfd, e
         code = pp_main(["--device", "cpu", "--no-progress", *path_flags(raw), *extra])
         _refused(code, capfd, f"kneeseg_plan_and_preprocess: error: {cut}: file is truncated: its header describes")
     assert tree_snapshot(dataset) == before and _files(raw.preprocessed) == []
+
+
+# -- DICOM series -------------------------------------------------------------------------------------
+
+def _write_dicom_series(folder, array, spacing=(0.8, 0.7, 3.0), origin=(-10.0, 5.0, 20.0), z_positions=None):
+    """A synthetic MR series, one file per slice, slice k at z_positions[k] (default: evenly spaced)."""
+    folder.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.2.1125.29"
+    for k, plane in enumerate(array):
+        z = origin[2] + k * spacing[2] if z_positions is None else z_positions[k]
+        image = sitk.GetImageFromArray(plane.astype(np.int16))
+        image.SetSpacing(spacing[:2])
+        for tag, value in (("0008|0060", "MR"), ("0020|000d", uid), ("0020|000e", uid + ".1"),
+                           ("0008|0018", f"{uid}.1.{k + 1}"), ("0020|0013", str(k + 1)),
+                           ("0020|0032", f"{origin[0]:.6f}\\{origin[1]:.6f}\\{z:.6f}"),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0018|0050", str(spacing[2])),
+                           ("0028|0030", f"{spacing[1]}\\{spacing[0]}")):
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
+        writer.Execute(image)
+
+
+def test_dicom_series_with_a_missing_or_uneven_slice_is_refused(small_model, tmp_path, capfd):
+    paths = small_model
+    array = np.arange(10 * 6 * 5).reshape(10, 6, 5)
+    whole = tmp_path / "whole"
+    _write_dicom_series(whole, array)
+    back, geometry = read_image(whole)  # complete: read in position order with its spacing
+    np.testing.assert_array_equal(back, array)
+    assert geometry.spacing == pytest.approx((0.8, 0.7, 3.0)) and geometry.origin == pytest.approx((-10.0, 5.0, 20.0))
+
+    gap = tmp_path / "gap"
+    _write_dicom_series(gap, array)
+    (gap / "slice_004.dcm").unlink()
+    before = tree_snapshot(gap)
+    out = tmp_path / "out"
+    code = predict_main(["-i", str(gap), "-o", str(out), "--device", "cpu", "--no-progress", *path_flags(paths)])
+    _refused(code, capfd, f"kneeseg_predict: error: {gap}: DICOM series has a missing slice: expected slices 3 mm apart, "
+                          "found 6 mm between slices slice_003.dcm and slice_005.dcm")
+    assert tree_snapshot(gap) == before and _files(out) == []
+
+    uneven = tmp_path / "uneven"
+    z = [20.0 + 3.0 * k for k in range(10)]
+    z[6:] = [v + 1.2 for v in z[6:]]  # one gap of 4.2 mm among 3 mm gaps
+    _write_dicom_series(uneven, array, z_positions=z)
+    code = predict_main(["-i", str(uneven), "-o", str(out), "--device", "cpu", "--no-progress", *path_flags(paths)])
+    _refused(code, capfd, f"{uneven}: DICOM series has uneven slice spacing: expected slices 3 mm apart, "
+                          "found 4.2 mm between slices slice_005.dcm and slice_006.dcm")
+    assert _files(out) == []
+
+    repeated = tmp_path / "repeated"
+    _write_dicom_series(repeated, array, z_positions=[20.0 + 3.0 * min(k, 8) for k in range(10)])
+    with pytest.raises(KneesegError, match="slices slice_008.dcm and slice_009.dcm lie at the same position"):
+        read_image(repeated)

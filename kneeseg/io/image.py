@@ -110,15 +110,66 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     if len(series) > 1:
         raise KneesegError(f"{folder}: folder holds {len(series)} DICOM series; give one series per folder")
     names = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    _check_slice_spacing(folder, names)
     reader.SetFileNames(names)
+    if hasattr(reader, "SetSpacingWarningRelThreshold"):  # judged above, in kneeseg's words: no raw ITK warning
+        reader.SetSpacingWarningRelThreshold(1.0)
     return reader.Execute()
+
+
+# Slice gaps may differ from the series' typical gap by this share (or _SLICE_GAP_ABS_TOL mm, the rounding of
+# positions written with two decimals); more is a missing slice or uneven spacing.
+_SLICE_GAP_REL_TOL = 0.01
+_SLICE_GAP_ABS_TOL = 0.01
+
+
+def _check_slice_spacing(folder: Path, names: tuple[str, ...]) -> None:
+    """Refuse a series whose slices are not evenly spaced (a missing slice, uneven or repeated positions):
+    ITK would lay them on an evenly spaced grid, putting the voxels near the gap up to half a gap off."""
+    if len(names) < 3:
+        return
+    header = sitk.ImageFileReader()
+    positions, orientation = [], None
+    for name in names:
+        header.SetFileName(name)
+        try:
+            header.ReadImageInformation()
+            if not header.HasMetaDataKey("0020|0032"):
+                return  # no slice positions (e.g. secondary capture): nothing to check against
+            positions.append([float(v) for v in header.GetMetaData("0020|0032").split("\\")])
+            if orientation is None and header.HasMetaDataKey("0020|0037"):
+                orientation = [float(v) for v in header.GetMetaData("0020|0037").split("\\")]
+        except (RuntimeError, ValueError):
+            return  # an unreadable header: ITK's reader says what is wrong with it
+    if orientation is None or len(orientation) != 6 or any(len(p) != 3 for p in positions):
+        return
+    normal = np.cross(orientation[:3], orientation[3:])
+    along = np.asarray(positions) @ normal
+    order = np.argsort(along, kind="stable")
+    gaps = np.diff(along[order])
+    typical = float(np.median(gaps))
+    tolerance = max(_SLICE_GAP_REL_TOL * typical, _SLICE_GAP_ABS_TOL)
+    bad = np.flatnonzero(np.abs(gaps - typical) > tolerance)
+    if typical <= tolerance:
+        raise KneesegError(f"{folder}: DICOM series has {len(names)} slices at only "
+                           f"{len(np.unique(np.round(along / tolerance)))} positions; give one series per folder")
+    if bad.size:
+        i = int(bad[np.argmax(np.abs(gaps[bad] - typical))])  # the worst gap
+        first, second = (Path(names[order[k]]).name for k in (i, i + 1))
+        found = float(gaps[i])
+        what = (f"slices {first} and {second} lie at the same position" if found <= tolerance else
+                f"found {found:.4g} mm between slices {first} and {second}")
+        problem = "a missing slice" if found > 1.5 * typical else "uneven slice spacing"
+        raise KneesegError(f"{folder}: DICOM series has {problem}: expected slices {typical:.4g} mm apart, {what} "
+                           f"({bad.size} of {len(gaps)} gaps differ)")
 
 
 def read_sitk(path: str | os.PathLike) -> sitk.Image:
     """Read a file or DICOM folder as a SimpleITK image; any failure is a one-line KneesegError.
 
     A file shorter than its header says is an error (ITK's NIfTI reader fills the rest with zeros
-    silently; its NRRD and MetaImage readers fail).
+    silently; its NRRD and MetaImage readers fail), and so is a DICOM series with a missing slice or
+    uneven slice spacing (ITK reads it onto an evenly spaced grid with only a warning).
     """
     path = Path(path)
     if not path.exists():
