@@ -174,3 +174,25 @@ def test_dicom_series_with_a_missing_or_uneven_slice_is_refused(small_model, tmp
     _write_dicom_series(repeated, array, z_positions=[20.0 + 3.0 * min(k, 8) for k in range(10)])
     with pytest.raises(KneesegError, match="slices slice_008.dcm and slice_009.dcm lie at the same position"):
         read_image(repeated)
+
+
+# -- two datasets with one number ----------------------------------------------------------------------
+
+def test_two_datasets_with_the_same_number_are_ambiguous(tmp_path, capfd):
+    paths = make_phantom(tmp_path, n=2, name="Dataset900_A")
+    make_phantom(tmp_path, n=2, name="Dataset900_B")
+    before = tree_snapshot(paths.raw)
+    code = pp_main(["-d", "900", "--device", "cpu", "--no-progress", *path_flags(paths)])
+    _refused(code, capfd, f"kneeseg_plan_and_preprocess: error: {paths.raw}: dataset '900' is ambiguous "
+                          "(Dataset900_A, Dataset900_B); give the full folder name with -d")
+    assert tree_snapshot(paths.raw) == before and _files(paths.preprocessed) == []
+    assert find_dataset(paths.raw, "Dataset900_B") == "Dataset900_B" and find_dataset(paths.raw, "A") == "Dataset900_A"
+
+    # Prediction resolves -d in the results folder with the same function.
+    for name in ("Dataset900_A", "Dataset900_B"):
+        (paths.results / name).mkdir(parents=True)
+    scan = paths.raw / "Dataset900_A" / "imagesTr" / "phantom_000_0000.nii.gz"
+    code = predict_main(["-i", str(scan), "-o", str(tmp_path / "out"), "-d", "900", "--device", "cpu", "--no-progress",
+                         *path_flags(paths)])
+    _refused(code, capfd, "kneeseg_predict: error:", "dataset '900' is ambiguous (Dataset900_A, Dataset900_B)")
+    assert not (tmp_path / "out").exists()
