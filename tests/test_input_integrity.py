@@ -196,3 +196,48 @@ def test_two_datasets_with_the_same_number_are_ambiguous(tmp_path, capfd):
                          *path_flags(paths)])
     _refused(code, capfd, "kneeseg_predict: error:", "dataset '900' is ambiguous (Dataset900_A, Dataset900_B)")
     assert not (tmp_path / "out").exists()
+
+
+# -- STL orientation and placement ----------------------------------------------------------------------
+
+def _stl_normals(path):
+    data = path.read_bytes()
+    count = struct.unpack("<I", data[80:84])[0]
+    records = np.frombuffer(data[84:], dtype=[("n", "<f4", 3), ("v", "<f4", (3, 3)), ("attr", "<u2")], count=count)
+    return records["n"].astype(np.float64)
+
+
+@pytest.mark.parametrize("direction", [(0, 1, 0, -1, 0, 0, 0, 0, 1), (-1, 0, 0, 0, 1, 0, 0, 0, 1),
+                                       (1, 0, 0, 0, 0, -1, 0, 1, 0), (0, 0, 1, 0, 1, 0, 1, 0, 0)],
+                         ids=["rotated-det+1", "mirrored-det-1", "coronal-det+1", "swapped-det-1"])
+def test_stl_normals_point_out_of_the_bone_and_the_mesh_sits_on_its_voxels(tmp_path, capfd, direction):
+    """Checked with an independent mesh library (trimesh): positive volume, consistent winding, facet
+    normals outward, for direction matrices of determinant +1 and -1; each mesh's centroid lies on the
+    centroid of its voxels in scanner (LPS) space."""
+    import trimesh
+    paths = make_phantom(tmp_path, n=1)
+    labels, phantom = read_image(paths.raw / DS / "labelsTr" / "phantom_000.nii.gz")
+    geometry = Geometry(phantom.size, (2.5, 2.0, 3.0), (-40.0, 25.0, 110.0), tuple(float(v) for v in direction))
+    seg = tmp_path / "seg.nii.gz"
+    write_image(labels, geometry, seg)
+    assert stl_main([str(seg), "-o", str(tmp_path / "stl")]) == 0
+    capfd.readouterr()
+    for name, value in (("femur", 1), ("tibia", 2), ("patella", 3)):
+        path = tmp_path / "stl" / f"{name}.stl"
+        mesh = trimesh.load(str(path), file_type="stl", process=True)
+        voxels = float((labels == value).sum() * np.prod(geometry.spacing))
+        assert mesh.is_watertight and mesh.is_winding_consistent, name
+        assert mesh.volume > 0 and abs(mesh.volume / voxels - 1) < 0.08, (name, mesh.volume, voxels)
+        stored = _stl_normals(path)
+        from_winding = mesh.face_normals  # trimesh's own, from the vertex order
+        assert len(stored) == len(from_winding)
+        assert np.mean(np.einsum("ij,ij->i", stored, from_winding) > 0.99) > 0.999, name  # the file's normals agree
+        # Outward, judged on the voxels: a step of one voxel along a facet's normal leaves the bone.
+        d = np.asarray(direction, float).reshape(3, 3)
+        step = mesh.triangles_center + stored * max(geometry.spacing)
+        index_xyz = ((step - geometry.origin) @ d) / geometry.spacing  # inverse of index_to_physical
+        zyx = np.clip(np.round(index_xyz[:, ::-1]).astype(int), 0, np.array(labels.shape) - 1)
+        assert np.mean(labels[tuple(zyx.T)] != value) > 0.95, name
+        # Where the voxels are, in scanner space.
+        expected = geometry.index_to_physical(centroid(labels == value)[None, ::-1])[0]
+        assert np.linalg.norm(mesh.center_mass - expected) < max(geometry.spacing), (name, mesh.center_mass, expected)
