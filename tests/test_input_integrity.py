@@ -241,3 +241,31 @@ def test_stl_normals_point_out_of_the_bone_and_the_mesh_sits_on_its_voxels(tmp_p
         # Where the voxels are, in scanner space.
         expected = geometry.index_to_physical(centroid(labels == value)[None, ::-1])[0]
         assert np.linalg.norm(mesh.center_mass - expected) < max(geometry.spacing), (name, mesh.center_mass, expected)
+
+
+# -- average Hausdorff distance under both definitions, through the CLI ---------------------------------
+
+def test_evaluate_reports_both_average_hausdorff_definitions(tmp_path, capfd):
+    g = Geometry((12, 12, 12), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    ref, pred = np.zeros((12, 12, 12), np.uint8), np.zeros((12, 12, 12), np.uint8)
+    ref[2:4, 4:6, 4:6] = 1  # z 2-3
+    pred[5:6, 4:6, 4:6] = 1  # z 5: one empty slice (z 4) between the boxes; z spacing 2 mm
+    write_image(ref, g, tmp_path / "ref.nii.gz")
+    write_image(pred, g, tmp_path / "pred.nii.gz")
+    assert evaluate_main(["-ref", str(tmp_path / "ref.nii.gz"), "-pred", str(tmp_path / "pred.nii.gz"),
+                          "--dataset-json", str(_dataset_json(tmp_path)), "-o", str(tmp_path / "s.json"),
+                          "--no-progress"]) == 0
+    m = json.loads((tmp_path / "s.json").read_text())["per_case"][0]["metrics"]["bone"]
+    # prediction -> reference: every voxel 2 slices (4 mm) away; reference -> prediction: 4 voxels at
+    # 4 mm, 4 at 6 mm, mean 5 mm. kneeseg's: the larger, 5; the paper's (pymia, ITK): the mean, 4.5.
+    assert m["avg_hausdorff_max"] == pytest.approx(5.0) and m["avg_hausdorff_mean"] == pytest.approx(4.5)
+    assert "avg_hausdorff" not in m
+    header = (tmp_path / "s.csv").read_text().splitlines()[0].split(",")
+    assert "avg_hausdorff_max" in header and "avg_hausdorff_mean" in header
+    assert "avgHD max 5.0000 / mean 4.5000 mm" in capfd.readouterr().out
+
+
+def _dataset_json(folder):
+    ds = DatasetJson({"0": "T2"}, {"background": 0, "bone": 1}, 1)
+    ds.save(folder / "dataset.json")
+    return folder / "dataset.json"
