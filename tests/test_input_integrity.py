@@ -269,3 +269,22 @@ def _dataset_json(folder):
     ds = DatasetJson({"0": "T2"}, {"background": 0, "bone": 1}, 1)
     ds.save(folder / "dataset.json")
     return folder / "dataset.json"
+
+
+# -- plain numbers in messages ----------------------------------------------------------------------------
+
+def test_messages_print_plain_numbers(tmp_path, capfd):
+    g = Geometry((8, 8, 8), (0.5, 0.5, 0.5), (1.5, 0.0, -3.25), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    write_image(np.zeros((8, 8, 8), np.uint8), g, tmp_path / "ref" / "a.nii.gz")
+    write_image(np.zeros((8, 8, 8), np.uint8), Geometry(g.size, (0.5, 0.5, 0.75), g.origin, g.direction),
+                tmp_path / "pred" / "a.nii.gz")
+    code = evaluate_main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "-o", str(tmp_path / "s.json"),
+                          "--no-progress"])
+    line = _refused(code, capfd, "geometry does not match the reference a.nii.gz (spacing (0.5, 0.5, 0.75) differs from (0.5, 0.5, 0.5))")
+    assert "np." not in line and "float64" not in line
+    write_image(np.zeros((8, 8, 8), np.uint8), Geometry(g.size, g.spacing, (1.5, 0.0, -3.0), g.direction),
+                tmp_path / "pred" / "a.nii.gz")
+    code = evaluate_main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "-o", str(tmp_path / "s.json"),
+                          "--no-progress"])
+    _refused(code, capfd, "(origin (1.5, 0.0, -3.0) differs from (1.5, 0.0, -3.25))")
+    assert not (tmp_path / "s.json").exists()

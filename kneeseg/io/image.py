@@ -64,13 +64,14 @@ class Geometry:
 
     def matches(self, other: "Geometry", tol: float = 1e-4) -> str | None:
         """None if both describe the same voxel grid, else a short description of the difference."""
-        if self.size != other.size:
-            return f"size {other.size} differs from {self.size}"
+        if tuple(self.size) != tuple(other.size):
+            return f"size {tuple(map(int, other.size))} differs from {tuple(map(int, self.size))}"
         for name in ("spacing", "origin", "direction"):
             a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
             scale = np.maximum(1.0, np.abs(a)) if name == "origin" else 1.0
             if np.any(np.abs(a - b) > tol * scale):
-                return f"{name} {tuple(np.round(b, 5))} differs from {tuple(np.round(a, 5))}"
+                # plain floats: a numpy scalar's repr would print as np.float64(...) in the message
+                return f"{name} {tuple(round(float(v), 5) for v in b)} differs from {tuple(round(float(v), 5) for v in a)}"
         return None
 
     def to_dict(self) -> dict:
