@@ -20,9 +20,9 @@ def test_overlap_metrics_on_known_shapes():
     assert m["sensitivity"] == pytest.approx(0.9) and m["precision"] == pytest.approx(0.9)
     assert m["volume_similarity"] == 1.0
     assert m["hd95"] == pytest.approx(2.0)  # one voxel along the 2 mm axis
-    assert 0 < m["assd"] <= 2.0 and m["avg_hausdorff"] == pytest.approx(0.2)  # 100 voxels at 2 mm / 1000
+    assert 0 < m["assd"] <= 2.0 and m["avg_hausdorff_max"] == pytest.approx(0.2)  # 100 voxels at 2 mm / 1000
     same = binary_metrics(ref, ref, (1, 1, 1))
-    assert same["dice"] == 1 and same["hd95"] == 0 and same["assd"] == 0 and same["avg_hausdorff"] == 0
+    assert same["dice"] == 1 and same["hd95"] == 0 and same["assd"] == 0 and same["avg_hausdorff_max"] == 0
 
 
 def test_empty_masks_have_defined_values():
@@ -283,3 +283,31 @@ def test_chooser_fills_cross_sections_unless_that_costs_dice(tmp_path):
     tunnel = ref.copy()
     tunnel[2:14, 11:13, 11:13] = 0  # a bone with a real tunnel through it: filling would cost Dice
     assert "fill_holes_slices" not in femur_steps(tunnel, tunnel)
+
+
+def test_average_hausdorff_max_and_mean_on_two_boxes_one_voxel_apart():
+    """Two boxes with one empty voxel between them along z (2 mm): prediction -> reference 4 mm for
+    every voxel; reference -> prediction 4 mm for half its voxels, 6 mm for the other half (mean 5).
+    avg_hausdorff_max (kneeseg's) is the larger directed mean, avg_hausdorff_mean (the paper's, pymia's)
+    their mean, which is what ITK's HausdorffDistanceImageFilter reports."""
+    import SimpleITK as sitk
+
+    ref, pred = np.zeros((12, 12, 12), bool), np.zeros((12, 12, 12), bool)
+    ref[2:4, 4:6, 4:6] = True
+    pred[5, 4:6, 4:6] = True
+    m = binary_metrics(ref, pred, (2.0, 1.0, 1.0))
+    assert m["avg_hausdorff_max"] == pytest.approx(5.0) and m["avg_hausdorff_mean"] == pytest.approx(4.5)
+    assert "avg_hausdorff" not in m
+    itk = sitk.HausdorffDistanceImageFilter()
+    images = []
+    for mask in (ref, pred):
+        image = sitk.GetImageFromArray(mask.astype(np.uint8))
+        image.SetSpacing((1.0, 1.0, 2.0))
+        images.append(image)
+    itk.Execute(*images)
+    assert m["avg_hausdorff_mean"] == pytest.approx(itk.GetAverageHausdorffDistance())
+    # Overlapping boxes: shared voxels count 0 in both directions.
+    grown = ref.copy()
+    grown[4] = ref[3]  # one more slice
+    m = binary_metrics(ref, grown, (2.0, 1.0, 1.0))
+    assert m["avg_hausdorff_max"] == pytest.approx(2.0 / 3) and m["avg_hausdorff_mean"] == pytest.approx(1.0 / 3)

@@ -68,6 +68,7 @@ def test_no_output_replaces_an_input(small_model, tmp_path, capsys):
     labels = tmp_path / "labels"
     labels.mkdir()
     shutil.copy(paths.raw / DS / "labelsTs" / "phantom_test_000.nii.gz", labels / "summary.json")
+    before = tree_snapshot(tmp_path)
     code = evaluate_main(["-ref", str(labels / "summary.json"), "-pred", str(labels / "summary.json"), "-o",
                           str(labels / "summary.json"), "--no-progress"])
     _one_line_error(code, capsys, "would replace the input")
@@ -180,3 +181,26 @@ def test_export_stl_does_not_replace_its_input(tmp_path, capsys):
     code = stl_main([str(source), "-o", str(tmp_path)])
     _one_line_error(code, capsys, f"{source}: would replace the input")
     assert tree_snapshot(tmp_path) == before
+
+
+def test_a_fold_all_model_gets_its_post_processing_from_a_cross_validation_fold(small_model, tmp_path, capsys):
+    """nnU-Net users train fold 'all' for a final model: it has no cross-validation predictions, so
+    prediction says the outputs are not post-processed; trained beside fold 0, it gets fold 0's choice."""
+    from conftest import make_paths
+
+    paths = make_paths(tmp_path)
+    for source, target in ((small_model.raw, paths.raw), (small_model.preprocessed, paths.preprocessed)):
+        shutil.copytree(source, target)
+    shutil.copytree(small_model.results / MODEL_DIR / "fold_0", paths.results / MODEL_DIR / "fold_0")
+    quick = ["--epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1", "--device", "cpu", "--no-progress"]
+    assert train_main(["all", *quick, *path_flags(paths)]) == 0
+    assert not (paths.results / MODEL_DIR / "fold_all" / "validation").exists()
+    scan, out = _scan(small_model), tmp_path / "bones.nii.gz"
+    capsys.readouterr()
+    assert predict_main(["-i", str(scan), "-o", str(out), "-f", "all", "--device", "cpu", "--no-progress", *path_flags(paths)]) == 0
+    assert "no postprocessing.json, so the outputs are not post-processed" in capsys.readouterr().err
+    assert findpp_main(["--device", "cpu", "--no-progress", *path_flags(paths)]) == 0
+    assert (paths.results / MODEL_DIR / "postprocessing.json").exists()
+    capsys.readouterr()
+    assert predict_main(["-i", str(scan), "-o", str(out), "-f", "all", "--device", "cpu", "--no-progress", *path_flags(paths)]) == 0
+    assert "postprocessing.json" not in capsys.readouterr().err

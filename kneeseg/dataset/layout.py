@@ -114,7 +114,11 @@ def list_datasets(root: Path) -> list[str]:
 
 
 def find_dataset(root: Path, dataset: str | int | None = None) -> str:
-    """Resolve a dataset given as None (the only one), an id (``900``) or a name to its folder name."""
+    """Resolve a dataset given as None (the only one), an id (``900``) or a name to its folder name.
+
+    Two folders that an id or short name both match (Dataset900_A, Dataset900_B) are an error that
+    names both, never a silent choice; the full folder name always picks exactly one.
+    """
     names = list_datasets(root)
     if dataset is None:
         if not names:
@@ -123,10 +127,18 @@ def find_dataset(root: Path, dataset: str | int | None = None) -> str:
             raise KneesegError(f"{root}: several datasets ({', '.join(names)}); choose one with -d")
         return names[0]
     text = str(dataset)
+    if text in names:
+        return text
+    matches = []
     for name in names:
         number, short = _DATASET_RE.match(name).groups()  # type: ignore[union-attr]  # listed names match
-        if text in (name, short) or (text.isdigit() and int(text) == int(number)):
-            return name
+        if text == short or (text.isdigit() and int(text) == int(number)):
+            matches.append(name)
+    if len(matches) > 1:
+        raise KneesegError(f"{root}: dataset '{dataset}' is ambiguous ({', '.join(matches)}); "
+                           "give the full folder name with -d")
+    if matches:
+        return matches[0]
     listing = ", ".join(names) if names else "none"
     raise KneesegError(f"{root}: dataset '{dataset}' not found (available: {listing})")
 

@@ -49,9 +49,10 @@ def taubin_smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int = 20,
 
 
 def mesh_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
-    """Enclosed volume of a closed, consistently oriented triangle mesh (signed tetrahedra)."""
+    """Enclosed volume of a closed, consistently oriented triangle mesh (signed tetrahedra): positive
+    when the faces wind counter-clockwise seen from outside (normals outward), negative if inside out."""
     a, b, c = (vertices[faces[:, i]] for i in range(3))
-    return float(abs(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0))
+    return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
 
 
 def write_binary_stl(path: Path, vertices: np.ndarray, faces: np.ndarray, name: str = "kneeseg") -> None:
@@ -74,12 +75,14 @@ def bone_mesh(mask: np.ndarray, geometry: Geometry, smoothing_iterations: int = 
     lo = np.array([s.start for s in box])
     padded = np.pad(mask[box], 1).astype(np.float32)
     verts, faces, _, _ = measure.marching_cubes(padded, level=0.5)
+    # Normals outward (STL readers, slicers and printers go by the winding): the winding marching cubes
+    # gives in (x, y, z) index space is turned over once more by a mirroring direction matrix
+    # (determinant -1). Judged on the unsmoothed surface, whatever marching cubes' own convention.
+    if mesh_volume(verts[:, ::-1], faces) * np.linalg.det(np.asarray(geometry.direction).reshape(3, 3)) < 0:
+        faces = faces[:, ::-1]
     verts = taubin_smooth(verts, faces, smoothing_iterations) if smoothing_iterations else verts
     index_zyx = verts - 1 + lo
     physical = geometry.index_to_physical(index_zyx[:, ::-1])
-    # A mirroring direction matrix flips the winding; keep normals pointing outwards.
-    if np.linalg.det(np.asarray(geometry.direction).reshape(3, 3)) > 0:
-        faces = faces[:, ::-1]
     return physical, faces
 
 

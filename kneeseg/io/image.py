@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from kneeseg.errors import KneesegError
 from kneeseg.io.atomic import atomic_path
+from kneeseg.io.truncation import data_shortfall
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 _READ_ENDINGS = SUPPORTED_ENDINGS + (".mhd", ".nhdr", ".dcm")
@@ -63,13 +64,14 @@ class Geometry:
 
     def matches(self, other: Geometry, tol: float = 1e-4) -> str | None:
         """None if both describe the same voxel grid, else a short description of the difference."""
-        if self.size != other.size:
-            return f"size {other.size} differs from {self.size}"
+        if tuple(self.size) != tuple(other.size):
+            return f"size {tuple(map(int, other.size))} differs from {tuple(map(int, self.size))}"
         for name in ("spacing", "origin", "direction"):
             a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
             scale = np.maximum(1.0, np.abs(a)) if name == "origin" else 1.0
             if np.any(np.abs(a - b) > tol * scale):
-                return f"{name} {tuple(np.round(b, 5))} differs from {tuple(np.round(a, 5))}"
+                # plain floats: a numpy scalar's repr would print as np.float64(...) in the message
+                return f"{name} {tuple(round(float(v), 5) for v in b)} differs from {tuple(round(float(v), 5) for v in a)}"
         return None
 
     def to_dict(self) -> dict:
@@ -109,15 +111,74 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     if len(series) > 1:
         raise KneesegError(f"{folder}: folder holds {len(series)} DICOM series; give one series per folder")
     names = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    _check_slice_spacing(folder, names)
     reader.SetFileNames(names)
+    if hasattr(reader, "SetSpacingWarningRelThreshold"):  # judged above, in kneeseg's words: no raw ITK warning
+        reader.SetSpacingWarningRelThreshold(1.0)
     return reader.Execute()
 
 
+# Slice gaps may differ from the series' typical gap by this share (or _SLICE_GAP_ABS_TOL mm, the rounding of
+# positions written with two decimals); more is a missing slice or uneven spacing.
+_SLICE_GAP_REL_TOL = 0.01
+_SLICE_GAP_ABS_TOL = 0.01
+
+
+def _check_slice_spacing(folder: Path, names: tuple[str, ...]) -> None:
+    """Refuse a series whose slices are not evenly spaced (a missing slice, uneven or repeated positions):
+    ITK would lay them on an evenly spaced grid, putting the voxels near the gap up to half a gap off."""
+    if len(names) < 3:
+        return
+    header = sitk.ImageFileReader()
+    positions, orientation = [], None
+    for name in names:
+        header.SetFileName(name)
+        try:
+            header.ReadImageInformation()
+            if not header.HasMetaDataKey("0020|0032"):
+                return  # no slice positions (e.g. secondary capture): nothing to check against
+            positions.append([float(v) for v in header.GetMetaData("0020|0032").split("\\")])
+            if orientation is None and header.HasMetaDataKey("0020|0037"):
+                orientation = [float(v) for v in header.GetMetaData("0020|0037").split("\\")]
+        except (RuntimeError, ValueError):
+            return  # an unreadable header: ITK's reader says what is wrong with it
+    if orientation is None or len(orientation) != 6 or any(len(p) != 3 for p in positions):
+        return
+    normal = np.cross(orientation[:3], orientation[3:])
+    along = np.asarray(positions) @ normal
+    order = np.argsort(along, kind="stable")
+    gaps = np.diff(along[order])
+    typical = float(np.median(gaps))
+    tolerance = max(_SLICE_GAP_REL_TOL * typical, _SLICE_GAP_ABS_TOL)
+    bad = np.flatnonzero(np.abs(gaps - typical) > tolerance)
+    if typical <= tolerance:
+        raise KneesegError(f"{folder}: DICOM series has {len(names)} slices at only "
+                           f"{len(np.unique(np.round(along / tolerance)))} positions; give one series per folder")
+    if bad.size:
+        i = int(bad[np.argmax(np.abs(gaps[bad] - typical))])  # the worst gap
+        first, second = (Path(names[order[k]]).name for k in (i, i + 1))
+        found = float(gaps[i])
+        what = (f"slices {first} and {second} lie at the same position" if found <= tolerance else
+                f"found {found:.4g} mm between slices {first} and {second}")
+        problem = "a missing slice" if found > 1.5 * typical else "uneven slice spacing"
+        raise KneesegError(f"{folder}: DICOM series has {problem}: expected slices {typical:.4g} mm apart, {what} "
+                           f"({bad.size} of {len(gaps)} gaps differ)")
+
+
 def read_sitk(path: str | os.PathLike) -> sitk.Image:
-    """Read a file or DICOM folder as a SimpleITK image; any failure is a one-line KneesegError."""
+    """Read a file or DICOM folder as a SimpleITK image; any failure is a one-line KneesegError.
+
+    A file shorter than its header says is an error (ITK's NIfTI reader fills the rest with zeros
+    silently; its NRRD and MetaImage readers fail), and so is a DICOM series with a missing slice or
+    uneven slice spacing (ITK reads it onto an evenly spaced grid with only a warning).
+    """
     path = Path(path)
     if not path.exists():
         raise KneesegError(f"{path}: file not found")
+    if path.is_file():
+        short = data_shortfall(path)  # ITK's NIfTI reader would fill the missing voxels with zeros
+        if short is not None:
+            raise KneesegError(f"{path}: {short.describe(path)}")
     try:
         if path.is_dir():
             return _read_dicom_series(path)
@@ -126,7 +187,8 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
         raise
     except (RuntimeError, OSError) as exc:
         first = str(exc).strip().splitlines()
-        why = next((ln for ln in first if "ERROR" in ln or "Unable" in ln), first[-1] if first else "")
+        nrrd = [ln for ln in first if ln.startswith("[nrrd]")]  # teem's last line is its reason
+        why = nrrd[-1] if nrrd else next((ln for ln in first if "ERROR" in ln or "Unable" in ln), first[-1] if first else "")
         raise KneesegError(f"{path}: cannot read image ({why.strip()[:160]})") from None
 
 
