@@ -18,7 +18,6 @@ on GPUs; the global batch is split across ranks and rank 0 writes).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
 import time
@@ -49,6 +48,7 @@ from kneeseg.training.data import (
     spatial_transform,
 )
 from kneeseg.training.layout import TRAINER_NAME, model_dir
+from kneeseg.training.lock import FoldLock
 from kneeseg.training.loss import DeepSupervisionLoss
 from kneeseg.training.network import UNet
 from kneeseg.training.progress import plot_progress
@@ -123,6 +123,7 @@ class Trainer:
         self.fold_dir = self.model_dir / f"fold_{options.fold}"
         self.resume_from = self._checkpoint_to_resume() if options.resume else None
         self._check_fold_is_free()
+        self.lock = FoldLock(self.fold_dir)  # taken by rank 0 when the training starts
         t = config.training
         if t.optimizer not in ("sgd", "adamw"):
             raise KneesegError(f"{config.name}: optimizer '{t.optimizer}' unknown (use sgd or adamw)")
@@ -190,33 +191,10 @@ class Trainer:
         np.random.seed(o.seed + 1000 * self.rank)
         random.seed(o.seed + 1000 * self.rank)
 
-    def _lock_fold(self) -> None:
-        """One training per fold folder at a time: an exclusive lock on ``fold_N/.lock`` that the
-        operating system releases when this process ends, however it ends (a killed run leaves none)."""
-        self.fold_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.fold_dir / ".lock", "a+")  # held until the run ends
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.seek(0)
-            holder = self._lock.read().strip() or "?"
-            self._lock.close()
-            raise KneesegError(f"{self.fold_dir}: another training of this fold is running (process {holder})") from None
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(f"{os.getpid()}\n")
-        self._lock.flush()
-
-    def _unlock_fold(self) -> None:
-        lock = getattr(self, "_lock", None)
-        if lock is not None and not lock.closed:
-            (self.fold_dir / ".lock").unlink(missing_ok=True)
-            lock.close()
-
     def _setup(self) -> None:
         self._start_process()
         if self.rank == 0:
-            self._lock_fold()
+            self.lock.acquire()
             save_splits(self.dataset_dir / "splits_final.json", self.splits)
         self.network = self.build_network().to(self.device)
         self.loss = DeepSupervisionLoss(self.config.network.num_stages - 1 if self.config.network.deep_supervision else 1)
@@ -462,7 +440,7 @@ class Trainer:
                     batches._finish()
             if self.options.distributed and dist.is_initialized():
                 dist.destroy_process_group()
-            self._unlock_fold()
+            self.lock.release()
         waits = self.history["wait_fraction"]
         return TrainingResult(self.model_dir, self.fold_dir, self.epoch, self.best_ema,
                               self.history["pseudo_dice"][-1] if self.history["pseudo_dice"] else [], list(self.val_ids),
