@@ -5,6 +5,8 @@
     find_postprocessing(paths)                    choose post-processing on the cross-validation predictions
     evaluate(ref, pred, output)                   metrics JSON + CSV (+ QC overlays)
     export_stl(seg, out_dir)                      one STL per bone
+    export_model(model_dir, output)               a model folder as one zip to share (weights only)
+    install_model(archive, paths)                 that zip, verified, into the results folder
 """
 
 from __future__ import annotations
@@ -150,3 +152,22 @@ def export_stl(segmentation: Path, out_dir: Path, labels: dict[str, int] | None 
     if not np.any(np.isin(seg, list(labels.values()))):
         raise KneesegError(f"{segmentation}: contains none of the labels {labels}")
     return export_meshes(seg, geometry, Path(out_dir), labels, smoothing_iterations)
+
+
+def export_model(model_dir: Path, output: Path, folds: list[str] | None = None, half: bool = True,
+                 overwrite: bool = False) -> dict:
+    """A trained model folder as one zip to share: plans, dataset.json, model.json, post-processing,
+    model card and, per fold, the network's weights only (float16 unless ``half`` is False), with a
+    manifest of sha256 sums; returns the manifest. See kneeseg.inference.archive."""
+    from kneeseg.inference.archive import export_model as export_archive
+
+    return export_archive(Path(model_dir), Path(output), folds, half, overwrite)
+
+
+def install_model(archive: Path, paths: KneesegPaths, overwrite: bool = False) -> Path:
+    """Verify a model archive whole, then unpack it as
+    ``paths.results/DatasetNNN_Name/TRAINER__PLANS__CONFIG`` (an installed model there is replaced
+    only if ``overwrite``); returns that folder, which kneeseg_predict then finds like a trained one."""
+    from kneeseg.inference.archive import install_model as install_archive
+
+    return install_archive(Path(archive), paths.results, overwrite)

@@ -16,10 +16,14 @@ def parser(prog: str, doc: str | None, **kwargs) -> argparse.ArgumentParser:
     return p
 
 
-def add_path_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("data roots (default: $KNEESEG_RAW / $KNEESEG_PREPROCESSED / $KNEESEG_RESULTS, else ./kneeseg_data/...)")
-    group.add_argument("--raw", help="raw datasets folder")
-    group.add_argument("--preprocessed", help="preprocessed data folder")
+def add_path_flags(parser: argparse.ArgumentParser, results_only: bool = False) -> None:
+    """--raw, --preprocessed and --results (only --results for a command that reads no data)."""
+    if results_only:
+        group = parser.add_argument_group("data roots (default: $KNEESEG_RESULTS, else ./kneeseg_data/results)")
+    else:
+        group = parser.add_argument_group("data roots (default: $KNEESEG_RAW / $KNEESEG_PREPROCESSED / $KNEESEG_RESULTS, else ./kneeseg_data/...)")
+        group.add_argument("--raw", help="raw datasets folder")
+        group.add_argument("--preprocessed", help="preprocessed data folder")
     group.add_argument("--results", help="trained models folder")
 
 

@@ -59,7 +59,11 @@ class DatasetJson:
 
     @classmethod
     def load(cls, path: Path) -> DatasetJson:
-        d = read_json(path)
+        return cls.from_data(read_json(path), path)
+
+    @classmethod
+    def from_data(cls, d, path: Path | str) -> DatasetJson:
+        """dataset.json from parsed JSON; ``path`` names the source in errors."""
         if not isinstance(d, dict):
             raise KneesegError(f"{path}: expected a JSON object")
         for key in ("channel_names", "labels", "numTraining", "file_ending"):

@@ -40,12 +40,18 @@ class TrainedModel:
                 raise KneesegError(f"{path}: trained with other plans than {self.folder / 'plans.json'}")
             net = UNet(self.config.network, self.ds.num_channels, len(self.ds.labels))
             try:
-                net.load_state_dict(state["network"])
+                net.load_state_dict(float32_weights(state["network"]))
             except RuntimeError:  # shapes or names differ: another network than the folder's files describe
                 raise KneesegError(f"{path}: does not fit {self.folder / 'plans.json'} and dataset.json "
                                    f"({self.ds.num_channels} channel(s), {len(self.ds.labels)} labels)") from None
             networks.append(net.to(device).eval())
         return networks
+
+
+def float32_weights(weights: dict) -> dict:
+    """``weights`` with every floating-point tensor in float32, the precision the networks are built
+    in: an exported model (kneeseg.inference.archive) stores them in half precision to halve its size."""
+    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in weights.items()}
 
 
 def trained_folds(folder: Path, checkpoint: str = CHECKPOINT) -> list[str]:

@@ -151,12 +151,17 @@ class Plans:
 
     @classmethod
     def load(cls, path: Path) -> Plans:
-        data = read_json(path)
+        return cls.from_data(read_json(path), str(path))
+
+    @classmethod
+    def from_data(cls, data, where: str) -> Plans:
+        """Plans from parsed JSON; ``where`` names the source in errors (a model archive's plans are
+        checked before anything is unpacked)."""
         version = data.get("version", PLANS_VERSION) if isinstance(data, dict) else PLANS_VERSION
         if version != PLANS_VERSION:
-            raise KneesegError(f"{path}: plans version {version}, this kneeseg reads version {PLANS_VERSION}; "
+            raise KneesegError(f"{where}: plans version {version}, this kneeseg reads version {PLANS_VERSION}; "
                                "run kneeseg_plan_and_preprocess again")
-        return from_dict(cls, data, str(path))
+        return from_dict(cls, data, where)
 
 
 def from_dict(cls, data, where: str):

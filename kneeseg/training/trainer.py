@@ -144,6 +144,9 @@ class Trainer:
         state = load_checkpoint(source)
         if state.get("signature") != self.config.preprocessing_signature():
             raise KneesegError(f"{source}: trained with other plans than {self.config.name} of {self.plans.plans_name}")
+        if "optimizer" not in state:  # kneeseg_export_model keeps the weights only
+            raise KneesegError(f"{source}: weights only (an installed model): it cannot be continued; "
+                               "train the fold anew with --overwrite")
         return state
 
     def _check_fold_is_free(self) -> None:
