@@ -53,6 +53,9 @@ def discover_cases(inp: Path, out: Path, num_channels: int) -> list[InputCase]:
     if not inp.exists():
         raise KneesegError(f"{inp}: input not found")
     single_out = file_ending(out) in SUPPORTED_ENDINGS
+    if not single_out and out.suffix and not out.is_dir():  # e.g. bones.stl: an image that cannot be written
+        raise KneesegError(f"{out}: cannot write a label map as '{out.suffix}' (use {', '.join(SUPPORTED_ENDINGS)}, "
+                           "or a folder; a folder whose name has a dot must exist already)")
     if inp.is_file():
         case_id = strip_ending(inp)
         case_id = case_id[:-5] if case_id.endswith("_0000") else case_id
