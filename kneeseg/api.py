@@ -22,7 +22,7 @@ from kneeseg.errors import KneesegError
 from kneeseg.inference.cases import InputCase, discover_cases
 from kneeseg.inference.model import TrainedModel, find_model, load_model
 from kneeseg.inference.study import PredictionOptions, predict_study
-from kneeseg.io import read_image, refuse_overwriting_inputs
+from kneeseg.io import OUTPUT_ENDINGS, file_ending, read_image, refuse_overwriting_inputs
 from kneeseg.paths import KneesegPaths
 from kneeseg.planning.plans import Plans
 from kneeseg.training.layout import TRAINER_NAME
@@ -83,8 +83,16 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
             dataset: str | int | None = None, configuration: str | None = None, folds: list[str] | None = None,
             device: str = "cpu", tta: bool = True, postprocess: bool = True, save_probabilities: bool = False,
             overlays: Path | None = None, step: float = 0.5, autocast: str | None = None, progress: bool = True,
-            tta_scales: Sequence[float] = (1.0,), zero_air: bool | None = None, trainer: str | None = None) -> list[Path]:
+            tta_scales: Sequence[float] = (1.0,), zero_air: bool | None = None, trainer: str | None = None,
+            statistics: bool = False) -> list[Path]:
     """Predict a file, a folder of CASE_0000.<ext> files or a DICOM series folder; returns the outputs.
+
+    ``out`` ending in ``.seg.nrrd`` gives a 3D Slicer segmentation (named, coloured segments); plain
+    label maps get an ITK-SNAP label description and a Slicer colour table beside them
+    (``labels.itksnap.txt``, ``labels.ctbl`` in an output folder; ``STEM.itksnap.txt``, ``STEM.ctbl``
+    beside a single output file). ``statistics``: ``CASE.statistics.json`` per case (bone volumes,
+    components, bounding boxes; kneeseg.export.statistics) and, for a folder of scans,
+    ``statistics.csv`` in the output folder.
 
     ``tta_scales``: also predict on grids at these multiples of the plan's spacing (0.75-1.3) and
     average the probabilities (one sliding window per scale: slower). ``zero_air``: store each scan's
@@ -93,17 +101,43 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
     True always; False never. ``overlays``: a folder for one QC PNG per case."""
     model = resolve_model(paths, model_dir, dataset, configuration, folds, device, trainer)
     cases = discover_cases(Path(inp), Path(out), model.ds.num_channels)
+    single_file = file_ending(out) in OUTPUT_ENDINGS
     options = PredictionOptions(device=device, tta=tta, tta_scales=tta_scales, step=step, autocast=autocast,
                                 postprocess=postprocess, zero_air=zero_air, save_probabilities=save_probabilities,
-                                progress=progress)
-    after_case = None
+                                progress=progress, label_descriptions="beside" if single_file else "folder")
+    hooks = []
     if overlays is not None:
         from kneeseg.export.overlays import save_overlay
 
-        def after_case(case, image, labels, geometry):
-            save_overlay(image, labels, geometry.spacing_zyx, Path(overlays) / f"{case.case_id}.png", case.case_id)
+        hooks.append(lambda case, image, labels, geometry: save_overlay(
+            image, labels, geometry.spacing_zyx, Path(overlays) / f"{case.case_id}.png", case.case_id))
+    csv_path, csv_rows_made = Path(out) / "statistics.csv", []
+    if statistics:
+        from kneeseg.export import statistics as stats
 
-    return predict_study(model, cases, options, after_case, [Path(overlays)] if overlays else [])
+        table = [] if single_file else [csv_path]
+        refuse_overwriting_inputs([*(stats.statistics_path(c.output) for c in cases), *table],
+                                  [path for c in cases for path in c.channels])
+
+        def write_statistics(case, image, labels, geometry):
+            bones = stats.bone_statistics(labels, geometry, model.ds.foreground)
+            stats.write_case_statistics(stats.statistics_path(case.output), case.case_id, case.output,
+                                        list(case.channels), model.folder, geometry, bones)
+            csv_rows_made.extend(stats.csv_rows(case.case_id, bones))
+
+        hooks.append(write_statistics)
+
+    def after_case(case, image, labels, geometry):
+        for hook in hooks:
+            hook(case, image, labels, geometry)
+
+    try:
+        return predict_study(model, cases, options, after_case if hooks else None, [Path(overlays)] if overlays else [])
+    finally:
+        if statistics and not single_file and csv_rows_made:  # also when some scans failed: the others' rows
+            from kneeseg.export.statistics import write_statistics_csv
+
+            write_statistics_csv(csv_path, csv_rows_made)
 
 
 def find_postprocessing(paths: KneesegPaths, dataset=None, configuration: str | None = None, model_dir: Path | None = None,

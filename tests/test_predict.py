@@ -30,7 +30,8 @@ def test_predict_and_evaluate_the_held_out_cases(small_model, tmp_path):
     out = tmp_path / "pred"
     assert predict_main(["-i", str(paths.raw / DS / "imagesTs"), "-o", str(out), "--device", "cpu", "--no-progress",
                          "--overlays", str(tmp_path / "qc"), *path_flags(paths)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["phantom_test_000.nii.gz", "phantom_test_001.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["labels.ctbl", "labels.itksnap.txt",  # names, colours
+                                                     "phantom_test_000.nii.gz", "phantom_test_001.nii.gz"]
     for case in ("phantom_test_000", "phantom_test_001"):
         _, g_in = read_image(paths.raw / DS / "imagesTs" / f"{case}_0000.nii.gz")
         _, g_out = read_image(out / f"{case}.nii.gz")

@@ -91,7 +91,7 @@ def test_a_constant_image_is_refused_and_a_study_writes_its_good_cases(small_mod
     shutil.copy(_scan(paths), study / "bb_0000.nii.gz")
     code = predict_main(["-i", str(study), "-o", str(out), "--device", "cpu", "--no-progress", *path_flags(paths)])
     err = capsys.readouterr().err
-    assert code == 2 and [p.name for p in out.iterdir()] == ["bb.nii.gz"], err
+    assert code == 2 and sorted(p.name for p in out.iterdir()) == ["bb.nii.gz", "labels.ctbl", "labels.itksnap.txt"], err
     errors = [line for line in err.splitlines() if line.startswith("kneeseg_predict: error:")]
     assert len(errors) == 2 and "aa_0000.nii.gz: every voxel is 7.0" in errors[0], errors
     assert "1 of 2 cases failed" in errors[1] and "the other 1 were written" in errors[1]

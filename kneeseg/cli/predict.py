@@ -1,6 +1,8 @@
 """kneeseg_predict -i IN -o OUT: bones from scans, with the input's geometry and format.
 
 IN is an image file, a folder of CASE_0000.<ext> files, or a DICOM series folder (output NIfTI).
+-o CASE.seg.nrrd writes a 3D Slicer segmentation (named, coloured bones); plain label maps get an
+ITK-SNAP label description and a Slicer colour table beside them.
 With no -d/-c/-f it uses the one trained dataset in the results folder, the configuration the
 plans recommend for the device, and every fold trained so far; -m takes a model folder copied
 elsewhere. Post-processing chosen by kneeseg_find_postprocessing is applied unless --no-postprocessing.
@@ -43,13 +45,16 @@ def main(argv=None):
     p.add_argument("--no-postprocessing", dest="postprocess", action="store_false")
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz with class probabilities")
     p.add_argument("--overlays", type=Path, help="folder for QC PNGs (three planes with contours)")
+    p.add_argument("--statistics", action="store_true",
+                   help="also write CASE.statistics.json per scan (bone volumes in mm3 and ml, connected components, "
+                        "bounding box in scanner LPS mm) and, for a folder, statistics.csv")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_path_flags(p)
     args = p.parse_args(argv)
     outputs = predict(Path(args.input), Path(args.output), paths_from(args), args.model_dir, args.dataset,
                       args.configuration, args.folds, resolve_device(args.device), args.tta == "mirror",
                       args.postprocess, args.save_probabilities, args.overlays, args.step, args.autocast, args.progress,
-                      args.tta_scales, args.zero_air, args.trainer)
+                      args.tta_scales, args.zero_air, args.trainer, args.statistics)
     for path in outputs:
         print(f"wrote {path}")
     return 0

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kneeseg.errors import KneesegError
-from kneeseg.io import SUPPORTED_ENDINGS, file_ending, strip_ending
+from kneeseg.io import OUTPUT_ENDINGS, SUPPORTED_ENDINGS, file_ending, strip_ending
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,9 @@ def discover_cases(inp: Path, out: Path, num_channels: int) -> list[InputCase]:
     inp, out = Path(inp), Path(out)
     if not inp.exists():
         raise KneesegError(f"{inp}: input not found")
-    single_out = file_ending(out) in SUPPORTED_ENDINGS
+    single_out = file_ending(out) in OUTPUT_ENDINGS
     if not single_out and out.suffix and not out.is_dir():  # e.g. bones.stl: an image that cannot be written
-        raise KneesegError(f"{out}: cannot write a label map as '{out.suffix}' (use {', '.join(SUPPORTED_ENDINGS)}, "
+        raise KneesegError(f"{out}: cannot write a label map as '{out.suffix}' (use {', '.join(OUTPUT_ENDINGS)}, "
                            "or a folder; a folder whose name has a dot must exist already)")
     if inp.is_file():
         case_id = strip_ending(inp)

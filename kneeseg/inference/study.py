@@ -3,7 +3,9 @@
 The model is loaded once; each case is read (every channel, checked for NaN, a constant image and
 matching geometry), its air stored as zeros where the model needs that, checked against what the
 model was trained for (warnings on stderr), predicted, post-processed with the model's chosen steps
-and written with the input's geometry. Before the first case: outputs that would replace an input
+and written with the input's geometry (a ``.seg.nrrd`` output as a 3D Slicer segmentation with the
+model's label names). Beside plain label maps, on request, an ITK-SNAP label description and a 3D
+Slicer colour table (kneeseg.io.labelfiles) once per output folder. Before the first case: outputs that would replace an input
 are refused and the output folders checked. Outputs are written atomically. In a study of several
 cases a case that fails is reported and skipped; the others are written, and the failures are
 listed at the end (a KneesegError, so the command exits non-zero).
@@ -33,6 +35,8 @@ from kneeseg.io import (
     strip_ending,
     write_image,
 )
+from kneeseg.io.image import SEGMENTATION_ENDING, file_ending
+from kneeseg.io.labelfiles import label_description_paths, write_label_descriptions
 from kneeseg.io.nifti import has_nonfinite
 from kneeseg.postprocessing.operations import apply_postprocessing, checked_steps
 
@@ -52,6 +56,9 @@ class PredictionOptions:
     zero_air: bool | None = None
     save_probabilities: bool = False  # CASE.npz beside each output
     progress: bool = True
+    # Label descriptions (ITK-SNAP, Slicer colour table) beside plain label maps: None (no), "folder"
+    # (labels.itksnap.txt, labels.ctbl once per output folder) or "beside" (STEM.itksnap.txt, STEM.ctbl).
+    label_descriptions: str | None = None
 
 
 # Called after each case with the case, its first channel and the labels written (QC overlays, say).
@@ -89,6 +96,17 @@ def probabilities_path(output: Path) -> Path:
     return output.with_name(strip_ending(output) + ".npz")
 
 
+def label_description_files(cases: Sequence[InputCase], how: str | None) -> list[tuple[Path, Path]]:
+    """The (ITK-SNAP, Slicer) label description files that go with the plain label maps of ``cases``."""
+    if how is None:
+        return []
+    if how not in ("folder", "beside"):
+        raise ValueError(f"label_descriptions: {how!r} is not None, 'folder' or 'beside'")
+    files = {label_description_paths(c.output, how == "beside", strip_ending(c.output))
+             for c in cases if file_ending(c.output) != SEGMENTATION_ENDING}
+    return sorted(files)
+
+
 def predict_study(model: TrainedModel, cases: list[InputCase], options: PredictionOptions,
                   after_case: AfterCase | None = None, extra_folders: Sequence[Path] = ()) -> list[Path]:
     """Predict ``cases`` with ``model``; returns the outputs written. ``extra_folders`` (e.g. for
@@ -97,6 +115,8 @@ def predict_study(model: TrainedModel, cases: list[InputCase], options: Predicti
 
     o = options
     outputs = [c.output for c in cases] + [probabilities_path(c.output) for c in cases if o.save_probabilities]
+    descriptions = label_description_files(cases, o.label_descriptions)
+    outputs += [path for pair in descriptions for path in pair]
     refuse_overwriting_inputs([*outputs, *extra_folders], [path for c in cases for path in c.channels])
     steps = postprocessing_steps(model) if o.postprocess else []
     predictor = Predictor(model, o.device, o.tta, o.step, o.autocast, o.progress, o.tta_scales)  # checks scales, checkpoints
@@ -113,6 +133,9 @@ def predict_study(model: TrainedModel, cases: list[InputCase], options: Predicti
             failed.append(str(exc))
             continue
         written.append(case.output)
+    for pair in descriptions:  # for the folders that received a label map
+        if any(file_ending(p) != SEGMENTATION_ENDING and p.parent == pair[0].parent for p in written):
+            write_label_descriptions(pair, model.ds.labels)
     if written and o.postprocess and not model.postprocessing_file.exists():
         print(f"kneeseg: {model.folder}: no postprocessing.json, so the outputs are not post-processed (run "
               "kneeseg_find_postprocessing after training a cross-validation fold; see docs/prediction.md)", file=sys.stderr)
@@ -136,7 +159,7 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
         tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
     prediction = predictor.predict(images, geometry, keep_probabilities=o.save_probabilities)
     labels = apply_postprocessing(prediction.labels, steps, geometry.spacing_zyx) if steps else prediction.labels
-    write_image(labels, geometry, case.output)
+    write_image(labels, geometry, case.output, labels=model.ds.labels)
     if o.save_probabilities:
         assert prediction.probabilities is not None
         with atomic_path(probabilities_path(case.output)) as tmp:

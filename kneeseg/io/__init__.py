@@ -9,6 +9,7 @@ from kneeseg.io.atomic import (
     refuse_overwriting_inputs,
 )
 from kneeseg.io.image import (
+    OUTPUT_ENDINGS,
     SUPPORTED_ENDINGS,
     Geometry,
     file_ending,
@@ -18,6 +19,7 @@ from kneeseg.io.image import (
 )
 
 __all__ = [
+    "OUTPUT_ENDINGS",
     "SUPPORTED_ENDINGS",
     "Geometry",
     "atomic_path",

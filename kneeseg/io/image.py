@@ -5,7 +5,9 @@ Conventions used everywhere in kneeseg:
 - a :class:`Geometry` keeps SimpleITK's (x, y, z) order for spacing, origin, size and the
   row-major 3x3 direction, because that is what gets written back to disk unchanged;
 - anything SimpleITK reads is accepted (NIfTI, NRRD, MHA, ...) and a folder is read as a DICOM
-  series sorted by slice position; outputs use the endings in :data:`SUPPORTED_ENDINGS`.
+  series sorted by slice position; label maps are written with the endings in :data:`OUTPUT_ENDINGS`:
+  the image endings of :data:`SUPPORTED_ENDINGS` and ``.seg.nrrd``, a 3D Slicer segmentation
+  (kneeseg.io.segmentation), which counts as one ending.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import SimpleITK as sitk
 
 from kneeseg.errors import KneesegError
 from kneeseg.io.atomic import atomic_path
+from kneeseg.io.segmentation import SEGMENTATION_ENDING, write_seg_nrrd
 from kneeseg.io.truncation import data_shortfall
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
-_READ_ENDINGS = SUPPORTED_ENDINGS + (".mhd", ".nhdr", ".dcm")
+OUTPUT_ENDINGS = SUPPORTED_ENDINGS + (SEGMENTATION_ENDING,)
+_READ_ENDINGS = OUTPUT_ENDINGS + (".mhd", ".nhdr", ".dcm")
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ class Geometry:
 
 
 def file_ending(path: str | os.PathLike) -> str:
-    """The image ending of ``path`` (``.nii.gz`` counts as one), or '' for a folder/unknown."""
+    """The image ending of ``path`` (``.nii.gz`` and ``.seg.nrrd`` count as one), or '' for a folder/unknown."""
     name = Path(path).name.lower()
     for ending in sorted(_READ_ENDINGS, key=len, reverse=True):
         if name.endswith(ending):
@@ -211,15 +215,25 @@ def read_image(path: str | os.PathLike, dtype=None) -> tuple[np.ndarray, Geometr
     return array, Geometry.of(image)
 
 
-def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike, compress: bool = True) -> None:
-    """Write a (z, y, x) array with ``geometry`` to ``path`` atomically (format from the ending)."""
+def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike, compress: bool = True,
+                labels: dict[str, int] | None = None) -> None:
+    """Write a (z, y, x) array with ``geometry`` to ``path`` atomically (format from the ending).
+
+    ``.seg.nrrd`` writes a 3D Slicer segmentation with one segment per label of ``labels`` (name ->
+    value; default: ``label_N`` for each nonzero value present)."""
     path = Path(path)
-    if file_ending(path) not in SUPPORTED_ENDINGS:
-        raise KneesegError(f"{path}: unsupported output ending; use one of {', '.join(SUPPORTED_ENDINGS)}")
+    ending = file_ending(path)
+    if ending not in OUTPUT_ENDINGS:
+        raise KneesegError(f"{path}: unsupported output ending; use one of {', '.join(OUTPUT_ENDINGS)}")
     if tuple(array.shape) != geometry.shape_zyx:
         raise ValueError(f"array shape {array.shape} does not match geometry {geometry.shape_zyx}")
     if array.dtype == bool:
         array = array.astype(np.uint8)
+    if ending == SEGMENTATION_ENDING:
+        if labels is None:
+            labels = {f"label_{int(v)}": int(v) for v in np.unique(array) if v != 0}
+        write_seg_nrrd(array, geometry, path, labels)
+        return
     image = geometry.apply_to(sitk.GetImageFromArray(array))
     with atomic_path(path) as tmp:
         try:

@@ -1,0 +1,102 @@
+"""Bone statistics of a label map: volume, connected components and bounding box in scanner space.
+
+Per bone: its voxel count, volume in mm^3 and ml (voxels x voxel volume), the number of connected
+components (face connectivity, as the post-processing's keep-the-largest-component counts them: 1
+means one piece) and the bounding box in scanner (LPS) millimetres: the minimum and maximum, per
+axis, of the bone's voxel centres mapped through the image's origin, direction and spacing (for an
+oblique scan this is the box aligned with the scanner axes, not with the voxel grid). A bone absent
+from the map has volume 0, 0 components and no box (null).
+
+``kneeseg_predict --statistics`` writes ``CASE.statistics.json`` beside each output and, for a
+folder of scans, ``statistics.csv`` in the output folder (one row per case and bone).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from kneeseg.io import Geometry, atomic_write_json, atomic_write_text, strip_ending
+
+CSV_COLUMNS = ("case", "bone", "label", "voxels", "volume_mm3", "volume_ml", "components",
+               "bbox_min_x_mm", "bbox_min_y_mm", "bbox_min_z_mm", "bbox_max_x_mm", "bbox_max_y_mm", "bbox_max_z_mm")
+_CHUNK = 1_000_000  # voxel centres mapped at a time
+
+
+def _physical_bounds(mask: np.ndarray, geometry: Geometry) -> tuple[list[float], list[float]] | None:
+    zyx = np.argwhere(mask)
+    if not len(zyx):
+        return None
+    low, high = np.full(3, np.inf), np.full(3, -np.inf)
+    for start in range(0, len(zyx), _CHUNK):
+        points = geometry.index_to_physical(zyx[start:start + _CHUNK, ::-1].astype(np.float64))
+        low, high = np.minimum(low, points.min(0)), np.maximum(high, points.max(0))
+    return [float(v) for v in low], [float(v) for v in high]
+
+
+def bone_statistics(labels: np.ndarray, geometry: Geometry, bones: dict[str, int]) -> list[dict]:
+    """One dict per bone of ``bones`` (name -> label value, background left out) for the (z, y, x)
+    label map ``labels`` on ``geometry``."""
+    voxel_mm3 = float(np.prod(geometry.spacing))
+    rows = []
+    for name, value in sorted(bones.items(), key=lambda kv: kv[1]):
+        if value == 0:
+            continue
+        mask = labels == value
+        voxels = int(np.count_nonzero(mask))
+        components = int(ndimage.label(mask)[1]) if voxels else 0
+        bounds = _physical_bounds(mask, geometry)
+        rows.append({
+            "bone": name,
+            "label": int(value),
+            "voxels": voxels,
+            "volume_mm3": voxels * voxel_mm3,
+            "volume_ml": voxels * voxel_mm3 / 1000.0,
+            "components": components,
+            "bbox_lps_mm": None if bounds is None else {"min": bounds[0], "max": bounds[1]},
+        })
+    return rows
+
+
+def statistics_path(output: Path) -> Path:
+    """``CASE.statistics.json`` beside the output ``CASE.<ext>``."""
+    return Path(output).with_name(strip_ending(output) + ".statistics.json")
+
+
+def write_case_statistics(path: Path, case_id: str, output: Path, inputs: list[Path], model_folder: Path,
+                          geometry: Geometry, bones: list[dict]) -> None:
+    """The statistics JSON of one case, atomically."""
+    atomic_write_json(path, {
+        "case": case_id,
+        "label_map": str(output),
+        "inputs": [str(p) for p in inputs],
+        "model": str(model_folder),
+        "spacing_mm": list(geometry.spacing),
+        "voxel_volume_mm3": float(np.prod(geometry.spacing)),
+        "connectivity": "face (6-connected)",
+        "coordinates": "scanner LPS millimetres (as ITK/SimpleITK and 3D Slicer's files)",
+        "bones": bones,
+    })
+
+
+def csv_rows(case_id: str, bones: list[dict]) -> list[dict]:
+    rows = []
+    for b in bones:
+        box = b["bbox_lps_mm"]
+        corners = [*box["min"], *box["max"]] if box else [""] * 6
+        rows.append(dict(zip(CSV_COLUMNS, [case_id, b["bone"], b["label"], b["voxels"], b["volume_mm3"], b["volume_ml"],
+                                            b["components"], *corners])))
+    return rows
+
+
+def write_statistics_csv(path: Path, rows: list[dict]) -> None:
+    """One CSV row per case and bone (rows from :func:`csv_rows`), atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
