@@ -195,6 +195,7 @@ def test_a_model_trained_on_zeroed_air_gets_noisy_air_zeroed_by_default(small_mo
     for config in plans["configurations"].values():
         config["use_mask_for_norm"] = [True]
     (model / "plans.json").write_text(json.dumps(plans))
+    (model / "postprocessing.json").write_text(json.dumps({"steps": []}))  # chosen: none (no note on stderr)
     checkpoint = model / "fold_0" / "checkpoint_final.pth"  # signed with the plans' preprocessing: sign it anew
     state = load_checkpoint(checkpoint)
     state["signature"] = load_model(model).config.preprocessing_signature()

@@ -465,6 +465,8 @@ def test_each_variant_augments_a_batch_into_network_patches(name):
     size = loader_patch_size(patch)
     seg = np.zeros((2, 1, *size), np.float32)
     seg[:, :, 6:18, 6:18, 6:18] = 1
-    batch = Compose(trainer_class(name).augmentation(fake))(data=np.random.rand(2, 1, *size).astype(np.float32), seg=seg)
+    trainer = trainer_class(name)
+    fake.share = getattr(trainer, "share", None)  # a variant's own settings are class attributes
+    batch = Compose(trainer.augmentation(fake))(data=np.random.rand(2, 1, *size).astype(np.float32), seg=seg)
     assert batch["data"].shape == batch["seg"].shape == (2, 1, *patch)
     assert set(np.unique(batch["seg"])) <= {0.0, 1.0}
