@@ -260,6 +260,14 @@ def test_evaluate_refuses_mismatched_geometry(tmp_path, capsys):
     (tmp_path / "pred" / "a.nii.gz").unlink()
     assert evaluate_main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "-o", str(tmp_path / "s.json"), "--no-progress"]) == 2
     assert "prediction missing" in capsys.readouterr().err
+    # A label value the evaluation does not know would be left out of every metric: refused, naming it.
+    other = np.zeros((8, 8, 8), np.uint8)
+    other[2:5, 2:5, 2:5] = 7
+    write_image(other, g, tmp_path / "pred" / "a.nii.gz")
+    assert evaluate_main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "-o", str(tmp_path / "s.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a.nii.gz: holds label value(s) [7], not among the labels evaluated" in err[0], err
+    assert not (tmp_path / "s.json").exists()
 
 
 def test_chooser_fills_cross_sections_unless_that_costs_dice(tmp_path):

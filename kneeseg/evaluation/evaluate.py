@@ -42,6 +42,12 @@ def evaluate_pair(ref_path: Path, pred_path: Path, labels: dict[str, int]) -> di
     problem = ref_geometry.matches(pred_geometry)
     if problem:
         raise KneesegError(f"{pred_path}: geometry does not match the reference {ref_path.name} ({problem})")
+    known = {0, *labels.values()}
+    for path, image in ((ref_path, ref), (pred_path, pred)):
+        unknown = sorted(int(v) for v in np.unique(image) if int(v) not in known)
+        if unknown:  # it would be left out of every metric without a word
+            raise KneesegError(f"{path}: holds label value(s) {unknown}, not among the labels evaluated "
+                               f"({', '.join(f'{n} {v}' for n, v in labels.items())}); give their dataset.json with --dataset-json")
     return label_metrics(ref, pred, ref_geometry.spacing_zyx, labels)
 
 
