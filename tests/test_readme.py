@@ -16,7 +16,7 @@ def test_the_readme_api_example_runs_as_printed(tmp_path):
     assert len(blocks) == 1, "the README has one Python example"
     script = tmp_path / "example.py"
     script.write_text(blocks[0], encoding="utf-8")
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=1500)
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, encoding="utf-8", errors="replace", timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
     dice = float(done.stdout.strip().splitlines()[-1])  # the example prints the all-bone Dice last
     assert 0.0 <= dice <= 1.0

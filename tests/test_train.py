@@ -192,7 +192,7 @@ def test_two_gloo_processes_end_with_identical_weights(prepared, tmp_path):
     script.write_text(DDP_RANK)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(script), str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     digests = dict(line.split(": weights ") for line in proc.stdout.splitlines() if ": weights " in line)
     assert set(digests) == {"rank 0", "rank 1"}
@@ -274,7 +274,7 @@ print("ok")
 def test_thick_slice_augmentation_runs_in_a_forked_worker_after_torch_has_run():
     """The transform runs in batchgenerators' forked workers, after the parent (the demo, the trainer)
     has used torch's thread pool; torch ops in such a child deadlock, so it must not use them."""
-    done = subprocess.run([sys.executable, "-c", THICK_SLICES_IN_A_WORKER], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", THICK_SLICES_IN_A_WORKER], capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 

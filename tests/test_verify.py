@@ -123,7 +123,7 @@ def test_exit_code_through_the_console_script(phantom_paths):
     proc = subprocess.run(
         [sys.executable, "-c", "import sys; from kneeseg.cli.plan_and_preprocess import main; sys.exit(main())",
          "--device", "cpu", *path_flags(phantom_paths)],
-        capture_output=True, text=True,
+        capture_output=True, encoding="utf-8", errors="replace",
     )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if "error:" in ln]

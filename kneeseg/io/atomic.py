@@ -64,7 +64,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
     with atomic_path(target) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")  # not the locale's: names and units may not be ASCII
 
 
 _SCALAR_LIST = re.compile(r"\[\s*([^\[\]{}]*?)\s*\]", re.S)
@@ -87,7 +87,7 @@ def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file; a missing or malformed file is a one-line KneesegError."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise KneesegError(f"{path}: file not found") from None
     except json.JSONDecodeError as exc:

@@ -37,7 +37,7 @@ class CaseStore:
         self.case_ids = list(case_ids)
         self.locations = {}
         for cid in self.case_ids:
-            props = json.loads((cache_dir / f"{cid}.json").read_text())
+            props = json.loads((cache_dir / f"{cid}.json").read_text(encoding="utf-8"))
             self.locations[cid] = {int(k): np.asarray(v, dtype=int).reshape(-1, 3) for k, v in props["class_locations"].items()}
 
     def load(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
