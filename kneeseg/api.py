@@ -73,6 +73,9 @@ def resolve_model(paths: KneesegPaths | None = None, model_dir: Path | None = No
     dataset, configuration and trainer; the configuration the plans recommend for ``device`` when
     several are trained)."""
     if model_dir is not None:
+        ignored = [flag for flag, value in (("-d", dataset), ("-c", configuration), ("-tr", trainer)) if value is not None]
+        if ignored:  # the folder is the model: a dataset, configuration or trainer beside it could not be honoured
+            raise KneesegError(f"{model_dir}: -m names the model folder; {', '.join(ignored)} would be ignored (give one or the other)")
         return load_model(Path(model_dir), folds)
     if paths is None:
         raise KneesegError("give a model folder (-m) or a results folder")
@@ -183,6 +186,10 @@ def export_stl(segmentation: Path, out_dir: Path, labels: dict[str, int] | None 
     labels = labels or foreground_labels(KNEE_LABELS)
     refuse_overwriting_inputs([Path(out_dir) / f"{name}.stl" for name in labels], [segmentation])
     seg, geometry = read_image(segmentation)
+    unknown = sorted(int(v) for v in np.unique(seg) if v != 0 and v not in labels.values())
+    if unknown:  # a mesh per named bone would leave these voxels out without a word
+        raise KneesegError(f"{segmentation}: holds label value(s) {unknown}, not among the labels {labels} "
+                           "(give --dataset-json with this segmentation's labels)")
     if not np.any(np.isin(seg, list(labels.values()))):
         raise KneesegError(f"{segmentation}: contains none of the labels {labels}")
     return export_meshes(seg, geometry, Path(out_dir), labels, smoothing_iterations)

@@ -154,6 +154,7 @@ def test_a_dataset_whose_labels_are_all_empty_is_not_planned(tmp_path, capsys):
     (["kneeseg_predict", "--step", "0"], "sliding-window step 0.0: must be a fraction of the patch"),
     (["kneeseg_predict", "-o", "bones.stl"], "bones.stl: cannot write a label map as '.stl'"),
     (["kneeseg_train", "0", "--continue", "--overwrite"], "argument --overwrite: not allowed with argument --continue"),
+    (["kneeseg_predict", "-m", "MODEL", "-c", "3d_fullres"], "-m names the model folder; -c would be ignored"),
 ])
 def test_flags_that_cannot_be_honoured_are_refused(small_model, tmp_path, capsys, argv, message):
     paths = small_model
@@ -163,6 +164,8 @@ def test_flags_that_cannot_be_honoured_are_refused(small_model, tmp_path, capsys
         args = ["-i", str(_scan(paths)), "-o", str(tmp_path / "out"), "--device", "cpu", *args, *path_flags(paths)]
         if "bones.stl" in args:  # the last -o wins
             args[args.index("bones.stl")] = str(tmp_path / "bones.stl")
+        if "MODEL" in args:
+            args[args.index("MODEL")] = str(paths.results / MODEL_DIR)
     if argv[0] == "kneeseg_evaluate":
         args = [a if a not in "abc" else str(tmp_path / a) for a in args]
     try:
@@ -184,6 +187,24 @@ def test_export_stl_does_not_replace_its_input(tmp_path, capsys):
     code = stl_main([str(source), "-o", str(tmp_path)])
     _one_line_error(code, capsys, f"{source}: would replace the input")
     assert tree_snapshot(tmp_path) == before
+
+
+def test_export_stl_refuses_label_values_it_would_leave_out(tmp_path, capsys):
+    """A fibula labelled 4 had no mesh and no word; with its dataset.json it gets one."""
+    seg = np.zeros((16, 16, 16), np.uint8)
+    seg[2:7, 3:12, 3:12], seg[9:14, 3:12, 3:12] = 1, 4
+    path = tmp_path / "seg.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(seg), str(path))
+    before = tree_snapshot(tmp_path)
+    code = stl_main([str(path), "-o", str(tmp_path / "meshes")])
+    _one_line_error(code, capsys, f"{path}: holds label value(s) [4], not among the labels")
+    assert tree_snapshot(tmp_path) == before
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "T2"}, "labels": {"background": 0, "femur": 1, "fibula": 4},
+        "numTraining": 1, "file_ending": ".nii.gz"}), encoding="utf-8")
+    code = stl_main([str(path), "-o", str(tmp_path / "meshes"), "--dataset-json", str(tmp_path / "dataset.json")])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "meshes").iterdir()) == ["femur.stl", "fibula.stl"]
 
 
 def test_a_fold_all_model_gets_its_post_processing_from_a_cross_validation_fold(small_model, tmp_path, capsys):

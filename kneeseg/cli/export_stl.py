@@ -6,6 +6,7 @@ from pathlib import Path
 
 from kneeseg.api import export_stl
 from kneeseg.cli.common import parser
+from kneeseg.dataset.layout import DatasetJson
 from kneeseg.errors import KneesegError, cli_entry
 
 
@@ -14,11 +15,14 @@ def main(argv=None):
     p = parser("kneeseg_export_stl", __doc__)
     p.add_argument("segmentation", type=Path)
     p.add_argument("-o", "--output", required=True, type=Path, help="folder for <bone>.stl")
+    p.add_argument("--dataset-json", type=Path, help="take bone names and label values from this dataset.json "
+                   "(default: femur 1, tibia 2, patella 3)")
     p.add_argument("--smoothing-iterations", type=int, default=20, help="Taubin smoothing passes (default 20; 0: none)")
     args = p.parse_args(argv)
     if args.smoothing_iterations < 0:
         raise KneesegError(f"--smoothing-iterations {args.smoothing_iterations}: must be 0 or more")
-    for r in export_stl(args.segmentation, args.output, smoothing_iterations=args.smoothing_iterations):
+    labels = DatasetJson.load(args.dataset_json).foreground if args.dataset_json else None
+    for r in export_stl(args.segmentation, args.output, labels, smoothing_iterations=args.smoothing_iterations):
         print(f"{r.label:8s} {r.path}  {r.faces} triangles, mesh {r.mesh_volume_mm3:.0f} mm3 vs voxels "
               f"{r.voxel_volume_mm3:.0f} mm3 ({100 * (r.volume_ratio - 1):+.1f}%)")
     return 0
