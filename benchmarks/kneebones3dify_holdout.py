@@ -14,7 +14,7 @@ does not zero the air would record it, which is most scanners, and the planner t
 the whole image instead of the nonzero region.
 
     python benchmarks/kneebones3dify_holdout.py [--budget-min 60] [--reverse | --train-on B] [--workdir DIR]
-        [--cpu-spacing MM [MM MM]] [-tr TRAINER] [--seed N] [--max-epochs E]
+        [--cpu-spacing MM [MM MM]] [--machine measure|reference] [-tr TRAINER] [--seed N] [--max-epochs E]
         [--tta-scales F ... | --tta-scales 1.0] [--air-as-noise]
 """
 
@@ -40,6 +40,7 @@ from kneeseg.errors import KneesegError  # noqa: E402
 from kneeseg.inference.acquisition import air_is_zeroed  # noqa: E402
 from kneeseg.inference.predictor import checked_scales  # noqa: E402
 from kneeseg.io import read_image, write_image  # noqa: E402
+from kneeseg.planning.machine import PROFILES  # noqa: E402
 from kneeseg.postprocessing.operations import describe_steps  # noqa: E402
 from kneeseg.training.checkpoint import load_checkpoint  # noqa: E402
 from kneeseg.training.layout import TRAINER_NAME  # noqa: E402
@@ -69,6 +70,13 @@ def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float
     _, _, rc = run_measured(kneeseg_command("plan_and_preprocess", "-d", str(number), "--device", "cpu", "--no-progress",
                                             *plan_flags, *flags))
     assert rc == 0, "plan_and_preprocess failed"
+    plans = json.loads((work / "pre" / f"Dataset{number}_{name}" / "kneesegPlans.json").read_text())
+    machine, cpu = plans["hardware"]["machine"], plans["configurations"]["3d_cpu"]
+    plan_line = (f"plan for machine '{machine['name']}' ({machine['cpu_model']}, {machine['cpu_cores']} threads, "
+                 f"{machine['cpu_gflops']:g} GFLOP/s {machine['cpu_precision']}; measured {machine['gflops_by_precision']}): "
+                 f"spacing {cpu['spacing'][0]:.3f} mm, patch {'x'.join(map(str, cpu['patch_size']))}, "
+                 f"widths {cpu['network']['features_per_stage'][0]}-{cpu['network']['features_per_stage'][-1]}, "
+                 f"{cpu['estimate']['gflops_per_iteration']:g} GFLOP/step, {cpu['training']['num_epochs']} epochs planned")
     t_train, rss_train, rc = run_measured(kneeseg_command(
         "train", "0", "-d", str(number), "--device", "cpu", "--time-budget-min", str(budget), "--overwrite",
         "--no-progress", *train_flags, *flags))
@@ -81,6 +89,7 @@ def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float
     test_number, test_name = REAL_HALVES[test_half]
     test_raw = work / "raw" / f"Dataset{test_number}_{test_name}"
     print(f"\n== train on half {train_half}, predict half {test_half} ({date.today()}, {platform.node()}) ==")
+    print(plan_line)
     print(f"training: budget {budget} min, {len(history['lr'])} epochs, {t_train / 60:.1f} min, peak RSS {rss_train:.0f} MB")
     print("pseudo-Dice curve (epoch: femur tibia patella | EMA):")
     for e, (dice, ema) in enumerate(zip(history["pseudo_dice"], history["ema_dice"])):
@@ -119,6 +128,8 @@ def main() -> int:
     p.add_argument("--train-on", nargs="+", choices=["A", "B"], default=["A"], help="halves to train on (default A)")
     p.add_argument("--cpu-spacing", type=float, nargs="+", metavar="MM",
                    help="kneeseg_plan_and_preprocess --cpu-spacing: the 3d_cpu spacing instead of the planner's")
+    p.add_argument("--machine", choices=["measure", *PROFILES], default="measure",
+                   help="plan 3d_cpu for this machine, measured (default), or for a named profile (kneeseg_plan_and_preprocess --machine)")
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
     p.add_argument("-tr", "--trainer", choices=TRAINERS, default=TRAINER_NAME, metavar="TRAINER",
                    help=f"kneeseg_train -tr: {', '.join(TRAINERS)} (default {TRAINER_NAME})")
@@ -136,7 +147,7 @@ def main() -> int:
         checked_scales(args.tta_scales)  # refused now, not after an hour of training
     except KneesegError as e:
         p.error(str(e))
-    plan_flags = ["--cpu-spacing", *map(str, args.cpu_spacing)] if args.cpu_spacing else []
+    plan_flags = (["--cpu-spacing", *map(str, args.cpu_spacing)] if args.cpu_spacing else []) + ["--machine", args.machine]
     train_flags = (["--autocast", args.autocast] if args.autocast else []) + ["-tr", args.trainer] + (
         ["--epochs", str(args.max_epochs)] if args.max_epochs else []) + ["--seed", str(args.seed)]
     tmp = tempfile.TemporaryDirectory()

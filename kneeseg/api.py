@@ -1,5 +1,6 @@
 """The Python API behind the commands: each function composes stages; the CLIs only parse arguments.
 
+    machine_profile()                             this machine, measured, for planning (or a named profile)
     train(paths, fold)                            train one fold, then predict its validation cases in full
     predict(inp, out, paths=... | model_dir=...)  scans in, bone labels out (input geometry and format)
     find_postprocessing(paths)                    choose post-processing on the cross-validation predictions
@@ -24,6 +25,7 @@ from kneeseg.inference.model import TrainedModel, find_model, load_model
 from kneeseg.inference.study import PredictionOptions, predict_study
 from kneeseg.io import OUTPUT_ENDINGS, file_ending, read_image, refuse_overwriting_inputs
 from kneeseg.paths import KneesegPaths
+from kneeseg.planning.machine import MachineProfile, named_profile
 from kneeseg.planning.plans import Plans
 from kneeseg.training.layout import TRAINER_NAME
 
@@ -42,6 +44,24 @@ def load_plans(paths: KneesegPaths, dataset: str | int | None, plans_name: str =
     if not plans_path.exists():
         raise KneesegError(f"{plans_path}: plans not found; run kneeseg_plan_and_preprocess first")
     return name, Plans.load(plans_path), DatasetJson.load(folder / "dataset.json")
+
+
+def machine_profile(machine: str = "measure", cpu_threads: int | None = None, cpu_gflops: float | None = None,
+                    cpu_precision: str | None = None) -> MachineProfile:
+    """What ``3d_cpu`` is planned for: this machine, measured (cores available to this process, and
+    a real training step timed in fp32 and bf16, a few seconds; kneeseg.training.throughput), or a
+    named profile ('reference'). ``cpu_threads``, ``cpu_gflops`` and ``cpu_precision`` ('bf16' or
+    'none' for fp32) replace what was measured or named; with ``cpu_gflops`` nothing is timed."""
+    if machine != "measure":
+        return named_profile(machine).overridden(cpu_threads, cpu_gflops, cpu_precision)
+    if cpu_gflops is not None:
+        from kneeseg.hardware import available_cores, cpu_model, usable_autocast
+
+        precision = cpu_precision or usable_autocast("bf16", "cpu")
+        return MachineProfile("set by hand", cpu_model(), cpu_threads or available_cores(), precision, cpu_gflops)
+    from kneeseg.training.throughput import CPU_PRECISIONS, measure_machine
+
+    return measure_machine(cpu_threads, (cpu_precision,) if cpu_precision else CPU_PRECISIONS)
 
 
 def train(paths: KneesegPaths, fold: str = "0", dataset: str | int | None = None, configuration: str | None = None,

@@ -1,6 +1,11 @@
-"""What accelerator this process can use."""
+"""What this process can use: the accelerator, the CPU cores it may run on, and what they are."""
 
 from __future__ import annotations
+
+import math
+import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -49,3 +54,62 @@ def usable_autocast(requested: str, device: str) -> str:
     if kind == "mps":
         return "none"
     return requested
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs a container's quota allows (cgroup v2 ``cpu.max`` or v1 ``cfs_quota_us``), None if unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def available_cores() -> int:
+    """Cores this process may keep busy: the CPUs it is allowed to run on (affinity), capped by a
+    container's CPU quota and by OMP_NUM_THREADS when the user set it. ``os.cpu_count()`` counts the
+    host's CPUs, and torch's default thread count ignores quotas: in a 2-CPU container on a 64-core
+    host both would oversubscribe the quota many times over."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.floor(quota)))
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        cores = min(cores, int(omp))
+    return max(1, cores)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def augmentation_workers(cores: int, device: str) -> int:
+    """Background augmentation processes for a training on ``cores`` cores. On a CPU the step itself
+    needs the cores: one worker keeps a batch ready on 2 cores (the trainer's step stays within 10 % of
+    a bare loop's, benchmarks/RESULTS.md), none on 1; a GPU is fed by all cores but one, up to 8."""
+    if device.split(":")[0] == "cpu":
+        return 0 if cores <= 1 else max(1, cores // 8)
+    return max(1, min(8, cores - 1))
+
+
+def use_cores(cores: int | None = None) -> int:
+    """Make torch compute on ``cores`` threads (default: :func:`available_cores`); returns the number."""
+    cores = cores or available_cores()
+    torch.set_num_threads(cores)
+    return cores

@@ -17,8 +17,7 @@ from pathlib import Path
 from kneeseg.dataset.kneebones3dify import import_kneebones3dify
 from kneeseg.dataset.phantom import PhantomOptions, synthesize_dataset
 from kneeseg.paths import KneesegPaths
-from kneeseg.planning.planner import HardwareTarget
-from kneeseg.planning.plans import Plans
+from kneeseg.planning.plans import HardwareTarget, Plans
 from kneeseg.preprocessing.pipeline import plan_and_preprocess
 
 PHANTOM_DATASET = "Dataset900_KneePhantom"
@@ -26,7 +25,7 @@ PHANTOM_CASES = 6
 PHANTOM_TEST_CASES = 2
 PHANTOM_SEED = 0
 REAL_DATASET = "Dataset901_KneeBones3Dify"
-REFERENCE_HARDWARE = HardwareTarget()  # 8 GB GPU, 2 CPU threads: what the reference plans assume
+REFERENCE_HARDWARE = HardwareTarget()  # the "reference" machine profile, 8 GB GPU, 1 h of CPU training
 
 
 def make_phantom_dataset(raw: Path, options: PhantomOptions | None = None, progress: bool = False) -> Path:

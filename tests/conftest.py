@@ -64,7 +64,7 @@ def small_model(tmp_path_factory):
     from kneeseg.cli.train import main as train_main
 
     paths = make_phantom(tmp_path_factory.mktemp("model"), n=4, num_test=2)
-    assert pp_main(["--device", "cpu", "--no-progress", *path_flags(paths)]) == 0
+    assert pp_main(["--device", "cpu", "--machine", "reference", "--no-progress", *path_flags(paths)]) == 0
     assert train_main(["0", "--device", "cpu", "--epochs", "10", "--iters-per-epoch", "10", "--val-iters", "2",
                        "--no-progress", *path_flags(paths)]) == 0
     return paths

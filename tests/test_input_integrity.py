@@ -115,7 +115,7 @@ def test_every_command_refuses_a_truncated_image(small_model, tmp_path, capfd, e
     _truncate(cut)
     before = tree_snapshot(dataset)
     for extra in ([], ["--no-verify"]):
-        code = pp_main(["--device", "cpu", "--no-progress", *path_flags(raw), *extra])
+        code = pp_main(["--device", "cpu", "--machine", "reference", "--no-progress", *path_flags(raw), *extra])
         _refused(code, capfd, f"kneeseg_plan_and_preprocess: error: {cut}: file is truncated: its header describes")
     assert tree_snapshot(dataset) == before and _files(raw.preprocessed) == []
 
@@ -182,7 +182,7 @@ def test_two_datasets_with_the_same_number_are_ambiguous(tmp_path, capfd):
     paths = make_phantom(tmp_path, n=2, name="Dataset900_A")
     make_phantom(tmp_path, n=2, name="Dataset900_B")
     before = tree_snapshot(paths.raw)
-    code = pp_main(["-d", "900", "--device", "cpu", "--no-progress", *path_flags(paths)])
+    code = pp_main(["-d", "900", "--device", "cpu", "--machine", "reference", "--no-progress", *path_flags(paths)])
     _refused(code, capfd, f"kneeseg_plan_and_preprocess: error: {paths.raw}: dataset '900' is ambiguous "
                           "(Dataset900_A, Dataset900_B); give the full folder name with -d")
     assert tree_snapshot(paths.raw) == before and _files(paths.preprocessed) == []

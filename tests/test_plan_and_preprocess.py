@@ -12,6 +12,7 @@ from kneeseg.fingerprint import mask_bbox, nonzero_mask
 from kneeseg.inference.acquisition import with_air_zeroed
 from kneeseg.io import Geometry, read_image, write_image
 from kneeseg.planning.estimate import estimate_iteration
+from kneeseg.planning.planner import CPU_MIN_ITERATIONS
 from kneeseg.planning.plans import Plans
 from kneeseg.preprocessing.normalization import zscore
 from kneeseg.preprocessing.pipeline import plan_and_preprocess
@@ -22,7 +23,13 @@ DS = "Dataset900_KneePhantom"
 
 
 def _run(paths, *extra):
-    return pp_main(["--device", "cpu", "--no-progress", *path_flags(paths), *extra])
+    return pp_main(["--device", "cpu", "--machine", "reference", "--no-progress", *path_flags(paths), *extra])
+
+
+def _step_budget_gflop(plans: Plans) -> float:
+    """What one 3d_cpu step may cost: the budget's share of the machine's throughput (planner docstring)."""
+    hw = plans.hardware
+    return hw.machine.cpu_gflops * 3600 * hw.cpu_training_hours / CPU_MIN_ITERATIONS
 
 
 def test_plans_and_cache_are_written_and_round_trip(phantom_paths, capsys):
@@ -40,7 +47,7 @@ def test_plans_and_cache_are_written_and_round_trip(phantom_paths, capsys):
         assert all(p % d == 0 for p, d in zip(config.patch_size, div))
         assert config.network.num_stages == len(config.network.kernel_sizes) == len(config.network.strides)
     cpu = plans.configuration("3d_cpu")
-    assert cpu.estimate.seconds_per_iteration <= plans.hardware["cpu_seconds_per_iteration"]
+    assert cpu.estimate.gflops_per_iteration <= _step_budget_gflop(plans)
     cache = out / cpu.data_identifier
     data = np.load(cache / "phantom_000.npy")
     seg = np.load(cache / "phantom_000_seg.npy")
@@ -125,7 +132,7 @@ def test_cpu_spacing_set_by_the_user_replaces_the_planners_choice(tmp_path, caps
     assert "set by the user" in iso.notes[-1] and "set by the user" not in chosen.notes[-1]
     for plans in (iso, aniso):  # the patch is still fitted to the CPU budget; the GPU plans do not change
         cpu = plans.configuration("3d_cpu")
-        assert cpu.estimate.seconds_per_iteration <= plans.hardware["cpu_seconds_per_iteration"]
+        assert cpu.estimate.gflops_per_iteration <= _step_budget_gflop(plans)
         assert cpu.data_identifier != chosen.configuration("3d_cpu").data_identifier
         assert plans.configuration("3d_fullres") == chosen.configuration("3d_fullres")
     capsys.readouterr()

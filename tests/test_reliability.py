@@ -144,7 +144,7 @@ def test_a_dataset_whose_labels_are_all_empty_is_not_planned(tmp_path, capsys):
         seg, geometry = read_image(label)
         write_image(np.zeros_like(seg), geometry, label)
     before = tree_snapshot(paths.raw)
-    code = pp_main(["--device", "cpu", "--no-progress", *path_flags(paths)])
+    code = pp_main(["--device", "cpu", "--machine", "reference", "--no-progress", *path_flags(paths)])
     _one_line_error(code, capsys, "every label map is empty")
     assert tree_snapshot(paths.raw) == before and not paths.preprocessed.exists()
 
@@ -223,7 +223,7 @@ def test_a_fold_all_model_gets_its_post_processing_from_a_cross_validation_fold(
     capsys.readouterr()
     assert predict_main(["-i", str(scan), "-o", str(out), "-f", "all", "--device", "cpu", "--no-progress", *path_flags(paths)]) == 0
     assert "no postprocessing.json, so the outputs are not post-processed" in capsys.readouterr().err
-    assert findpp_main(["--device", "cpu", "--no-progress", *path_flags(paths)]) == 0
+    assert findpp_main(["--device", "cpu", "--machine", "reference", "--no-progress", *path_flags(paths)]) == 0
     assert (paths.results / MODEL_DIR / "postprocessing.json").exists()
     capsys.readouterr()
     assert predict_main(["-i", str(scan), "-o", str(out), "-f", "all", "--device", "cpu", "--no-progress", *path_flags(paths)]) == 0

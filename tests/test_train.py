@@ -32,7 +32,7 @@ QUICK = ["--epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1", "--no-pr
 def prepared(tmp_path_factory):
     """A preprocessed 4-case small phantom (read-only for the tests: each copies what it writes)."""
     paths = make_phantom(tmp_path_factory.mktemp("train"), n=4)
-    assert pp_main(["--device", "cpu", "--no-progress", *path_flags(paths)]) == 0
+    assert pp_main(["--device", "cpu", "--machine", "reference", "--no-progress", *path_flags(paths)]) == 0
     return paths
 
 

@@ -88,7 +88,7 @@ def _broken_dataset_json(paths):
 def test_bad_dataset_is_refused_with_one_line_per_problem(phantom_paths, capsys, spoil):
     bad_file, problem = spoil(phantom_paths)
     before = tree_snapshot(phantom_paths.raw)
-    code = pp_main(["--device", "cpu", "--no-progress", *path_flags(phantom_paths)])
+    code = pp_main(["--device", "cpu", "--machine", "reference", "--no-progress", *path_flags(phantom_paths)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1, err
@@ -100,7 +100,7 @@ def test_bad_dataset_is_refused_with_one_line_per_problem(phantom_paths, capsys,
 def test_every_problem_is_listed(phantom_paths, capsys):
     _nan_image(phantom_paths)
     _label(phantom_paths, "phantom_002").unlink()
-    assert pp_main(["--device", "cpu", "--no-progress", *path_flags(phantom_paths)]) == 2
+    assert pp_main(["--device", "cpu", "--machine", "reference", "--no-progress", *path_flags(phantom_paths)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("kneeseg_plan_and_preprocess: error: ") for line in err)
 

@@ -3,14 +3,21 @@
 With no -d it takes the one dataset in the raw folder. The plans hold the GPU configurations
 (3d_fullres, and 3d_lowres for large scans) and the CPU configuration (3d_cpu); only the one
 recommended for --device is preprocessed unless -c names others.
+
+The 3d_cpu configuration is sized for this machine: the cores this process may use and the measured
+speed of a real training step in fp32 and bf16 (a few seconds), for --cpu-training-hours of training.
+--machine reference plans for the project's reference machine instead (the same plans everywhere);
+--cpu-threads, --cpu-gflops and --cpu-precision replace what was measured.
 """
 
 from __future__ import annotations
 
+from kneeseg.api import machine_profile
 from kneeseg.cli.common import add_path_flags, parser, paths_from, positive_float, positive_int
 from kneeseg.errors import cli_entry
 from kneeseg.hardware import detect_device
-from kneeseg.planning.planner import HardwareTarget
+from kneeseg.planning.machine import PROFILES
+from kneeseg.planning.plans import HardwareTarget
 from kneeseg.preprocessing.pipeline import plan_and_preprocess
 
 
@@ -21,9 +28,12 @@ def main(argv=None):
     p.add_argument("-c", "--configurations", nargs="+", help="configurations to preprocess (default: recommended for --device)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="machine to plan the default configuration for")
     p.add_argument("--gpu-memory-gb", type=positive_float, default=8.0, help="GPU memory budget for cuda configurations (default 8)")
-    p.add_argument("--cpu-threads", type=positive_int, default=2, help="CPU cores the 3d_cpu configuration is sized for (default 2)")
-    p.add_argument("--cpu-seconds-per-iteration", type=positive_float, default=3.0, help="CPU time budget per training iteration (default 3)")
-    p.add_argument("--cpu-training-hours", type=positive_float, default=1.0, help="default CPU training length the schedule is set for (default 1)")
+    p.add_argument("--machine", choices=["measure", *PROFILES], default="measure",
+                   help="size 3d_cpu for this machine, measured (default), or for a named profile")
+    p.add_argument("--cpu-threads", type=positive_int, help="CPU cores to plan (and measure) for (default: the cores this process may use)")
+    p.add_argument("--cpu-gflops", type=positive_float, help="training-step throughput in GFLOP/s instead of measuring it")
+    p.add_argument("--cpu-precision", choices=["bf16", "fp32"], help="CPU training precision instead of the faster one measured")
+    p.add_argument("--cpu-training-hours", type=positive_float, default=1.0, help="CPU training time 3d_cpu is sized for (default 1)")
     p.add_argument("--cpu-spacing", type=positive_float, nargs="+", metavar="MM",
                    help="spacing of the 3d_cpu configuration instead of the planner's choice: one value (isotropic) "
                         "or three (z y x, the order of the plans); its patch is still sized for the CPU budget")
@@ -40,7 +50,13 @@ def main(argv=None):
     cpu_spacing = args.cpu_spacing * 3 if args.cpu_spacing is not None and len(args.cpu_spacing) == 1 else args.cpu_spacing
     paths = paths_from(args)
     device = detect_device() if args.device == "auto" else args.device
-    hardware = HardwareTarget(args.gpu_memory_gb, args.cpu_threads, args.cpu_seconds_per_iteration, args.cpu_training_hours)
+    precision = {"fp32": "none", "bf16": "bf16", None: None}[args.cpu_precision]
+    machine = machine_profile(args.machine, args.cpu_threads, args.cpu_gflops, precision)
+    speeds = ", ".join(f"{'fp32' if k == 'none' else k} {v:g}" for k, v in machine.gflops_by_precision.items())
+    print(f"machine: {machine.name}, {machine.cpu_model}, {machine.cpu_cores} CPU threads, "
+          f"{machine.cpu_gflops:g} GFLOP/s in {'bf16' if machine.cpu_precision == 'bf16' else 'fp32'}"
+          + (f" (measured in {machine.measured_seconds:g} s: {speeds})" if machine.measured_seconds else ""))
+    hardware = HardwareTarget(machine, args.gpu_memory_gb, args.cpu_training_hours)
     for dataset in args.dataset or [None]:
         result = plan_and_preprocess(
             paths, dataset, args.configurations, device, hardware, args.plans_name,
@@ -50,7 +66,8 @@ def main(argv=None):
             mark = " (recommended for " + device + ")" if name == result.plans.recommended_configuration(device) else ""
             print(f"{result.dataset_name} {name}{mark}: spacing {config.spacing} mm, patch {config.patch_size}, "
                   f"batch {config.batch_size}, {config.network.num_stages} stages, "
-                  f"~{config.estimate.seconds_per_iteration} s/iter on {config.device}")
+                  f"~{config.estimate.seconds_per_iteration} s/iter on {config.device}"
+                  + (f", {config.training.num_epochs} epochs" if config.device == "cpu" else ""))
         print(f"plans: {result.plans_path}")
         for name, folder in result.cache_dirs.items():
             print(f"preprocessed {name}: {folder}")

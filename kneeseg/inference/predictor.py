@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from kneeseg.errors import KneesegError
-from kneeseg.hardware import usable_autocast
+from kneeseg.hardware import usable_autocast, use_cores
 from kneeseg.inference.model import TrainedModel
 from kneeseg.inference.sliding_window import predict_sliding_window
 from kneeseg.io import Geometry
@@ -44,7 +44,14 @@ class Predictor:
         self.mirror_axes = list(self.config.training.mirror_axes) if tta else []
         # Predict in the precision the model was trained in, where this machine runs it natively.
         self.autocast = usable_autocast(autocast or self.config.training.autocast, device)
+        self.threads = use_cores() if self.device.type == "cpu" else torch.get_num_threads()
         self.networks = model.load_networks(self.device)
+
+    def describe(self) -> str:
+        """What this predictor runs on, for the first line of a prediction's log."""
+        precision = {"none": "fp32"}.get(self.autocast, self.autocast)
+        return (f"{self.device} ({self.threads} CPU threads), {precision}, {len(self.networks)} fold(s), "
+                f"mirroring {self.mirror_axes or 'off'}, scales {self.scales}")
 
     def predict(self, images: list[np.ndarray], geometry: Geometry, keep_probabilities: bool = False) -> Prediction:
         if len(images) != self.model.ds.num_channels:

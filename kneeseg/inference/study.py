@@ -123,6 +123,8 @@ def predict_study(model: TrainedModel, cases: list[InputCase], options: Predicti
     for folder in {c.output.parent for c in cases} | set(extra_folders):
         ensure_writable_folder(folder)  # before any prediction: fail early, write nothing
     written, failed = [], []
+    if o.progress:
+        print(f"kneeseg: predicting {len(cases)} case(s) on {predictor.describe()}", file=sys.stderr)
     for case in tqdm(cases, desc="predicting", unit="case", disable=not o.progress or len(cases) < 2):
         try:
             _predict_case(model, predictor, case, steps, o, after_case)

@@ -9,9 +9,9 @@ convolutions, every convolution followed by InstanceNorm and LeakyReLU, 1x1 head
 - Activation memory: autograd keeps, per convolution, its output, the normalised output and the
   activation (3 tensors of ``c_out`` channels), plus the upsampled and concatenated tensors in the
   decoder; gradients of the same size appear during backward, hence the factor 2.
-- Time: FLOPs / sustained throughput. The CPU throughput per thread was measured on the project's
-  reference machine (2-core AMD EPYC, fp32, PyTorch 2.13) by benchmarks/train_step.py; a GPU is taken
-  as ``GPU_TFLOPS`` sustained.
+- Time: FLOPs / sustained throughput. A CPU's throughput is measured when planning (a real training
+  step, kneeseg.training.throughput) or taken from a named profile (planning/machine.py); a GPU is
+  taken as ``GPU_TFLOPS`` sustained.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import numpy as np
 
 from kneeseg.planning.plans import ComputeEstimate, NetworkPlan
 
-CPU_GFLOPS_PER_THREAD = 50.0  # fp32, measured 50.8 (64^3 patch, batch 2, 2 threads)
 GPU_TFLOPS = 40.0
 CUDA_CONTEXT_GB = 1.0
 BYTES_FP32 = 4
@@ -64,7 +63,7 @@ def count_network(patch: list[int], network: NetworkPlan, in_channels: int, num_
 
 def estimate_iteration(
     patch: list[int], batch_size: int, network: NetworkPlan, in_channels: int, num_classes: int,
-    device: str, cpu_threads: int = 2, autocast: bool = False,
+    device: str, cpu_gflops: float = 100.0, autocast: bool = False,
 ) -> ComputeEstimate:
     flops, acts, params = count_network(patch, network, in_channels, num_classes)
     bytes_per = BYTES_AUTOCAST if autocast else BYTES_FP32
@@ -73,7 +72,7 @@ def estimate_iteration(
         memory += CUDA_CONTEXT_GB * 1e9
         seconds = 3 * flops * batch_size / (GPU_TFLOPS * 1e12)
     else:
-        seconds = 3 * flops * batch_size / (CPU_GFLOPS_PER_THREAD * 1e9 * max(1, cpu_threads))
+        seconds = 3 * flops * batch_size / (cpu_gflops * 1e9)
     return ComputeEstimate(
         activation_memory_gb=round(memory / 1e9, 3),
         parameters_millions=round(params / 1e6, 3),

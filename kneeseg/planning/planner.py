@@ -6,26 +6,39 @@ Rules (all spacings/shapes in z, y, x):
 - Patch: starts at the median body extent (its aspect ratio in mm; the bounding box of what is not
   air, the same whether the scanner stored the air as zeros or as noise), capped per axis, and shrinks
   the axis that covers most of the median case until the iteration fits the budget: GPU memory for
-  ``cuda`` configurations, seconds per iteration on ``cpu_threads`` cores for ``3d_cpu``.
+  ``cuda`` configurations, the compute of one step for ``3d_cpu`` (below).
 - Topology: an axis is pooled (stride 2) while its feature map stays >= 2 * MIN_FEATURE_MAP and its
   spacing is within 2x of the finest axis; kernels are 1 along axes still more than 2x coarser.
 - ``3d_lowres`` exists when the full-resolution patch covers less than LOWRES_TRIGGER of the median
-  case; ``3d_cpu`` coarsens the spacing (finest axes first) until its CPU-sized patch covers at least
-  CPU_MIN_COVERAGE of the median case, or the spacing reaches CPU_MAX_SPACING_FACTOR x full resolution.
-  A ``cpu_spacing`` given by the user replaces that search (nnU-Net's overwrite_target_spacing); the
-  patch is still fitted to the CPU time budget at that spacing.
+  case.
+
+``3d_cpu``, for a machine whose training step runs at ``G`` GFLOP/s (measured when planning,
+kneeseg.training.throughput, or a named profile) and a budget of ``H`` hours: a training must get
+at least CPU_MIN_ITERATIONS steps, so one step may cost ``G * 3600 * H / CPU_MIN_ITERATIONS`` GFLOPs.
+What gives way when it does not fit, in this order:
+1. the patch, down to CPU_MIN_COVERAGE of the median case;
+2. the spacing, coarsened (finest axes first) in steps of 1.1x up to CPU_MAX_SPACING_FACTOR x full
+   resolution: knee bones are large and smooth, so the coarser grid costs little Dice and keeps the
+   context;
+3. the network's widths at the coarsest spacing, CPU_WIDTHS (base features 16, then 12, then 8; a
+   step's compute goes with the square of the width);
+4. then the coverage, and the budget holds fewer steps than the minimum.
+Undertraining costs most: the same plan trained for 16 instead of ~52 epochs in the hour scored bone
+Dice 0.84 instead of ~0.978 on the real scan. A faster machine keeps the widths and gets a finer
+spacing. On the reference profile (planning/machine.py) the rule gives the plans of the fixed
+budget it replaced. A ``cpu_spacing`` given by the user replaces the spacing search (nnU-Net's
+overwrite_target_spacing); the patch and widths are still fitted to the machine. The number of
+epochs fills the budget: steps of the estimated time, CPU_STEP_OVERHEAD more for the rest.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
 from kneeseg.dataset.layout import DatasetJson
 from kneeseg.fingerprint import Fingerprint
 from kneeseg.planning.estimate import estimate_iteration
-from kneeseg.planning.plans import ConfigurationPlan, NetworkPlan, Plans, ResamplingPlan, TrainingPlan
+from kneeseg.planning.plans import ConfigurationPlan, HardwareTarget, NetworkPlan, Plans, ResamplingPlan, TrainingPlan
 
 ANISOTROPY_THRESHOLD = 3.0
 MIN_FEATURE_MAP = 4
@@ -36,21 +49,18 @@ CPU_MIN_COVERAGE = 0.125
 CPU_MAX_SPACING_FACTOR = 3.0
 GPU_FEATURES = (32, 320)  # (base, cap)
 CPU_FEATURES = (16, 256)
+CPU_WIDTHS = (16, 12, 8)  # base features tried in turn; the cap stays 16x the base
+# The reference machine (bf16, 250 GFLOP/s) trains ~52 epochs of 50 steps of ~275 GFLOPs in an hour,
+# where the real scan scores ~0.978. 3000 steps of at most 300 GFLOPs fill its hour of steps;
+# validation, batches and logging add a quarter to each step (1.1 s steps, 52 x 50 in 60 minutes).
+CPU_MIN_ITERATIONS = 3000
+CPU_STEP_OVERHEAD = 1.25
+CPU_ITERATIONS_PER_EPOCH = 50
 GPU_MAX_PATCH_EDGE = 256
 CPU_MAX_PATCH_EDGE = 160
 # A CPU budget ends while the weights still move; the mean over the last quarter of the epochs was
 # never worse than the last epoch's on the real scan (benchmarks/RESULTS.md). GPU plans keep nnU-Net's.
 CPU_AVERAGE_LAST_FRACTION = 0.25
-
-
-@dataclass(frozen=True)
-class HardwareTarget:
-    """What the planner is told about the machines (recorded in the plans)."""
-
-    gpu_memory_gb: float = 8.0
-    cpu_threads: int = 2
-    cpu_seconds_per_iteration: float = 3.0
-    cpu_training_hours: float = 1.0
 
 
 LEFT_RIGHT_AXIS = 2  # arrays are in canonical orientation: axis 2 runs along the patient's left-right
@@ -130,9 +140,11 @@ def _coarsen(spacing: list[float], factor: float) -> list[float]:
 
 
 def plan_experiment(
-    fingerprint: Fingerprint, ds: DatasetJson, hardware: HardwareTarget = HardwareTarget(), plans_name: str = "kneesegPlans",
+    fingerprint: Fingerprint, ds: DatasetJson, hardware: HardwareTarget | None = None, plans_name: str = "kneesegPlans",
     cpu_spacing: list[float] | None = None,
 ) -> Plans:
+    hardware = hardware or HardwareTarget()
+    machine = hardware.machine
     in_ch, n_cls = ds.num_channels, len(ds.labels)
     spacings = fingerprint.spacings
     shapes_mm = fingerprint.shapes_after_crop * spacings  # what the preprocessed data holds
@@ -144,6 +156,8 @@ def plan_experiment(
         separate_z = int(np.argmax(full_spacing))
     total_mm3 = float(np.sum(np.prod(shapes_mm, axis=1)))
     mirror = mirror_axes(ds)
+    budget_s = hardware.cpu_training_hours * 3600
+    cpu_step_gflop = machine.cpu_gflops * budget_s / CPU_MIN_ITERATIONS
 
     def median_at(spacing):
         return [int(round(m / s)) for m, s in zip(median_mm, spacing)]
@@ -153,30 +167,28 @@ def plan_experiment(
         return est.activation_memory_gb <= hardware.gpu_memory_gb
 
     def cpu_fits(patch, network):
-        est = estimate_iteration(patch, 2, network, in_ch, n_cls, "cpu", hardware.cpu_threads)
-        return est.seconds_per_iteration <= hardware.cpu_seconds_per_iteration
+        est = estimate_iteration(patch, 2, network, in_ch, n_cls, "cpu", machine.cpu_gflops)
+        return est.gflops_per_iteration <= cpu_step_gflop
 
-    def configuration(name, device, spacing):
+    def configuration(name, device, spacing, features=CPU_FEATURES):
         median = median_at(spacing)
+        batch = 2
         if device == "cuda":
             patch, network = fit_patch(spacing, median, GPU_FEATURES, gpu_fits, GPU_MAX_PATCH_EDGE)
-            batch = 2
             # Bigger batches while memory allows and a batch stays under 5 % of the dataset's voxels.
             while gpu_fits(patch, network, batch + 1) and (batch + 1) * np.prod(np.asarray(patch) * spacing) <= 0.05 * total_mm3:
                 batch += 1
             training = TrainingPlan(num_epochs=1000, iterations_per_epoch=250, val_iterations=50, autocast="bf16", mirror_axes=mirror)
+            est = estimate_iteration(patch, batch, network, in_ch, n_cls, device, autocast=True)
         else:
-            patch, network = fit_patch(spacing, median, CPU_FEATURES, cpu_fits, CPU_MAX_PATCH_EDGE)
-            batch = 2
-            training = None
-        est = estimate_iteration(patch, batch, network, in_ch, n_cls, device, hardware.cpu_threads, autocast=device == "cuda")
-        if training is None:
-            iters = 50
-            epochs = int(max(5, round(hardware.cpu_training_hours * 3600 / (iters * est.seconds_per_iteration))))
-            # bf16 autocast: same Dice as fp32 on the phantom, ~1.7x faster steps where the CPU has native
-            # bf16 (benchmarks/RESULTS.md); the trainer falls back to fp32 elsewhere. The estimate stays fp32.
+            patch, network = fit_patch(spacing, median, features, cpu_fits, CPU_MAX_PATCH_EDGE)
+            est = estimate_iteration(patch, batch, network, in_ch, n_cls, device, machine.cpu_gflops)
+            iters = CPU_ITERATIONS_PER_EPOCH
+            epochs = int(max(5, round(budget_s / (iters * est.seconds_per_iteration * CPU_STEP_OVERHEAD))))
+            # The precision the machine measured faster (bf16 autocast: same Dice as fp32 on the phantom,
+            # ~2.5x faster steps where the CPU has native bf16; benchmarks/RESULTS.md).
             training = TrainingPlan(num_epochs=epochs, iterations_per_epoch=iters, val_iterations=10, mirror_axes=mirror,
-                                    optimizer="adamw", initial_lr=1e-3, weight_decay=1e-4, autocast="bf16",
+                                    optimizer="adamw", initial_lr=1e-3, weight_decay=1e-4, autocast=machine.cpu_precision,
                                     average_last_fraction=CPU_AVERAGE_LAST_FRACTION)
         return ConfigurationPlan(
             name=name,
@@ -194,6 +206,9 @@ def plan_experiment(
             estimate=est,
         )
 
+    def covers(config) -> bool:
+        return _coverage(config.patch_size, config.median_shape) >= CPU_MIN_COVERAGE
+
     configurations = {"3d_fullres": configuration("3d_fullres", "cuda", full_spacing)}
     notes = []
     full = configurations["3d_fullres"]
@@ -207,21 +222,28 @@ def plan_experiment(
         configurations["3d_lowres"] = lowres
         notes.append(f"3d_lowres: full-resolution patch covers {_coverage(full.patch_size, full.median_shape):.1%} of the median case")
 
+    chosen = "set by the user, " if cpu_spacing is not None else ""
     if cpu_spacing is not None:
         cpu = configuration("3d_cpu", "cpu", [float(round(s, 6)) for s in cpu_spacing])
-        chosen = "set by the user, "
-    else:
-        factor, chosen = 1.0, ""
+    else:  # (1) the patch, then (2) the spacing
+        factor = 1.0
         cpu = configuration("3d_cpu", "cpu", full_spacing)
-        while _coverage(cpu.patch_size, cpu.median_shape) < CPU_MIN_COVERAGE and factor < CPU_MAX_SPACING_FACTOR:
+        while not covers(cpu) and factor < CPU_MAX_SPACING_FACTOR:
             factor = min(CPU_MAX_SPACING_FACTOR, factor * 1.1)
             cpu = configuration("3d_cpu", "cpu", _coarsen(full_spacing, factor))
+    for base in CPU_WIDTHS[1:]:  # (3) narrower networks at that spacing
+        if covers(cpu):
+            break
+        cpu = configuration("3d_cpu", "cpu", cpu.spacing, (base, CPU_FEATURES[1] * base // CPU_FEATURES[0]))
     configurations["3d_cpu"] = cpu
     factor = min(cpu.spacing) / min(full_spacing)
+    steps = cpu.training.num_epochs * cpu.training.iterations_per_epoch
     notes.append(
         f"3d_cpu: spacing {cpu.spacing} mm ({chosen}{factor:.2f}x full resolution on the finest axis), patch covers "
-        f"{_coverage(cpu.patch_size, cpu.median_shape):.1%} of the median case, "
-        f"~{cpu.estimate.seconds_per_iteration:.1f} s per iteration on {hardware.cpu_threads} CPU threads"
+        f"{_coverage(cpu.patch_size, cpu.median_shape):.1%} of the median case, base width {cpu.network.features_per_stage[0]}, "
+        f"~{cpu.estimate.seconds_per_iteration:.2f} s per step on {machine.cpu_cores} CPU threads "
+        f"({machine.cpu_gflops:g} GFLOP/s, {'bf16' if machine.cpu_precision == 'bf16' else 'fp32'}; machine: {machine.name}): "
+        f"{cpu.training.num_epochs} epochs, {steps} steps in {hardware.cpu_training_hours:g} h"
     )
     return Plans(
         plans_name=plans_name,
@@ -231,12 +253,7 @@ def plan_experiment(
         original_median_spacing=[float(v) for v in np.median(spacings, axis=0)],
         original_median_shape=[int(v) for v in np.median(fingerprint.shapes_after_crop, axis=0)],
         foreground_intensity={k: vars(v) for k, v in fingerprint.foreground_intensity.items()},
-        hardware={
-            "gpu_memory_gb": hardware.gpu_memory_gb,
-            "cpu_threads": hardware.cpu_threads,
-            "cpu_seconds_per_iteration": hardware.cpu_seconds_per_iteration,
-            "cpu_training_hours": hardware.cpu_training_hours,
-        },
+        hardware=hardware,
         configurations=configurations,
         recommended={"cuda": "3d_fullres", "mps": "3d_fullres", "cpu": "3d_cpu"},
         notes=notes,

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from kneeseg.errors import KneesegError
 from kneeseg.io import atomic_write_json, read_json
+from kneeseg.planning.machine import PROFILES, MachineProfile
 
-PLANS_VERSION = 2  # 2: no soft_targets (label shares) in TrainingPlan
+PLANS_VERSION = 3  # 2: no soft_targets (label shares) in TrainingPlan; 3: hardware is a HardwareTarget with a machine profile
 
 
 @dataclass
@@ -82,6 +83,15 @@ class TrainingPlan:
 
 
 @dataclass
+class HardwareTarget:
+    """What the plans were made for: the machine (measured, or a named profile) and the user's budgets."""
+
+    machine: MachineProfile = field(default_factory=lambda: PROFILES["reference"])
+    gpu_memory_gb: float = 8.0  # GPU memory the cuda configurations may use (nnU-Net's habit: 8, whatever the GPU)
+    cpu_training_hours: float = 1.0  # the CPU training time 3d_cpu is sized for
+
+
+@dataclass
 class ComputeEstimate:
     """The planner's explicit estimate for one training iteration (see planning/estimate.py)."""
 
@@ -127,7 +137,7 @@ class Plans:
     original_median_spacing: list[float]
     original_median_shape: list[int]  # after crop to nonzero
     foreground_intensity: dict[str, dict[str, float]]
-    hardware: dict[str, float]  # what the planner was told about the machines
+    hardware: HardwareTarget
     configurations: dict[str, ConfigurationPlan]
     recommended: dict[str, str]  # device -> configuration name
     notes: list[str] = field(default_factory=list)

@@ -25,8 +25,8 @@ from kneeseg.errors import KneesegError
 from kneeseg.fingerprint import extract_fingerprint
 from kneeseg.io import atomic_write_json, read_image, read_json
 from kneeseg.paths import KneesegPaths
-from kneeseg.planning.planner import HardwareTarget, plan_experiment
-from kneeseg.planning.plans import ConfigurationPlan, Plans
+from kneeseg.planning.planner import plan_experiment
+from kneeseg.planning.plans import ConfigurationPlan, HardwareTarget, Plans
 from kneeseg.preprocessing.preprocess import preprocess_case
 
 CACHE_MANIFEST = "preprocessing.json"
@@ -122,6 +122,8 @@ def plan_and_preprocess(
     ``configurations`` to preprocess default to the one the plans recommend for ``device``
     ('cpu', 'cuda', 'mps'); ``preprocess=False`` only writes the fingerprint and plans.
     ``cpu_spacing`` (z, y, x mm) replaces the spacing the planner would choose for ``3d_cpu``.
+    ``hardware``: what to plan for; by default the named "reference" machine profile, which makes
+    the same plans on every machine (kneeseg.api.machine_profile measures this one).
     """
     if cpu_spacing is not None and (len(cpu_spacing) != 3 or not min(cpu_spacing) > 0):
         raise KneesegError(f"cpu_spacing {list(cpu_spacing)}: needs three positive spacings in mm (z, y, x)")

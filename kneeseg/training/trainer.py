@@ -31,7 +31,7 @@ from batchgenerators.transforms.abstract_transforms import AbstractTransform, Co
 
 from kneeseg.dataset.layout import DatasetJson
 from kneeseg.errors import KneesegError
-from kneeseg.hardware import usable_autocast
+from kneeseg.hardware import augmentation_workers, available_cores, usable_autocast
 from kneeseg.io import atomic_write_json
 from kneeseg.planning.plans import ConfigurationPlan, Plans
 from kneeseg.preprocessing.pipeline import check_cache
@@ -77,7 +77,7 @@ class TrainOptions:
     time_budget_min: float | None = None  # scales the number of epochs so the LR still decays to 0
     seed: int = 0
     device: str = "cpu"
-    num_workers: int = 1  # background augmentation processes (0: in the training process)
+    num_workers: int | None = None  # background augmentation processes (0: in the training process; default: by cores)
     resume: bool = False
     overwrite: bool = False
     autocast: str | None = None  # default: the plan's ("none" | "bf16" | "fp16")
@@ -175,7 +175,7 @@ class Trainer:
         data_seed = self.options.seed + 7919 * self.epoch + 1000 * self.rank  # resumed runs draw fresh batches
         self.train_store, self.val_store = CaseStore(self.cache, self.train_ids), CaseStore(self.cache, self.val_ids)
         train = PatchLoader(self.train_store, self.batch_size, loader_patch_size(patch), oversample)
-        self.train_batches = make_augmenter(train, Compose(self.augmentation()), self.options.num_workers, data_seed)
+        self.train_batches = make_augmenter(train, Compose(self.augmentation()), self.num_workers, data_seed)
         val = PatchLoader(self.val_store, self.batch_size, patch, oversample)
         self.val_batches = make_augmenter(val, center_crop_transform(patch), 0, data_seed + 1)
 
@@ -190,6 +190,10 @@ class Trainer:
             if o.device.startswith("cuda"):
                 o.device = f"cuda:{int(os.environ.get('LOCAL_RANK', self.rank))}"
         self.device = torch.device(o.device)
+        cores = max(1, available_cores() // self.world)  # this rank's share of the cores this process may use
+        if self.device.type == "cpu":
+            torch.set_num_threads(cores)
+        self.num_workers = o.num_workers if o.num_workers is not None else augmentation_workers(cores, self.device.type)
         torch.manual_seed(o.seed)  # same initial weights on every rank
         np.random.seed(o.seed + 1000 * self.rank)
         random.seed(o.seed + 1000 * self.rank)
@@ -417,7 +421,7 @@ class Trainer:
         augmentation = ", ".join(type(t).__name__.removesuffix("Transform") for t in self.augmentation())
         return (f"{'continuing' if self.options.resume else 'training'} {self.plans.dataset_name} {self.config.name} fold "
                 f"{self.options.fold} with {self.name} on {self.device} ({torch.get_num_threads()} threads, world {self.world}, "
-                f"{self.options.num_workers} augmentation workers), {len(self.train_ids)} train / {len(self.val_ids)} val cases, "
+                f"{self.num_workers} augmentation workers), {len(self.train_ids)} train / {len(self.val_ids)} val cases, "
                 f"patch {self.config.patch_size}, batch {self.batch_size}/rank, {type(self.optimizer).__name__} lr "
                 f"{self.config.training.initial_lr}, autocast {self.autocast}, augmentation: {augmentation}")
 

@@ -1,0 +1,68 @@
+"""What the planner knows about a machine: plain data, measured here or taken from a named profile.
+
+A profile is recorded in every plans file (``hardware.machine``) so that a person can see what the
+``3d_cpu`` configuration was sized for. Measuring is kneeseg.training.throughput's job (it times a
+real training step); this module only holds the result and the named profiles that make plans
+reproducible: ``reference`` is the machine the reference plans in ``plans/`` are made for, whatever
+machine makes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from kneeseg.errors import KneesegError
+
+
+@dataclass
+class MachineProfile:
+    """A machine as the planner sees it.
+
+    ``cpu_gflops`` is the sustained throughput of a whole training step (forward, loss, backward,
+    optimiser step) of kneeseg's U-Net on ``cpu_cores`` threads, in ``cpu_precision``: the faster of
+    the precisions measured, ``gflops_by_precision``. GFLOPs are counted by planning/estimate.py, so
+    ``estimate FLOPs / cpu_gflops`` is the step's time on this machine.
+    """
+
+    name: str  # "measured" or a named profile
+    cpu_model: str
+    cpu_cores: int  # threads a training may use: affinity and container quota, not the host's count
+    cpu_precision: str  # "bf16" | "none" (fp32): what 3d_cpu training and prediction use
+    cpu_gflops: float
+    gflops_by_precision: dict[str, float] = field(default_factory=dict)
+    gpu_name: str | None = None
+    gpu_memory_gb: float | None = None
+    measured_seconds: float = 0.0  # what measuring cost (0 for a named profile)
+
+    def overridden(self, cpu_cores: int | None = None, cpu_gflops: float | None = None,
+                   cpu_precision: str | None = None) -> MachineProfile:
+        """This profile with the values a user set by hand (the name says so)."""
+        changes: dict = {}
+        if cpu_cores is not None:
+            changes["cpu_cores"] = cpu_cores
+        if cpu_precision is not None:
+            changes["cpu_precision"] = cpu_precision
+        if cpu_gflops is not None:
+            changes["cpu_gflops"] = cpu_gflops
+        elif cpu_precision is not None and cpu_precision in self.gflops_by_precision:
+            changes["cpu_gflops"] = self.gflops_by_precision[cpu_precision]
+        if not changes:
+            return self
+        return replace(self, name=f"{self.name}, set by hand: {', '.join(sorted(changes))}", **changes)
+
+
+# The machine the benchmarks' reference figures come from (benchmarks/RESULTS.md, "CPU training
+# step"): a 2-core AMD EPYC VM with AVX-512 BF16; bare training step 254 GFLOP/s in bf16 and 103 in
+# fp32 at the real scan's 3d_cpu patch. The reference plans are planned for it on any machine.
+PROFILES = {
+    "reference": MachineProfile(
+        name="reference", cpu_model="AMD EPYC (2-core VM, AVX-512 BF16)", cpu_cores=2, cpu_precision="bf16",
+        cpu_gflops=250.0, gflops_by_precision={"bf16": 250.0, "none": 100.0},
+    ),
+}
+
+
+def named_profile(name: str) -> MachineProfile:
+    if name not in PROFILES:
+        raise KneesegError(f"machine profile '{name}': unknown (named profiles: {', '.join(PROFILES)}; or 'measure')")
+    return PROFILES[name]
