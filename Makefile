@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_output
 SHARED ?= ../shared/data/KneeBones3Dify
 
-.PHONY: venv demo demo-real test plans clean
+.PHONY: venv demo demo-real test plans model clean
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ test: venv
 # Regenerate the reference plans in plans/ (tests fail when they drift).
 plans: venv
 	$(PY) -m kneeseg.reference --write plans --shared $(SHARED)
+
+# Train the built-in model on the whole scan (kneeseg/models/build.py); HOLDOUT: the summary JSON
+# of a holdout benchmark run of the same recipe and budget, for the model card's held-out figures.
+MODEL_MINUTES ?= 60
+model: venv
+	$(PY) -m kneeseg.models.build --shared $(SHARED) --train-minutes $(MODEL_MINUTES) $(if $(HOLDOUT),--holdout-summary $(HOLDOUT))
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)_real kneeseg_data .pytest_cache .mypy_cache .ruff_cache

@@ -70,7 +70,7 @@ def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float
     _, _, rc = run_measured(kneeseg_command("plan_and_preprocess", "-d", str(number), "--device", "cpu", "--no-progress",
                                             *plan_flags, *flags))
     assert rc == 0, "plan_and_preprocess failed"
-    plans = json.loads((work / "pre" / f"Dataset{number}_{name}" / "kneesegPlans.json").read_text())
+    plans = json.loads((work / "pre" / f"Dataset{number}_{name}" / "kneesegPlans.json").read_text(encoding="utf-8"))
     machine, cpu = plans["hardware"]["machine"], plans["configurations"]["3d_cpu"]
     plan_line = (f"plan for machine '{machine['name']}' ({machine['cpu_model']}, {machine['cpu_cores']} threads, "
                  f"{machine['cpu_gflops']:g} GFLOP/s {machine['cpu_precision']}; measured {machine['gflops_by_precision']}): "
@@ -94,7 +94,7 @@ def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float
     print("pseudo-Dice curve (epoch: femur tibia patella | EMA):")
     for e, (dice, ema) in enumerate(zip(history["pseudo_dice"], history["ema_dice"])):
         print(f"  {e + 1:3d}: " + " ".join(f"{d:.3f}" for d in dice) + f" | {ema:.3f}")
-    post = json.loads(next((work / "res" / f"Dataset{number}_{name}").glob("*/postprocessing.json")).read_text())
+    post = json.loads(next((work / "res" / f"Dataset{number}_{name}").glob("*/postprocessing.json")).read_text(encoding="utf-8"))
     print(f"post-processing chosen in {t_post:.0f} s: {describe_steps(post['steps'])}")
     runs = [("", [])] + ([("_scales", ["--tta-scales", *map(str, tta_scales)])] if tta_scales != [1.0] else [])
     for suffix, predict_flags in runs:
@@ -108,7 +108,7 @@ def run(train_half: str, test_half: str, shared: Path, work: Path, budget: float
         qc = work / f"errors_{tag}"  # planes through the scan and through its largest error
         run_measured(kneeseg_command("evaluate", "-ref", str(test_raw / "labelsTr"), "-pred", str(pred), "-o", str(summary_path),
                                      "--overlays", str(qc), "--images", str(test_raw / "imagesTr"), "--no-progress"))
-        mean = json.loads(summary_path.read_text())["mean"]
+        mean = json.loads(summary_path.read_text(encoding="utf-8"))["mean"]
         how = f" with test-time scales {' '.join(predict_flags[1:])}" if predict_flags else ""
         print(f"prediction of half {test_half}{how}: {t_pred:.1f} s, peak RSS {rss_pred:.0f} MB; QC pictures in {qc}")
         for structure in ("femur", "tibia", "patella", "all_bones"):

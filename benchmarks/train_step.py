@@ -1,7 +1,7 @@
 """Benchmark: the trainer's training step against a bare PyTorch loop, same network and patch.
 
 1. Bare loop (fp32, channels_last_3d, bf16 autocast): forward, loss, backward, SGD step on one
-   in-memory batch; prints the throughput that calibrates CPU_GFLOPS_PER_THREAD (planning/estimate.py).
+   in-memory batch; prints the throughput behind the "reference" machine profile (planning/machine.py).
    ``--more-variants`` adds bf16 with channels_last_3d and bf16 with torch.compile (the compile itself,
    ~45 s on 2 cores, falls in the warm-up step and is printed apart).
 2. The trainer (kneeseg.training.trainer.Trainer) on a phantom cache with the same patch: its step

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,10 +21,11 @@ import numpy as np
 
 from kneeseg.dataset.layout import KNEE_LABELS, DatasetJson, channel_files, find_dataset, foreground_labels
 from kneeseg.errors import KneesegError
-from kneeseg.inference.cases import InputCase, discover_cases
-from kneeseg.inference.model import TrainedModel, find_model, load_model
+from kneeseg.inference.cases import InputCase, discover_cases, study_part
+from kneeseg.inference.model import NoModelFound, TrainedModel, find_model, load_model
 from kneeseg.inference.study import PredictionOptions, predict_study
 from kneeseg.io import OUTPUT_ENDINGS, file_ending, read_image, refuse_overwriting_inputs
+from kneeseg.io.dicomseg import DICOM_SEG_ENDING
 from kneeseg.paths import KneesegPaths
 from kneeseg.planning.machine import MachineProfile, named_profile
 from kneeseg.planning.plans import Plans
@@ -64,6 +66,15 @@ def machine_profile(machine: str = "measure", cpu_threads: int | None = None, cp
     return measure_machine(cpu_threads, (cpu_precision,) if cpu_precision else CPU_PRECISIONS)
 
 
+def recorded_machine(paths: KneesegPaths, dataset: str | int | None, plans_name: str = "kneesegPlans") -> MachineProfile | None:
+    """The machine profile the dataset's existing plans were made for, or None (no plans, or unreadable)."""
+    try:
+        plans_path = paths.preprocessed / find_dataset(paths.raw, dataset) / f"{plans_name}.json"
+        return Plans.load(plans_path).hardware.machine if plans_path.exists() else None
+    except KneesegError:
+        return None  # the planning that follows says what is wrong
+
+
 def train(paths: KneesegPaths, fold: str = "0", dataset: str | int | None = None, configuration: str | None = None,
           plans_name: str = "kneesegPlans", options: TrainOptions | None = None, predict_validation: bool = True,
           trainer: str = TRAINER_NAME) -> TrainingResult:
@@ -88,18 +99,39 @@ def train(paths: KneesegPaths, fold: str = "0", dataset: str | int | None = None
 
 
 def resolve_model(paths: KneesegPaths | None = None, model_dir: Path | None = None, dataset=None, configuration=None,
-                  folds: list[str] | None = None, device: str = "cpu", trainer: str | None = None) -> TrainedModel:
-    """The model folder ``model_dir``, else the one trained model in ``paths.results`` (narrowed by
-    dataset, configuration and trainer; the configuration the plans recommend for ``device`` when
-    several are trained)."""
+                  folds: list[str] | None = None, device: str = "cpu", trainer: str | None = None,
+                  builtin_fallback: bool = False) -> TrainedModel:
+    """The model folder ``model_dir`` ('builtin': the model that ships with kneeseg, kneeseg.models),
+    else the one trained model in ``paths.results`` (narrowed by dataset, configuration and trainer;
+    the configuration the plans recommend for ``device`` when several are trained). With
+    ``builtin_fallback`` (prediction), a results folder without any model folder gives the built-in
+    model when nothing narrows the search (-d, -c, -tr, -f), saying so on stderr."""
+    from kneeseg.models import BUILTIN, MAKE_MODEL_HINT, builtin_model_dir
+
     if model_dir is not None:
         ignored = [flag for flag, value in (("-d", dataset), ("-c", configuration), ("-tr", trainer)) if value is not None]
         if ignored:  # the folder is the model: a dataset, configuration or trainer beside it could not be honoured
             raise KneesegError(f"{model_dir}: -m names the model folder; {', '.join(ignored)} would be ignored (give one or the other)")
+        if str(model_dir) == BUILTIN:
+            builtin = builtin_model_dir()
+            if builtin is None:
+                raise KneesegError(f"-m {BUILTIN}: {MAKE_MODEL_HINT}")
+            return load_model(builtin, folds)
         return load_model(Path(model_dir), folds)
     if paths is None:
         raise KneesegError("give a model folder (-m) or a results folder")
-    return find_model(paths.results, dataset, configuration, device, folds, trainer=trainer)
+    try:
+        return find_model(paths.results, dataset, configuration, device, folds, trainer=trainer)
+    except NoModelFound as exc:
+        builtin = builtin_model_dir()
+        narrowed = any(v is not None for v in (dataset, configuration, trainer, folds))
+        if not builtin_fallback or narrowed or any(paths.results.glob("Dataset*/*__*__*")):  # a training under way is no fallback case
+            raise
+        if builtin is None:
+            raise KneesegError(f"{exc}, and {MAKE_MODEL_HINT}") from exc
+        print(f"kneeseg: no trained model in {paths.results}; using the built-in model ({builtin.name}: knee bones "
+              f"in 0.3 T 3D SST2 MRI; see {builtin / 'MODEL_CARD.md'})", file=sys.stderr)
+        return load_model(builtin, folds)
 
 
 def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: Path | None = None,
@@ -107,24 +139,46 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
             device: str = "cpu", tta: bool = True, postprocess: bool = True, save_probabilities: bool = False,
             overlays: Path | None = None, step: float = 0.5, autocast: str | None = None, progress: bool = True,
             tta_scales: Sequence[float] = (1.0,), zero_air: bool | None = None, trainer: str | None = None,
-            statistics: bool = False) -> list[Path]:
-    """Predict a file, a folder of CASE_0000.<ext> files or a DICOM series folder; returns the outputs.
+            statistics: bool = False, resume: bool = False, num_parts: int = 1, part_id: int = 0) -> list[Path]:
+    """Predict a file, a folder of scans, a DICOM series folder or a folder tree of DICOM series
+    (kneeseg.inference.cases); returns the outputs written.
 
-    ``out`` ending in ``.seg.nrrd`` gives a 3D Slicer segmentation (named, coloured segments); plain
+    ``resume``: skip the cases whose output exists (outputs are written whole or not at all, so a
+    stopped study goes on where it stopped). ``num_parts``/``part_id``: predict only every
+    ``num_parts``-th case from ``part_id`` on, so that several processes or machines share a study.
+
+    ``out`` ending in ``.seg.nrrd`` gives a 3D Slicer segmentation (named, coloured segments); ``.dcm``,
+    for a DICOM series input, a DICOM SEG that references its slices (kneeseg.io.dicomseg); plain
     label maps get an ITK-SNAP label description and a Slicer colour table beside them
     (``labels.itksnap.txt``, ``labels.ctbl`` in an output folder; ``STEM.itksnap.txt``, ``STEM.ctbl``
     beside a single output file). ``statistics``: ``CASE.statistics.json`` per case (bone volumes,
     components, bounding boxes; kneeseg.export.statistics) and, for a folder of scans,
-    ``statistics.csv`` in the output folder.
+    ``statistics.csv`` in the output folder (``statistics_partKofN.csv`` for a part of a study).
 
     ``tta_scales``: also predict on grids at these multiples of the plan's spacing (0.75-1.3) and
     average the probabilities (one sliding window per scale: slower). ``zero_air``: store each scan's
     air as zeros first (``kneeseg.fingerprint.air.air_mask``): None (default) does so when the model
     was trained on scans whose air was stored as zeros and the scan's is not, saying so on stderr;
     True always; False never. ``overlays``: a folder for one QC PNG per case."""
-    model = resolve_model(paths, model_dir, dataset, configuration, folds, device, trainer)
-    cases = discover_cases(Path(inp), Path(out), model.ds.num_channels)
-    single_file = file_ending(out) in OUTPUT_ENDINGS
+    model = resolve_model(paths, model_dir, dataset, configuration, folds, device, trainer, builtin_fallback=True)
+    found = study_part(discover_cases(Path(inp), Path(out), model.ds.num_channels), num_parts, part_id)
+    def complete(case: InputCase) -> bool:  # every file this run would write for it (each written whole)
+        from kneeseg.export.statistics import statistics_path
+        from kneeseg.inference.study import probabilities_path
+
+        wanted = [case.output, *([probabilities_path(case.output)] if save_probabilities else []),
+                  *([statistics_path(case.output)] if statistics else []),
+                  *([Path(overlays) / f"{case.case_id}.png"] if overlays else [])]
+        return all(path.exists() for path in wanted)
+
+    done = [c for c in found if resume and complete(c)]
+    skipped = {c.case_id for c in done}
+    cases = [c for c in found if c.case_id not in skipped]
+    if not found:
+        print(f"kneeseg: part {part_id} of {num_parts} holds none of the cases of {inp}", file=sys.stderr)
+    if done:
+        print(f"kneeseg: {len(done)} of {len(found)} case(s) already predicted in {out}: skipped (--continue)", file=sys.stderr)
+    single_file = file_ending(out) in (*OUTPUT_ENDINGS, DICOM_SEG_ENDING)
     options = PredictionOptions(device=device, tta=tta, tta_scales=tta_scales, step=step, autocast=autocast,
                                 postprocess=postprocess, zero_air=zero_air, save_probabilities=save_probabilities,
                                 progress=progress, label_descriptions="beside" if single_file else "folder")
@@ -132,35 +186,28 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
     if overlays is not None:
         from kneeseg.export.overlays import save_overlay
 
-        hooks.append(lambda case, image, labels, geometry: save_overlay(
+        hooks.append(lambda case, image, labels, geometry, warnings: save_overlay(
             image, labels, geometry.spacing_zyx, Path(overlays) / f"{case.case_id}.png", case.case_id))
-    csv_path, csv_rows_made = Path(out) / "statistics.csv", []
+    table = None
     if statistics:
-        from kneeseg.export import statistics as stats
+        from kneeseg.export.statistics import StudyStatistics
 
-        table = [] if single_file else [csv_path]
-        refuse_overwriting_inputs([*(stats.statistics_path(c.output) for c in cases), *table],
-                                  [path for c in cases for path in c.channels])
+        name = "statistics.csv" if num_parts == 1 else f"statistics_part{part_id}of{num_parts}.csv"
+        table = StudyStatistics(model.folder, model.ds.foreground, None if single_file else Path(out) / name, done)
+        refuse_overwriting_inputs(table.outputs(cases), [path for c in cases for path in c.channels])
+        hooks.append(table)
 
-        def write_statistics(case, image, labels, geometry):
-            bones = stats.bone_statistics(labels, geometry, model.ds.foreground)
-            stats.write_case_statistics(stats.statistics_path(case.output), case.case_id, case.output,
-                                        list(case.channels), model.folder, geometry, bones)
-            csv_rows_made.extend(stats.csv_rows(case.case_id, bones))
-
-        hooks.append(write_statistics)
-
-    def after_case(case, image, labels, geometry):
+    def after_case(case, image, labels, geometry, warnings):
         for hook in hooks:
-            hook(case, image, labels, geometry)
+            hook(case, image, labels, geometry, warnings)
 
     try:
+        if not cases:
+            return []
         return predict_study(model, cases, options, after_case if hooks else None, [Path(overlays)] if overlays else [])
     finally:
-        if statistics and not single_file and csv_rows_made:  # also when some scans failed: the others' rows
-            from kneeseg.export.statistics import write_statistics_csv
-
-            write_statistics_csv(csv_path, csv_rows_made)
+        if table is not None:
+            table.finish()
 
 
 def find_postprocessing(paths: KneesegPaths, dataset=None, configuration: str | None = None, model_dir: Path | None = None,

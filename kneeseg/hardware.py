@@ -56,6 +56,11 @@ def usable_autocast(requested: str, device: str) -> str:
     return requested
 
 
+def precision_name(autocast: str) -> str:
+    """How logs and plans' notes name a precision: autocast 'none' is fp32."""
+    return "fp32" if autocast == "none" else autocast
+
+
 def _cgroup_cpu_quota() -> float | None:
     """CPUs a container's quota allows (cgroup v2 ``cpu.max`` or v1 ``cfs_quota_us``), None if unlimited."""
     try:

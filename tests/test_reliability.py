@@ -223,7 +223,7 @@ def test_a_fold_all_model_gets_its_post_processing_from_a_cross_validation_fold(
     capsys.readouterr()
     assert predict_main(["-i", str(scan), "-o", str(out), "-f", "all", "--device", "cpu", "--no-progress", *path_flags(paths)]) == 0
     assert "no postprocessing.json, so the outputs are not post-processed" in capsys.readouterr().err
-    assert findpp_main(["--device", "cpu", "--machine", "reference", "--no-progress", *path_flags(paths)]) == 0
+    assert findpp_main(["--device", "cpu", "--no-progress", *path_flags(paths)]) == 0
     assert (paths.results / MODEL_DIR / "postprocessing.json").exists()
     capsys.readouterr()
     assert predict_main(["-i", str(scan), "-o", str(out), "-f", "all", "--device", "cpu", "--no-progress", *path_flags(paths)]) == 0

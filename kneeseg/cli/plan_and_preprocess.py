@@ -12,11 +12,11 @@ speed of a real training step in fp32 and bf16 (a few seconds), for --cpu-traini
 
 from __future__ import annotations
 
-from kneeseg.api import machine_profile
+from kneeseg.api import machine_profile, recorded_machine
 from kneeseg.cli.common import add_path_flags, parser, paths_from, positive_float, positive_int
 from kneeseg.errors import cli_entry
-from kneeseg.hardware import detect_device
-from kneeseg.planning.machine import PROFILES
+from kneeseg.hardware import detect_device, precision_name
+from kneeseg.planning.machine import PROFILES, MachineProfile
 from kneeseg.planning.plans import HardwareTarget
 from kneeseg.preprocessing.pipeline import plan_and_preprocess
 
@@ -28,15 +28,17 @@ def main(argv=None):
     p.add_argument("-c", "--configurations", nargs="+", help="configurations to preprocess (default: recommended for --device)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="machine to plan the default configuration for")
     p.add_argument("--gpu-memory-gb", type=positive_float, default=8.0, help="GPU memory budget for cuda configurations (default 8)")
-    p.add_argument("--machine", choices=["measure", *PROFILES], default="measure",
-                   help="size 3d_cpu for this machine, measured (default), or for a named profile")
-    p.add_argument("--cpu-threads", type=positive_int, help="CPU cores to plan (and measure) for (default: the cores this process may use)")
+    p.add_argument("--machine", choices=["measure", *PROFILES],
+                   help="size 3d_cpu for this machine, measured, or for a named profile (default: the machine recorded in "
+                        "the dataset's existing plans, else measured)")
+    p.add_argument("--cpu-threads", type=positive_int, help="measure on this many threads, to plan for a training that will "
+                   "have that many (default: the cores this process may use; training uses the cores it finds)")
     p.add_argument("--cpu-gflops", type=positive_float, help="training-step throughput in GFLOP/s instead of measuring it")
     p.add_argument("--cpu-precision", choices=["bf16", "fp32"], help="CPU training precision instead of the faster one measured")
     p.add_argument("--cpu-training-hours", type=positive_float, default=1.0, help="CPU training time 3d_cpu is sized for (default 1)")
     p.add_argument("--cpu-spacing", type=positive_float, nargs="+", metavar="MM",
                    help="spacing of the 3d_cpu configuration instead of the planner's choice: one value (isotropic) "
-                        "or three (z y x, the order of the plans); its patch is still sized for the CPU budget")
+                        "or three (z y x, the order of the plans); its patch and widths are still sized for the machine")
     p.add_argument("--plans-name", default="kneesegPlans")
     p.add_argument("-np", "--num-processes", type=positive_int, default=1, help="parallel workers (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed for intensity and foreground-location sampling")
@@ -51,13 +53,20 @@ def main(argv=None):
     paths = paths_from(args)
     device = detect_device() if args.device == "auto" else args.device
     precision = {"fp32": "none", "bf16": "bf16", None: None}[args.cpu_precision]
-    machine = machine_profile(args.machine, args.cpu_threads, args.cpu_gflops, precision)
-    speeds = ", ".join(f"{'fp32' if k == 'none' else k} {v:g}" for k, v in machine.gflops_by_precision.items())
-    print(f"machine: {machine.name}, {machine.cpu_model}, {machine.cpu_cores} CPU threads, "
-          f"{machine.cpu_gflops:g} GFLOP/s in {'bf16' if machine.cpu_precision == 'bf16' else 'fp32'}"
-          + (f" (measured in {machine.measured_seconds:g} s: {speeds})" if machine.measured_seconds else ""))
-    hardware = HardwareTarget(machine, args.gpu_memory_gb, args.cpu_training_hours)
+    overrides = (args.cpu_threads, args.cpu_gflops, precision)
+    measured = None
     for dataset in args.dataset or [None]:
+        # Planning again (e.g. to preprocess another configuration) keeps the machine the plans were made
+        # for: measuring again could move a borderline 3d_cpu plan and orphan its cache and checkpoints.
+        machine = recorded_machine(paths, dataset, args.plans_name) if args.machine is None else None
+        if machine is not None:
+            machine = machine.overridden(*overrides)
+            print(f"machine: as recorded in the existing plans ({_describe(machine)}); --machine measure measures again")
+        else:
+            measured = measured or machine_profile(args.machine or "measure", *overrides)
+            machine = measured
+            print(f"machine: {_describe(machine)}")
+        hardware = HardwareTarget(machine, args.gpu_memory_gb, args.cpu_training_hours)
         result = plan_and_preprocess(
             paths, dataset, args.configurations, device, hardware, args.plans_name,
             args.num_processes, args.seed, args.verify, not args.plan_only, args.progress, cpu_spacing,
@@ -72,3 +81,10 @@ def main(argv=None):
         for name, folder in result.cache_dirs.items():
             print(f"preprocessed {name}: {folder}")
     return 0
+
+
+def _describe(machine: MachineProfile) -> str:
+    speeds = ", ".join(f"{precision_name(k)} {v:g}" for k, v in machine.gflops_by_precision.items())
+    measured = f" (measured in {machine.measured_seconds:g} s: {speeds})" if machine.measured_seconds else ""
+    return (f"{machine.name}, {machine.cpu_model}, {machine.cpu_cores} CPU threads, {machine.cpu_gflops:g} GFLOP/s in "
+            f"{precision_name(machine.cpu_precision)}{measured}")

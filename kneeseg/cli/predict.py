@@ -1,20 +1,29 @@
 """kneeseg_predict -i IN -o OUT: bones from scans, with the input's geometry and format.
 
-IN is an image file, a folder of CASE_0000.<ext> files, or a DICOM series folder (output NIfTI).
--o CASE.seg.nrrd writes a 3D Slicer segmentation (named, coloured bones); plain label maps get an
-ITK-SNAP label description and a Slicer colour table beside them.
+IN is an image file, a folder of CASE_0000.<ext> files (of any image files, for a one-channel
+model), a DICOM series folder, or a folder tree of DICOM series (one output per series, NIfTI).
+-o CASE.seg.nrrd writes a 3D Slicer segmentation (named, coloured bones); -o CASE.dcm, for a DICOM
+series, a DICOM SEG referencing its slices; plain label maps get an ITK-SNAP label description and
+a Slicer colour table beside them. A study resumes with --continue and is shared between processes
+with --num-parts/--part-id (or by torchrun: torchrun --nproc_per_node 4 -m kneeseg.cli.predict ...).
 With no -d/-c/-f it uses the one trained dataset in the results folder, the configuration the
 plans recommend for the device, and every fold trained so far; -m takes a model folder copied
-elsewhere. Post-processing chosen by kneeseg_find_postprocessing is applied unless --no-postprocessing.
+elsewhere. Default when the results folder holds no trained model and no -m, -d, -c or -tr is
+given: the built-in model (femur, tibia, patella in 0.3 T knee MRI; -m builtin names it; see
+its MODEL_CARD.md), announced on stderr. Post-processing chosen by kneeseg_find_postprocessing is
+applied unless --no-postprocessing. Each scan gets QC warnings on stderr when its bones look wrong.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import torch
+
 from kneeseg.api import predict
-from kneeseg.cli.common import add_path_flags, parser, paths_from
-from kneeseg.errors import cli_entry
+from kneeseg.cli.common import add_path_flags, parser, paths_from, positive_int
+from kneeseg.errors import KneesegError, cli_entry
 from kneeseg.hardware import resolve_device
 
 
@@ -27,7 +36,8 @@ def main(argv=None):
     p.add_argument("-c", "--configuration")
     p.add_argument("-tr", "--trainer", help="trainer whose model to use (default: the one trained)")
     p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: all trained)")
-    p.add_argument("-m", "--model-dir", type=Path, help="trained model folder (plans.json, dataset.json, fold_*/)")
+    p.add_argument("-m", "--model-dir", type=Path, help="trained model folder (plans.json, dataset.json, fold_*/), "
+                   "or 'builtin' for the model that ships with kneeseg")
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", choices=["mirror", "none"], default="mirror", help="test-time mirroring (default mirror)")
     p.add_argument("--tta-scales", type=float, nargs="+", default=[1.0], metavar="F",
@@ -48,13 +58,25 @@ def main(argv=None):
     p.add_argument("--statistics", action="store_true",
                    help="also write CASE.statistics.json per scan (bone volumes in mm3 and ml, connected components, "
                         "bounding box in scanner LPS mm) and, for a folder, statistics.csv")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="skip the cases whose output exists (a stopped study goes on where it stopped)")
+    p.add_argument("--num-parts", type=positive_int, help="share a study: predict every N-th case "
+                   "(default: torchrun's WORLD_SIZE, else 1)")
+    p.add_argument("--part-id", type=int, help="which part, 0..N-1 (default: torchrun's RANK, else 0)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_path_flags(p)
     args = p.parse_args(argv)
+    num_parts, part_id, device = args.num_parts, args.part_id, args.device
+    if (num_parts is None) != (part_id is None):
+        raise KneesegError("--num-parts and --part-id go together (under torchrun give neither: WORLD_SIZE and RANK are used)")
+    if "WORLD_SIZE" in os.environ and num_parts is None:  # under torchrun: one part per process
+        num_parts, part_id = int(os.environ["WORLD_SIZE"]), int(os.environ.get("RANK", 0))
+        if device in ("cuda", "auto") and torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     outputs = predict(Path(args.input), Path(args.output), paths_from(args), args.model_dir, args.dataset,
-                      args.configuration, args.folds, resolve_device(args.device), args.tta == "mirror",
+                      args.configuration, args.folds, resolve_device(device), args.tta == "mirror",
                       args.postprocess, args.save_probabilities, args.overlays, args.step, args.autocast, args.progress,
-                      args.tta_scales, args.zero_air, args.trainer, args.statistics)
+                      args.tta_scales, args.zero_air, args.trainer, args.statistics, args.resume, num_parts or 1, part_id or 0)
     for path in outputs:
         print(f"wrote {path}")
     return 0

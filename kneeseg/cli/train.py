@@ -35,7 +35,7 @@ def main(argv=None):
     p.add_argument("--time-budget-min", type=positive_float,
                    help="wall-clock budget; the schedule is scaled to fit it (never beyond --epochs)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-workers", type=int, help="background augmentation processes (default: 1 on a 2-16-core CPU, "
+    p.add_argument("--num-workers", type=int, help="background augmentation processes (default: 1 on a 2-15-core CPU, "
                    "none on 1 core, cores-1 up to 8 for a GPU; 0: none)")
     p.add_argument("--autocast", choices=["none", "bf16", "fp16"], help="mixed precision (default: the plan's)")
     start = p.add_mutually_exclusive_group()

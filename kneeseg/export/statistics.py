@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from kneeseg.io import Geometry, atomic_write_json, atomic_write_text, strip_ending
+from kneeseg.io import Geometry, atomic_write_json, atomic_write_text, read_json, strip_ending
 
 CSV_COLUMNS = ("case", "bone", "label", "voxels", "volume_mm3", "volume_ml", "components",
                "bbox_min_x_mm", "bbox_min_y_mm", "bbox_min_z_mm", "bbox_max_x_mm", "bbox_max_y_mm", "bbox_max_z_mm")
@@ -68,8 +69,9 @@ def statistics_path(output: Path) -> Path:
 
 
 def write_case_statistics(path: Path, case_id: str, output: Path, inputs: list[Path], model_folder: Path,
-                          geometry: Geometry, bones: list[dict]) -> None:
-    """The statistics JSON of one case, atomically."""
+                          geometry: Geometry, bones: list[dict], qc_warnings: list[str]) -> None:
+    """The statistics JSON of one case, atomically; ``qc_warnings``: the prediction's (kneeseg.inference.qc)
+    and the acquisition's warnings, empty when nothing looked wrong."""
     atomic_write_json(path, {
         "case": case_id,
         "label_map": str(output),
@@ -80,6 +82,7 @@ def write_case_statistics(path: Path, case_id: str, output: Path, inputs: list[P
         "connectivity": "face (6-connected)",
         "coordinates": "scanner LPS millimetres (as ITK/SimpleITK and 3D Slicer's files)",
         "bones": bones,
+        "qc_warnings": qc_warnings,
     })
 
 
@@ -100,3 +103,31 @@ def write_statistics_csv(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, text.getvalue())
+
+
+class StudyStatistics:
+    """``--statistics`` for a study: called after each case (kneeseg.inference.study's AfterCase), it
+    writes ``CASE.statistics.json``; :meth:`finish` writes the study's CSV (``csv_path``; None for a
+    single output file). Cases a resumed study skips (``done``) keep their JSON and get their rows from it."""
+
+    def __init__(self, model_folder: Path, bones: dict[str, int], csv_path: Path | None, done: Sequence = ()):
+        self.model_folder, self.bones, self.csv_path = model_folder, bones, csv_path
+        self.rows: list[dict] = []
+        for case in done:
+            path = statistics_path(case.output)
+            if path.exists():
+                self.rows.extend(csv_rows(case.case_id, read_json(path)["bones"]))
+
+    def outputs(self, cases: Sequence) -> list[Path]:
+        return [*(statistics_path(c.output) for c in cases), *([self.csv_path] if self.csv_path else [])]
+
+    def __call__(self, case, image: np.ndarray, labels: np.ndarray, geometry: Geometry, warnings: list[str]) -> None:
+        bones = bone_statistics(labels, geometry, self.bones)
+        write_case_statistics(statistics_path(case.output), case.case_id, case.output, list(case.channels),
+                              self.model_folder, geometry, bones, warnings)
+        self.rows.extend(csv_rows(case.case_id, bones))
+
+    def finish(self) -> None:
+        """The CSV of every case written (also when some failed: the others' rows)."""
+        if self.csv_path is not None and self.rows:
+            write_statistics_csv(self.csv_path, sorted(self.rows, key=lambda r: (r["case"], r["label"])))

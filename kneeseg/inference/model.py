@@ -77,6 +77,10 @@ def load_model(folder: Path, folds: list[str] | None = None, checkpoint: str = C
                         [folder / f"fold_{f}" / checkpoint for f in chosen])
 
 
+class NoModelFound(KneesegError):
+    """The results folder holds no trained model that fits (the built-in model may stand in)."""
+
+
 def find_model(results: Path, dataset: str | int | None = None, configuration: str | None = None, device: str = "cpu",
                folds: list[str] | None = None, checkpoint: str = CHECKPOINT, trainer: str | None = None) -> TrainedModel:
     """The one trained model in ``results`` (narrowed by dataset / configuration / trainer); ambiguity is an error."""
@@ -87,7 +91,7 @@ def find_model(results: Path, dataset: str | int | None = None, configuration: s
     if trainer is not None:
         candidates = [m for m in candidates if m.name.split("__")[0] == trainer]
     if not candidates:
-        raise KneesegError(f"{results}: no trained model found" + (f" for {dataset}" if dataset else "")
+        raise NoModelFound(f"{results}: no trained model found" + (f" for {dataset}" if dataset else "")
                            + "".join(f" ({v})" for v in (trainer, configuration) if v))
     if len({m.parent for m in candidates}) > 1:
         raise KneesegError(f"{results}: several trained datasets ({', '.join(sorted({m.parent.name for m in candidates}))}); choose with -d")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from kneeseg.errors import KneesegError
-from kneeseg.hardware import usable_autocast, use_cores
+from kneeseg.hardware import precision_name, usable_autocast, use_cores
 from kneeseg.inference.model import TrainedModel
 from kneeseg.inference.sliding_window import predict_sliding_window
 from kneeseg.io import Geometry
@@ -49,8 +49,7 @@ class Predictor:
 
     def describe(self) -> str:
         """What this predictor runs on, for the first line of a prediction's log."""
-        precision = {"none": "fp32"}.get(self.autocast, self.autocast)
-        return (f"{self.device} ({self.threads} CPU threads), {precision}, {len(self.networks)} fold(s), "
+        return (f"{self.device} ({self.threads} CPU threads), {precision_name(self.autocast)}, {len(self.networks)} fold(s), "
                 f"mirroring {self.mirror_axes or 'off'}, scales {self.scales}")
 
     def predict(self, images: list[np.ndarray], geometry: Geometry, keep_probabilities: bool = False) -> Prediction:
@@ -74,12 +73,16 @@ class Predictor:
 
     def _fold_mean(self, data: np.ndarray) -> np.ndarray:
         """The folds' mean softmax (K, Z, Y, X) over preprocessed ``data``."""
-        probs = [predict_sliding_window(net, data, self.config.patch_size, len(self.label_values), self.step,
-                                        self.mirror_axes, self.device, self.autocast, self.progress) for net in self.networks[:1]]
-        for net in self.networks[1:]:  # summed as they come: one more copy at a time
-            probs[0] += predict_sliding_window(net, data, self.config.patch_size, len(self.label_values), self.step,
-                                               self.mirror_axes, self.device, self.autocast, self.progress)
-        return probs[0] / len(self.networks)
+        total: np.ndarray | None = None
+        for net in self.networks:  # summed as they come: one more copy at a time
+            probs = predict_sliding_window(net, data, self.config.patch_size, len(self.label_values), self.step,
+                                           self.mirror_axes, self.device, self.autocast, self.progress)
+            if total is None:
+                total = probs
+            else:
+                total += probs
+        assert total is not None  # load_networks gives at least one
+        return total / len(self.networks)
 
 
 def checked_scales(scales: Sequence[float]) -> list[float]:

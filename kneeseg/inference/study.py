@@ -25,6 +25,7 @@ from kneeseg.inference.acquisition import acquisition_warnings, needs_zeroed_air
 from kneeseg.inference.cases import InputCase
 from kneeseg.inference.model import TrainedModel
 from kneeseg.inference.predictor import Predictor
+from kneeseg.inference.qc import prediction_warnings
 from kneeseg.io import (
     Geometry,
     atomic_path,
@@ -35,6 +36,7 @@ from kneeseg.io import (
     strip_ending,
     write_image,
 )
+from kneeseg.io.dicomseg import DICOM_SEG_ENDING, write_dicom_seg
 from kneeseg.io.image import SEGMENTATION_ENDING, file_ending
 from kneeseg.io.labelfiles import label_description_paths, write_label_descriptions
 from kneeseg.io.nifti import has_nonfinite
@@ -62,7 +64,8 @@ class PredictionOptions:
 
 
 # Called after each case with the case, its first channel and the labels written (QC overlays, say).
-AfterCase = Callable[[InputCase, np.ndarray, np.ndarray, Geometry], None]
+# (case, first channel, labels written, geometry, QC warnings: acquisition and prediction)
+AfterCase = Callable[[InputCase, np.ndarray, np.ndarray, Geometry, list[str]], None]
 
 
 def read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
@@ -103,7 +106,7 @@ def label_description_files(cases: Sequence[InputCase], how: str | None) -> list
     if how not in ("folder", "beside"):
         raise ValueError(f"label_descriptions: {how!r} is not None, 'folder' or 'beside'")
     files = {label_description_paths(c.output, how == "beside", strip_ending(c.output))
-             for c in cases if file_ending(c.output) != SEGMENTATION_ENDING}
+             for c in cases if file_ending(c.output) not in (SEGMENTATION_ENDING, DICOM_SEG_ENDING)}
     return sorted(files)
 
 
@@ -136,7 +139,7 @@ def predict_study(model: TrainedModel, cases: list[InputCase], options: Predicti
             continue
         written.append(case.output)
     for pair in descriptions:  # for the folders that received a label map
-        if any(file_ending(p) != SEGMENTATION_ENDING and p.parent == pair[0].parent for p in written):
+        if any(file_ending(p) not in (SEGMENTATION_ENDING, DICOM_SEG_ENDING) and p.parent == pair[0].parent for p in written):
             write_label_descriptions(pair, model.ds.labels)
     if written and o.postprocess and not model.postprocessing_file.exists():
         print(f"kneeseg: {model.folder}: no postprocessing.json, so the outputs are not post-processed (run "
@@ -157,11 +160,19 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
             tqdm.write(f"kneeseg: {case.channels[0]}: the model was trained on scans whose air was stored as zeros; "
                        f"storing this scan's air as zeros first (--keep-air: as it is)", file=sys.stderr)
         images = with_air_zeroed(images)  # copies: the input stays
-    for warning in acquisition_warnings(geometry, model.config, images[0]):
+    warnings = acquisition_warnings(geometry, model.config, images[0])
+    for warning in warnings:
         tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
     prediction = predictor.predict(images, geometry, keep_probabilities=o.save_probabilities)
     labels = apply_postprocessing(prediction.labels, steps, geometry.spacing_zyx) if steps else prediction.labels
-    write_image(labels, geometry, case.output, labels=model.ds.labels)
+    found = prediction_warnings(labels, geometry, model.ds.foreground, model.plans.label_volumes_mm3)
+    for warning in found:
+        tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
+    warnings += found
+    if file_ending(case.output) == DICOM_SEG_ENDING:  # a DICOM series in, a SEG referencing its slices out
+        write_dicom_seg(case.output, labels, case.channels[0], model.ds.labels)
+    else:
+        write_image(labels, geometry, case.output, labels=model.ds.labels)
     if o.save_probabilities:
         assert prediction.probabilities is not None
         with atomic_path(probabilities_path(case.output)) as tmp:
@@ -169,4 +180,4 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
                 np.savez_compressed(f, probabilities=prediction.probabilities.astype(np.float16),
                                     labels=np.array(sorted(model.ds.labels.values())))
     if after_case is not None:
-        after_case(case, images[0], labels, geometry)
+        after_case(case, images[0], labels, geometry, warnings)

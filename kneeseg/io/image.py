@@ -107,14 +107,19 @@ def strip_ending(path: str | os.PathLike) -> str:
     return name[: len(name) - len(ending)] if ending else name
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
+def dicom_series_files(folder: Path) -> tuple[str, ...]:
+    """The files of the one DICOM series in ``folder``, in slice order (GDCM: by position along the normal)."""
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise KneesegError(f"{folder}: folder holds no DICOM series")
     if len(series) > 1:
         raise KneesegError(f"{folder}: folder holds {len(series)} DICOM series; give one series per folder")
-    names = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    return tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    names = dicom_series_files(folder)
     _check_slice_spacing(folder, names)
     reader.SetFileNames(names)
     if hasattr(reader, "SetSpacingWarningRelThreshold"):  # judged above, in kneeseg's words: no raw ITK warning

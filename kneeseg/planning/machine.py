@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from kneeseg.errors import KneesegError
 
 
-@dataclass
+@dataclass(frozen=True)
 class MachineProfile:
     """A machine as the planner sees it.
 
@@ -53,7 +53,9 @@ class MachineProfile:
 
 # The machine the benchmarks' reference figures come from (benchmarks/RESULTS.md, "CPU training
 # step"): a 2-core AMD EPYC VM with AVX-512 BF16; bare training step 254 GFLOP/s in bf16 and 103 in
-# fp32 at the real scan's 3d_cpu patch. The reference plans are planned for it on any machine.
+# fp32 at the real scan's 3d_cpu patch. The reference plans are planned for it on any machine. The
+# measuring probe (smaller patch, AdamW, clipping) has not run on that machine: it may read lower
+# there, and plan lighter than this profile does.
 PROFILES = {
     "reference": MachineProfile(
         name="reference", cpu_model="AMD EPYC (2-core VM, AVX-512 BF16)", cpu_cores=2, cpu_precision="bf16",

@@ -13,8 +13,9 @@ Rules (all spacings/shapes in z, y, x):
   case.
 
 ``3d_cpu``, for a machine whose training step runs at ``G`` GFLOP/s (measured when planning,
-kneeseg.training.throughput, or a named profile) and a budget of ``H`` hours: a training must get
-at least CPU_MIN_ITERATIONS steps, so one step may cost ``G * 3600 * H / CPU_MIN_ITERATIONS`` GFLOPs.
+kneeseg.training.throughput, or a named profile) and a budget of ``H`` hours: the budget must hold
+the compute of CPU_MIN_ITERATIONS steps, so one step may cost ``G * 3600 * H / CPU_MIN_ITERATIONS``
+GFLOPs (with validation and data loading, CPU_STEP_OVERHEAD, about 2400 steps: ~50 epochs of 50).
 What gives way when it does not fit, in this order:
 1. the patch, down to CPU_MIN_COVERAGE of the median case;
 2. the spacing, coarsened (finest axes first) in steps of 1.1x up to CPU_MAX_SPACING_FACTOR x full
@@ -37,6 +38,7 @@ import numpy as np
 
 from kneeseg.dataset.layout import DatasetJson
 from kneeseg.fingerprint import Fingerprint
+from kneeseg.hardware import precision_name
 from kneeseg.planning.estimate import estimate_iteration
 from kneeseg.planning.plans import ConfigurationPlan, HardwareTarget, NetworkPlan, Plans, ResamplingPlan, TrainingPlan
 
@@ -242,7 +244,7 @@ def plan_experiment(
         f"3d_cpu: spacing {cpu.spacing} mm ({chosen}{factor:.2f}x full resolution on the finest axis), patch covers "
         f"{_coverage(cpu.patch_size, cpu.median_shape):.1%} of the median case, base width {cpu.network.features_per_stage[0]}, "
         f"~{cpu.estimate.seconds_per_iteration:.2f} s per step on {machine.cpu_cores} CPU threads "
-        f"({machine.cpu_gflops:g} GFLOP/s, {'bf16' if machine.cpu_precision == 'bf16' else 'fp32'}; machine: {machine.name}): "
+        f"({machine.cpu_gflops:g} GFLOP/s, {precision_name(machine.cpu_precision)}; machine: {machine.name}): "
         f"{cpu.training.num_epochs} epochs, {steps} steps in {hardware.cpu_training_hours:g} h"
     )
     return Plans(
@@ -253,6 +255,9 @@ def plan_experiment(
         original_median_spacing=[float(v) for v in np.median(spacings, axis=0)],
         original_median_shape=[int(v) for v in np.median(fingerprint.shapes_after_crop, axis=0)],
         foreground_intensity={k: vars(v) for k, v in fingerprint.foreground_intensity.items()},
+        label_volumes_mm3={name: [round(min(c.class_volumes_mm3.get(name, 0.0) for c in fingerprint.cases), 1),
+                                  round(max(c.class_volumes_mm3.get(name, 0.0) for c in fingerprint.cases), 1)]
+                           for name in ds.foreground},
         hardware=hardware,
         configurations=configurations,
         recommended={"cuda": "3d_fullres", "mps": "3d_fullres", "cpu": "3d_cpu"},

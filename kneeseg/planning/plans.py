@@ -141,6 +141,9 @@ class Plans:
     configurations: dict[str, ConfigurationPlan]
     recommended: dict[str, str]  # device -> configuration name
     notes: list[str] = field(default_factory=list)
+    # [smallest, largest] volume of each label over the training cases (0 where a case lacks it):
+    # what a prediction on an unseen scan is compared with (kneeseg.inference.qc)
+    label_volumes_mm3: dict[str, list[float]] = field(default_factory=dict)
     version: int = PLANS_VERSION
 
     def configuration(self, name: str) -> ConfigurationPlan:
@@ -168,10 +171,25 @@ class Plans:
         """Plans from parsed JSON; ``where`` names the source in errors (a model archive's plans are
         checked before anything is unpacked)."""
         version = data.get("version", PLANS_VERSION) if isinstance(data, dict) else PLANS_VERSION
-        if version != PLANS_VERSION:
+        if version == 2:  # models trained before machines were measured keep working
+            data = _from_version_2(data)
+        elif version != PLANS_VERSION:
             raise KneesegError(f"{where}: plans version {version}, this kneeseg reads version {PLANS_VERSION}; "
                                "run kneeseg_plan_and_preprocess again")
         return from_dict(cls, data, where)
+
+
+def _from_version_2(data: dict) -> dict:
+    """Version 2 plans as version 3: their hardware section held the numbers the planner was told
+    (threads, a fixed 50 GFLOP/s per thread, seconds per step); they had no label volumes (the QC
+    then judges only the anatomical order)."""
+    old: dict = data["hardware"] if isinstance(data.get("hardware"), dict) else {}
+    threads = int(old.get("cpu_threads", 2))
+    machine = {"name": "fixed (plans version 2)", "cpu_model": "unknown", "cpu_cores": threads,
+               "cpu_precision": "bf16", "cpu_gflops": 50.0 * threads}
+    hardware = {"machine": machine, "gpu_memory_gb": old.get("gpu_memory_gb", 8.0),
+                "cpu_training_hours": old.get("cpu_training_hours", 1.0)}
+    return {**data, "hardware": hardware, "version": PLANS_VERSION}
 
 
 def from_dict(cls, data, where: str):

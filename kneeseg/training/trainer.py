@@ -190,7 +190,8 @@ class Trainer:
             if o.device.startswith("cuda"):
                 o.device = f"cuda:{int(os.environ.get('LOCAL_RANK', self.rank))}"
         self.device = torch.device(o.device)
-        cores = max(1, available_cores() // self.world)  # this rank's share of the cores this process may use
+        # This rank's share of the cores; OMP_NUM_THREADS (torchrun sets it) is already one process's number.
+        cores = available_cores() if os.environ.get("OMP_NUM_THREADS") else max(1, available_cores() // self.world)
         if self.device.type == "cpu":
             torch.set_num_threads(cores)
         self.num_workers = o.num_workers if o.num_workers is not None else augmentation_workers(cores, self.device.type)

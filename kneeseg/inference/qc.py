@@ -1,0 +1,54 @@
+"""Quality checks of a prediction on a scan the model never saw: warnings, not errors.
+
+A model applied to a scan unlike its training scans (another body part, another protocol, a header
+with the wrong orientation) still returns labels; these checks say when the labels do not look like
+the knee bones the model learnt:
+
+- a bone that every training label map had is missing;
+- a bone's volume lies far outside (VOLUME_FACTOR x) the range of the training labels' volumes;
+- the bones are out of anatomical order, judged in the scan's patient coordinates (LPS: +z is
+  superior, +y posterior): the femur must lie superior to the tibia, the patella anterior to the femur.
+
+Together with the acquisition warnings (kneeseg.inference.acquisition) they are printed per case and
+recorded in the statistics output (``qc_warnings``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from kneeseg.io import Geometry
+
+VOLUME_FACTOR = 3.0
+SUPERIOR, POSTERIOR = 2, 1  # LPS axes of a physical point (x, y, z)
+
+
+def prediction_warnings(labels: np.ndarray, geometry: Geometry, bones: dict[str, int],
+                        volume_ranges: dict[str, list[float]]) -> list[str]:
+    """What looks wrong in a (z, y, x) label map of ``bones`` (name -> value), given the training
+    labels' ``volume_ranges`` (name -> [min, max] mm3, the plans' ``label_volumes_mm3``; a name
+    without a range is not judged)."""
+    warnings, centre = [], {}
+    voxel_mm3 = float(np.prod(geometry.spacing))
+    for name, value in bones.items():
+        mask = labels == value
+        voxels = int(mask.sum())
+        low, high = volume_ranges.get(name, [0.0, float("inf")])
+        if voxels == 0:
+            if low > 0:
+                warnings.append(f"no {name} found, though every training label map had one")
+            continue
+        volume = voxels * voxel_mm3
+        if (low > 0 and volume < low / VOLUME_FACTOR) or volume > VOLUME_FACTOR * high:
+            warnings.append(f"{name} volume {volume / 1000:.1f} ml lies far outside the training labels' "
+                            f"{low / 1000:.1f}-{high / 1000:.1f} ml")
+        index_zyx = np.asarray(ndimage.center_of_mass(mask))
+        centre[name] = geometry.index_to_physical(index_zyx[None, ::-1])[0]
+    if "femur" in centre and "tibia" in centre and centre["femur"][SUPERIOR] <= centre["tibia"][SUPERIOR]:
+        warnings.append("the femur is not superior to the tibia in the scan's patient coordinates "
+                        "(not a knee, or a header with the wrong orientation?)")
+    if "patella" in centre and "femur" in centre and centre["patella"][POSTERIOR] >= centre["femur"][POSTERIOR]:
+        warnings.append("the patella is not anterior to the femur in the scan's patient coordinates "
+                        "(not a knee, or a header with the wrong orientation?)")
+    return warnings

@@ -1,0 +1,22 @@
+"""The model that ships with kneeseg, for a fresh install that has trained nothing.
+
+``kneebones3dify/`` (package data) is an installed model folder like any other (plans.json,
+dataset.json, model.json, postprocessing.json, MODEL_CARD.md, ``fold_0/checkpoint_final.pth``
+with half-precision weights only): femur, tibia and patella, trained on the whole KneeBones3Dify scan
+(Soscia et al., Zenodo 10534328, CC BY 4.0; 0.3 T Esaote O-scan, 3D SST2) by ``make model``.
+kneeseg_predict uses it when the results folder holds no trained model and no -m is given, and
+with ``-m builtin``. An install without it (a source tree where ``make model`` has not run) says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BUILTIN = "builtin"  # the name -m takes for it
+BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "kneebones3dify"
+MAKE_MODEL_HINT = "this install has no built-in model (make model trains it; see docs/builtin_model.md)"
+
+
+def builtin_model_dir() -> Path | None:
+    """The built-in model's folder, or None where this install has none."""
+    return BUILTIN_MODEL_DIR if (BUILTIN_MODEL_DIR / "model.json").exists() else None

@@ -1,0 +1,113 @@
+"""Build the built-in model: ``make model`` (``python -m kneeseg.models.build --shared DIR``).
+
+1. Import the whole KneeBones3Dify scan (femur, tibia, patella) as Dataset901_KneeBones3Dify; DIR is
+   ../shared/data/KneeBones3Dify or the folder of the Zenodo download (knee_0000.nii.gz, knee_bone.nii.gz).
+2. Plan it for this machine (measured, as kneeseg_plan_and_preprocess does) and preprocess.
+3. Train fold 0 for --train-minutes (default 60: the budget of the held-out figures, where a 2-core
+   CPU reaches ~50 epochs and the held-out Dice has levelled off) with --seed (default 0). The one
+   scan is the fold's training and validation case.
+4. Choose the post-processing on that fold's prediction of the scan.
+5. Keep the network's weights only, in half precision (kneeseg.inference.archive), with plans.json,
+   dataset.json, model.json, postprocessing.json and MODEL_CARD.md, in kneeseg/models/kneebones3dify/.
+6. Print the model's Dice on its own training scan: an integrity figure, never a generalisation claim.
+
+--holdout-summary takes the summary JSON of a benchmarks/kneebones3dify_holdout.py run of the same
+recipe and budget (train on half A, evaluate half B: ``WORKDIR/summary_A_to_B.json``); its figures
+go into the model card as printed there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+from kneeseg import __version__
+from kneeseg.api import evaluate, export_model, find_postprocessing, install_model, machine_profile, predict, train
+from kneeseg.dataset.kneebones3dify import import_kneebones3dify
+from kneeseg.hardware import precision_name
+from kneeseg.models import BUILTIN_MODEL_DIR
+from kneeseg.paths import KneesegPaths
+from kneeseg.planning.plans import HardwareTarget
+from kneeseg.preprocessing.pipeline import plan_and_preprocess
+from kneeseg.training.trainer import TrainOptions
+
+CARD_TEMPLATE = Path(__file__).resolve().parent / "MODEL_CARD.template.md"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _figures(summary: dict, bones: list[str]) -> str:
+    rows = ["| structure | Dice | HD95 (mm) | ASSD (mm) |", "| --- | --- | --- | --- |"]
+    for name in [*bones, "all_bones"]:
+        m = summary["mean"].get(name)
+        if m is None or (m.get("ref_volume_mm3") == 0):
+            continue
+        rows.append(f"| {name.replace('_', ' ')} | {m['dice']:.4f} | {m['hd95']:.2f} | {m['assd']:.3f} |")
+    return "\n".join(rows)
+
+
+def build(shared: Path, out: Path, minutes: float, seed: int, holdout_summary: Path | None, progress: bool = True) -> Path:
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = KneesegPaths(Path(tmp, "raw"), Path(tmp, "pre"), Path(tmp, "res"))
+        dataset = import_kneebones3dify(shared / "knee_0000.nii.gz", paths.raw, mask=shared / "knee_bone.nii.gz").dataset_dir
+        machine = machine_profile()
+        plans = plan_and_preprocess(paths, dataset.name, hardware=HardwareTarget(machine), seed=seed, progress=progress).plans
+        result = train(paths, "0", dataset.name, options=TrainOptions(time_budget_min=minutes, seed=seed, device="cpu", progress=progress))
+        find_postprocessing(paths, dataset.name, progress=progress)
+        scan, labels = dataset / "imagesTr" / "knee_0000.nii.gz", dataset / "labelsTr" / "knee.nii.gz"
+        predict(scan, Path(tmp, "self.nii.gz"), model_dir=result.model_dir, progress=progress)
+        own = evaluate(labels, Path(tmp, "self.nii.gz"), Path(tmp, "self.json"), progress=False)["mean"]
+        held_out = json.loads(holdout_summary.read_text(encoding="utf-8")) if holdout_summary else None
+        bones = list(plans.labels)[1:]
+        config = plans.configuration("3d_cpu")
+        card = CARD_TEMPLATE.read_text(encoding="utf-8").format(
+            version=__version__, commit=_commit(), date=date.today(), machine=machine.name, cpu=machine.cpu_model,
+            cores=machine.cpu_cores, gflops=machine.cpu_gflops,
+            precision=precision_name(machine.cpu_precision), minutes=minutes, seed=seed,
+            epochs=result.epochs, spacing=config.spacing[0], patch="x".join(map(str, config.patch_size)),
+            widths=f"{config.network.features_per_stage[0]}-{config.network.features_per_stage[-1]}",
+            own_dice=own["all_bones"]["dice"], python=platform.python_version(),
+            held_out=_figures(held_out, bones) if held_out else "(not given to this build: see benchmarks/RESULTS.md)",
+            held_out_source=str(holdout_summary) if holdout_summary else "-",
+        )
+        (result.model_dir / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+        archive = Path(tmp, "model.zip")
+        export_model(result.model_dir, archive, ["0"], half=True)
+        installed = install_model(archive, KneesegPaths(paths.raw, paths.preprocessed, Path(tmp, "installed")))
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(installed, out)
+    print(f"built-in model: {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB), "
+          f"{result.epochs} epochs in {minutes:g} min; all-bone Dice on its own training scan {own['all_bones']['dice']:.4f} "
+          "(integrity, not generalisation)")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared", type=Path, default=Path("../shared/data/KneeBones3Dify"))
+    p.add_argument("--train-minutes", type=float, default=60.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout-summary", type=Path, help="summary_A_to_B.json of a holdout benchmark run of this recipe")
+    p.add_argument("--output", type=Path, default=BUILTIN_MODEL_DIR)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    build(args.shared, args.output, args.train_minutes, args.seed, args.holdout_summary, args.progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

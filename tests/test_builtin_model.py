@@ -1,0 +1,131 @@
+"""The built-in model: used when nothing is trained, named with -m builtin, and its QC warnings for
+scans unlike its training scans. The shipped weights, where this install has them, reproduce their
+training scan (an integrity check, not a generalisation claim)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import MODEL_DIR, path_flags
+
+import kneeseg.models
+from kneeseg.cli.predict import main as predict_main
+from kneeseg.inference.qc import prediction_warnings
+from kneeseg.io import Geometry, read_image
+from kneeseg.models import builtin_model_dir
+from kneeseg.planning.plans import Plans
+
+DS = "Dataset900_KneePhantom"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "KneeBones3Dify"
+BONES = {"femur": 1, "tibia": 2, "patella": 3}
+
+
+@pytest.fixture
+def phantom_builtin(small_model, tmp_path, monkeypatch):
+    """The small phantom model standing in for the built-in one."""
+    folder = tmp_path / "builtin_model"
+    shutil.copytree(small_model.results / MODEL_DIR, folder)
+    monkeypatch.setattr(kneeseg.models, "BUILTIN_MODEL_DIR", folder)
+    return folder
+
+
+def _scan(paths) -> Path:
+    return paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz"
+
+
+def test_with_nothing_trained_the_builtin_model_is_used_and_named(phantom_builtin, small_model, tmp_path, capsys):
+    out = tmp_path / "bones.nii.gz"
+    empty = ["--results", str(tmp_path / "no_results"), "--raw", str(small_model.raw)]
+    assert predict_main(["-i", str(_scan(small_model)), "-o", str(out), "--device", "cpu", "--no-progress", *empty]) == 0
+    err = capsys.readouterr().err
+    assert "no trained model in" in err and "using the built-in model" in err
+    labels, geometry = read_image(out)
+    _, scan_geometry = read_image(_scan(small_model))
+    assert geometry.matches(scan_geometry) is None and set(np.unique(labels)) <= {0, 1, 2, 3}
+    explicit = tmp_path / "explicit.nii.gz"
+    assert predict_main(["-i", str(_scan(small_model)), "-o", str(explicit), "-m", "builtin", "--device", "cpu", "--no-progress"]) == 0
+    assert np.array_equal(read_image(explicit)[0], labels)
+    code = predict_main(["-i", str(_scan(small_model)), "-o", str(tmp_path / "x.nii.gz"), "-m", "builtin", "-d", "900"])
+    assert code == 2 and "-m names the model folder; -d would be ignored" in capsys.readouterr().err
+
+
+def test_without_a_builtin_model_the_error_says_so(small_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(kneeseg.models, "BUILTIN_MODEL_DIR", tmp_path / "absent")
+    args = ["-i", str(_scan(small_model)), "-o", str(tmp_path / "out.nii.gz"), "--device", "cpu", "--no-progress"]
+    assert predict_main([*args, "--results", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no trained model found, and this install has no built-in model" in err[0]
+    assert predict_main([*args, "-m", "builtin"]) == 2
+    assert "-m builtin: this install has no built-in model" in capsys.readouterr().err
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def _geometry(shape, spacing=1.0) -> Geometry:
+    image = sitk.Image([shape[2], shape[1], shape[0]], sitk.sitkUInt8)
+    image.SetSpacing([spacing] * 3)
+    return Geometry.of(image)
+
+
+def test_qc_names_missing_bones_odd_volumes_and_bones_out_of_order():
+    labels = np.zeros((40, 40, 40), np.uint8)  # z runs superior (LPS +z) with an identity direction
+    labels[22:34, 10:30, 10:30] = 1  # femur above
+    labels[4:16, 10:30, 10:30] = 2  # tibia below
+    labels[22:30, 2:8, 14:24] = 3  # patella anterior (smaller LPS y)
+    geometry = _geometry(labels.shape)
+    volumes = {name: float((labels == v).sum()) for name, v in BONES.items()}
+    ranges = {name: [v, v] for name, v in volumes.items()}
+    assert prediction_warnings(labels, geometry, BONES, ranges) == []
+    upside_down = labels[::-1].copy()
+    found = prediction_warnings(upside_down, geometry, BONES, ranges)
+    assert any("femur is not superior to the tibia" in w for w in found)
+    backwards = labels[:, ::-1].copy()
+    assert any("patella is not anterior to the femur" in w for w in prediction_warnings(backwards, geometry, BONES, ranges))
+    no_patella = np.where(labels == 3, 0, labels)
+    assert prediction_warnings(no_patella, geometry, BONES, ranges) == ["no patella found, though every training label map had one"]
+    assert prediction_warnings(no_patella, geometry, BONES, {**ranges, "patella": [0.0, volumes["patella"]]}) == []
+    small = prediction_warnings(labels, geometry, BONES, {**ranges, "femur": [10 * volumes["femur"]] * 2})
+    assert small == ["femur volume 4.8 ml lies far outside the training labels' 48.0-48.0 ml"]
+
+
+def test_qc_is_quiet_on_real_anatomy_and_recorded_in_the_statistics(small_model, tmp_path, capsys):
+    plans = Plans.load(small_model.results / MODEL_DIR / "plans.json")
+    for label_file in sorted((small_model.raw / DS / "labelsTr").iterdir()):
+        labels, geometry = read_image(label_file)
+        assert prediction_warnings(labels, geometry, BONES, plans.label_volumes_mm3) == [], label_file
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    assert predict_main(["-i", str(small_model.raw / DS / "imagesTs"), "-o", str(out), "--statistics", "--device", "cpu",
+                         "--no-progress", *path_flags(small_model)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    for case in ("phantom_test_000", "phantom_test_001"):  # what stderr said of each scan is what its statistics hold
+        prefix = f"kneeseg: warning: {small_model.raw / DS / 'imagesTs' / (case + '_0000.nii.gz')}: "
+        stats = json.loads((out / f"{case}.statistics.json").read_text(encoding="utf-8"))
+        assert stats["qc_warnings"] == [line[len(prefix):] for line in err if line.startswith(prefix)]
+
+
+@pytest.mark.skipif(builtin_model_dir() is None or not (SHARED / "knee_0000.nii.gz").exists(),
+                    reason="this install has no built-in model, or ../shared has no KneeBones3Dify scan")
+def test_the_shipped_weights_reproduce_their_training_scan(tmp_path, capsys):
+    from kneeseg.api import evaluate
+
+    folder = builtin_model_dir()
+    assert folder is not None
+    weights = sorted(folder.glob("fold_*/checkpoint_final.pth"))
+    assert weights and sum(w.stat().st_size for w in weights) <= 15e6  # half precision, weights only
+    out = tmp_path / "bones.nii.gz"
+    assert predict_main(["-i", str(SHARED / "knee_0000.nii.gz"), "-o", str(out), "-m", "builtin", "--device", "cpu", "--no-progress"]) == 0
+    assert "warning" not in capsys.readouterr().err  # its own training scan: no QC or acquisition warning
+    reference = tmp_path / "reference.nii.gz"
+    mask, geometry = read_image(SHARED / "knee_bone.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray((mask > 0).astype(np.uint8)), str(reference))
+    binary = tmp_path / "binary.nii.gz"
+    pred, _ = read_image(out)
+    image = sitk.GetImageFromArray((pred > 0).astype(np.uint8))
+    sitk.WriteImage(image, str(binary))
+    summary = evaluate(reference, binary, tmp_path / "summary.json", {"bone": 1}, progress=False)
+    assert summary["mean"]["bone"]["dice"] > 0.95  # the model card records the figure
