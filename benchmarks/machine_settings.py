@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import kneeseg_command  # noqa: E402
 
 from kneeseg.demo import REAL_HALVES  # noqa: E402
-from kneeseg.hardware import cpu_model  # noqa: E402
+from kneeseg.hardware import cpu_model, precision_name  # noqa: E402
 
 SETTINGS = {
     "native": {},
@@ -77,13 +77,14 @@ def plan_half_a(shared: Path, work: Path, env: dict[str, str], machine: str) -> 
 
 def describe(plans: dict) -> str:
     m, cpu = plans["hardware"]["machine"], plans["configurations"]["3d_cpu"]
-    speeds = ", ".join(f"{'fp32' if k == 'none' else k} {v:g}" for k, v in m["gflops_by_precision"].items())
+    speeds = ", ".join(f"{precision_name(k)} {v:g}" if v else f"{precision_name(k)} slower, not timed"
+                       for k, v in m["gflops_by_precision"].items())
     widths = cpu["network"]["features_per_stage"]
     return (f"{m['name']}: {m['cpu_cores']} threads, {speeds} GFLOP/s"
             + (f" (measured in {m['measured_seconds']:g} s)" if m["measured_seconds"] else "")
             + f" -> spacing {cpu['spacing'][0]:.3f} mm, patch {'x'.join(map(str, cpu['patch_size']))}, widths "
               f"{widths[0]}-{widths[-1]}, {cpu['estimate']['gflops_per_iteration']:g} GFLOP/step, "
-              f"{'bf16' if cpu['training']['autocast'] == 'bf16' else 'fp32'}, {cpu['training']['num_epochs']} epochs planned")
+              f"{precision_name(cpu['training']['autocast'])}, {cpu['training']['num_epochs']} epochs planned")
 
 
 def train_and_evaluate(shared: Path, work: Path, env: dict[str, str], machine: str, budget: float) -> tuple[int, float]:

@@ -94,7 +94,7 @@ def train(paths: KneesegPaths, fold: str = "0", dataset: str | int | None = None
         cases = [InputCase(c, channel_files(raw / "imagesTr", c, ds.num_channels, ds.file_ending),
                            result.fold_dir / "validation" / f"{c}{ds.file_ending}") for c in result.validation_cases]
         predict_study(load_model(result.model_dir, [options.fold]), cases,
-                      PredictionOptions(device=options.device, postprocess=False, progress=options.progress))
+                      PredictionOptions(device=options.device, postprocess=False, progress=options.progress, qc=False))
     return result
 
 
@@ -139,50 +139,66 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
             device: str = "cpu", tta: bool = True, postprocess: bool = True, save_probabilities: bool = False,
             overlays: Path | None = None, step: float = 0.5, autocast: str | None = None, progress: bool = True,
             tta_scales: Sequence[float] = (1.0,), zero_air: bool | None = None, trainer: str | None = None,
-            statistics: bool = False, resume: bool = False, num_parts: int = 1, part_id: int = 0) -> list[Path]:
+            statistics: bool = False, overwrite: bool = False, num_parts: int = 1, part_id: int = 0,
+            output_type: str = "label-map") -> list[Path]:
     """Predict a file, a folder of scans, a DICOM series folder or a folder tree of DICOM series
     (kneeseg.inference.cases); returns the outputs written.
 
-    ``resume``: skip the cases whose output exists (outputs are written whole or not at all, so a
-    stopped study goes on where it stopped). ``num_parts``/``part_id``: predict only every
-    ``num_parts``-th case from ``part_id`` on, so that several processes or machines share a study.
+    A folder run is resumable (kneeseg.inference.record): ``study.csv`` in the output folder records
+    which input made which output with which model and options, and a rerun skips the cases already
+    made by the same model with the same options (``overwrite``: redo them all). ``num_parts``/
+    ``part_id``: predict only every ``num_parts``-th case from ``part_id`` on, so that several
+    processes or machines share a study (record ``study_partKofN.csv``).
 
-    ``out`` ending in ``.seg.nrrd`` gives a 3D Slicer segmentation (named, coloured segments); ``.dcm``,
-    for a DICOM series input, a DICOM SEG that references its slices (kneeseg.io.dicomseg); plain
-    label maps get an ITK-SNAP label description and a Slicer colour table beside them
-    (``labels.itksnap.txt``, ``labels.ctbl`` in an output folder; ``STEM.itksnap.txt``, ``STEM.ctbl``
-    beside a single output file). ``statistics``: ``CASE.statistics.json`` per case (bone volumes,
-    components, bounding boxes; kneeseg.export.statistics) and, for a folder of scans,
-    ``statistics.csv`` in the output folder (``statistics_partKofN.csv`` for a part of a study).
+    ``output_type`` 'dicom-seg' (or ``out`` ending in ``.dcm``), for DICOM series input: a DICOM SEG
+    per series that references its slices (kneeseg.io.dicomseg). ``out`` ending in ``.seg.nrrd``
+    gives a 3D Slicer segmentation (named, coloured segments); plain label maps get an ITK-SNAP
+    label description and a Slicer colour table beside them (``labels.itksnap.txt``, ``labels.ctbl``
+    in an output folder; ``STEM.itksnap.txt``, ``STEM.ctbl`` beside a single output file).
+    ``statistics``: ``CASE.statistics.json`` per case (bone volumes, components, bounding boxes, QC
+    warnings; kneeseg.export.statistics) and, for a folder of scans, ``statistics.csv`` in the output
+    folder (``statistics_partKofN.csv`` for a part of a study).
 
     ``tta_scales``: also predict on grids at these multiples of the plan's spacing (0.75-1.3) and
     average the probabilities (one sliding window per scale: slower). ``zero_air``: store each scan's
     air as zeros first (``kneeseg.fingerprint.air.air_mask``): None (default) does so when the model
     was trained on scans whose air was stored as zeros and the scan's is not, saying so on stderr;
     True always; False never. ``overlays``: a folder for one QC PNG per case."""
+    from kneeseg.export.statistics import StudyStatistics, statistics_path
+    from kneeseg.inference.record import StudyRecord, study_signature
+    from kneeseg.inference.study import probabilities_path
+
+    if output_type not in ("label-map", "dicom-seg"):
+        raise KneesegError(f"--output-type {output_type}: use label-map or dicom-seg")
     model = resolve_model(paths, model_dir, dataset, configuration, folds, device, trainer, builtin_fallback=True)
-    found = study_part(discover_cases(Path(inp), Path(out), model.ds.num_channels), num_parts, part_id)
-    def complete(case: InputCase) -> bool:  # every file this run would write for it (each written whole)
-        from kneeseg.export.statistics import statistics_path
-        from kneeseg.inference.study import probabilities_path
-
-        wanted = [case.output, *([probabilities_path(case.output)] if save_probabilities else []),
-                  *([statistics_path(case.output)] if statistics else []),
-                  *([Path(overlays) / f"{case.case_id}.png"] if overlays else [])]
-        return all(path.exists() for path in wanted)
-
-    done = [c for c in found if resume and complete(c)]
-    skipped = {c.case_id for c in done}
-    cases = [c for c in found if c.case_id not in skipped]
-    if not found:
+    cases = study_part(discover_cases(Path(inp), Path(out), model.ds.num_channels, output_type == "dicom-seg"), num_parts, part_id)
+    if not cases:
         print(f"kneeseg: part {part_id} of {num_parts} holds none of the cases of {inp}", file=sys.stderr)
-    if done:
-        print(f"kneeseg: {len(done)} of {len(found)} case(s) already predicted in {out}: skipped (--continue)", file=sys.stderr)
     single_file = file_ending(out) in (*OUTPUT_ENDINGS, DICOM_SEG_ENDING)
     options = PredictionOptions(device=device, tta=tta, tta_scales=tta_scales, step=step, autocast=autocast,
                                 postprocess=postprocess, zero_air=zero_air, save_probabilities=save_probabilities,
                                 progress=progress, label_descriptions="beside" if single_file else "folder")
-    hooks = []
+
+    def files_of(case: InputCase) -> list[Path]:  # every file this run writes for a case (each written whole)
+        return [case.output, *([probabilities_path(case.output)] if save_probabilities else []),
+                *([statistics_path(case.output)] if statistics else []),
+                *([Path(overlays) / f"{case.case_id}.png"] if overlays else [])]
+
+    part = "" if num_parts == 1 else f"_part{part_id}of{num_parts}"
+    record, done = None, []
+    if not single_file:
+        signature = study_signature(model, {"options": {k: v for k, v in vars(options).items() if k != "progress"},
+                                            "statistics": statistics, "overlays": overlays is not None})
+        record = StudyRecord(Path(out), f"study{part}.csv", signature)
+        refuse_overwriting_inputs([record.path], [path for c in cases for path in c.channels])
+        done = [] if overwrite else [c for c in cases if record.done(c, files_of(c))]
+        for case in done:
+            record.keep(case)
+        if done:
+            print(f"kneeseg: {len(done)} of {len(cases)} case(s) already made by this model with these options in {out}: "
+                  "skipped (--overwrite redoes them)", file=sys.stderr)
+    todo = [c for c in cases if c not in done]
+    hooks: list = []
     if overlays is not None:
         from kneeseg.export.overlays import save_overlay
 
@@ -190,21 +206,20 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
             image, labels, geometry.spacing_zyx, Path(overlays) / f"{case.case_id}.png", case.case_id))
     table = None
     if statistics:
-        from kneeseg.export.statistics import StudyStatistics
-
-        name = "statistics.csv" if num_parts == 1 else f"statistics_part{part_id}of{num_parts}.csv"
-        table = StudyStatistics(model.folder, model.ds.foreground, None if single_file else Path(out) / name, done)
-        refuse_overwriting_inputs(table.outputs(cases), [path for c in cases for path in c.channels])
+        table = StudyStatistics(model.folder, model.ds.foreground, None if single_file else Path(out) / f"statistics{part}.csv", done)
+        refuse_overwriting_inputs(table.outputs(todo), [path for c in cases for path in c.channels])
         hooks.append(table)
+    if record is not None:
+        hooks.append(lambda case, *_: record.add(case))  # last: a case is recorded once all its files are written
 
     def after_case(case, image, labels, geometry, warnings):
         for hook in hooks:
             hook(case, image, labels, geometry, warnings)
 
     try:
-        if not cases:
+        if not todo:
             return []
-        return predict_study(model, cases, options, after_case if hooks else None, [Path(overlays)] if overlays else [])
+        return predict_study(model, todo, options, after_case if hooks else None, [Path(overlays)] if overlays else [])
     finally:
         if table is not None:
             table.finish()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from kneeseg.dataset.phantom import PhantomOptions, synthesize_dataset
 from kneeseg.paths import KneesegPaths
@@ -71,3 +73,29 @@ def small_model(tmp_path_factory):
 
 
 MODEL_DIR = "Dataset900_KneePhantom/kneesegTrainer__kneesegPlans__3d_cpu"
+
+
+def write_dicom_series(scan, folder):
+    """A phantom scan as an MR DICOM series (one file per slice) that ITK and pydicom both read; the
+    file names run against the slice order, so that only the slice positions give the order."""
+    folder.mkdir(parents=True)
+    image = sitk.Cast(sitk.ReadImage(str(scan)) * 100, sitk.sitkInt16)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()  # the UIDs below, not new ones per file (that would be one series per slice)
+    uid = "1.2.826.0.1.3680043.2.1125.77"
+    for z in range(image.GetDepth()):
+        piece = image[:, :, z]
+        for key, value in (("0020|0013", str(z + 1)), ("0020|000d", uid), ("0020|000e", uid + ".1"), ("0020|0052", uid + ".2"),
+                           ("0008|0018", f"{uid}.1.{z + 1}"), ("0008|0060", "MR"),
+                           ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z))))),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0018|0050", str(image.GetSpacing()[2]))):
+            piece.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"slice_{image.GetDepth() - 1 - z:03d}.dcm"))
+        writer.Execute(piece)
+
+
+def free_port() -> int:
+    """A free local port, for torchrun's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

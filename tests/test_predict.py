@@ -31,7 +31,7 @@ def test_predict_and_evaluate_the_held_out_cases(small_model, tmp_path):
     assert predict_main(["-i", str(paths.raw / DS / "imagesTs"), "-o", str(out), "--device", "cpu", "--no-progress",
                          "--overlays", str(tmp_path / "qc"), *path_flags(paths)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["labels.ctbl", "labels.itksnap.txt",  # names, colours
-                                                     "phantom_test_000.nii.gz", "phantom_test_001.nii.gz"]
+                                                     "phantom_test_000.nii.gz", "phantom_test_001.nii.gz", "study.csv"]
     for case in ("phantom_test_000", "phantom_test_001"):
         _, g_in = read_image(paths.raw / DS / "imagesTs" / f"{case}_0000.nii.gz")
         _, g_out = read_image(out / f"{case}.nii.gz")
@@ -159,6 +159,7 @@ def test_test_time_scales_average_the_scales_probabilities(small_model, tmp_path
               for f in (0.8, 1.0, 1.2)]
     assert np.abs(single[0] - single[1]).max() > 0.05  # the scale does change what the network sees
     np.testing.assert_allclose(saved, sum(single) / 3, atol=2e-3)  # float16 copy on disk
+    capsys.readouterr()  # the QC warnings of the tilted scan
     _refused(["-i", str(tmp_path / "in_0000.nii.gz"), "-o", str(tmp_path / "bad" / "x.nii.gz"), "--tta-scales", "1.0", "0.5"],
              capsys, "test-time scales must lie in 0.75-1.3", paths)
     assert not (tmp_path / "bad").exists()

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nrrd
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import path_flags
+from conftest import free_port, path_flags, write_dicom_series
 from scipy import ndimage
 
 from kneeseg.cli.predict import main as predict_main
@@ -139,7 +142,7 @@ def test_predict_writes_seg_nrrd_label_descriptions_and_statistics(small_model, 
                          "--statistics", *path_flags(paths)]) == 0
     cases = ["phantom_test_000", "phantom_test_001"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["labels.ctbl", "labels.itksnap.txt", "statistics.csv"]
+        ["labels.ctbl", "labels.itksnap.txt", "statistics.csv", "study.csv"]
         + [f"{c}{ext}" for c in cases for ext in (".nii.gz", ".statistics.json")])
     table = list(csv.DictReader((out / "statistics.csv").open()))
     assert [(r["case"], r["bone"]) for r in table] == [(c, b) for c in cases for b in ("femur", "tibia", "patella")]
@@ -177,36 +180,22 @@ def test_predict_writes_seg_nrrd_label_descriptions_and_statistics(small_model, 
     assert sorted(p.name for p in plain.parent.iterdir()) == ["knee.ctbl", "knee.itksnap.txt", "knee.nrrd"]
 
 
-def _as_dicom_series(scan, folder):
-    """A phantom scan as an MR DICOM series (one file per slice) that ITK and pydicom both read; the
-    file names run against the slice order, so that only the slice positions give the order."""
-    folder.mkdir(parents=True)
-    image = sitk.Cast(sitk.ReadImage(str(scan)) * 100, sitk.sitkInt16)
-    for z in range(image.GetDepth()):
-        piece = image[:, :, z]
-        for key, value in (("0020|0013", str(z + 1)), ("0020|000e", "1.2.826.0.1.3680043.2.1125.77.1"), ("0008|0060", "MR"),
-                           ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z))))),
-                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0018|0050", str(image.GetSpacing()[2]))):
-            piece.SetMetaData(key, value)
-        sitk.WriteImage(piece, str(folder / f"slice_{image.GetDepth() - 1 - z:03d}.dcm"))
-
-
 def test_a_dicom_series_gets_a_dicom_seg_that_references_its_slices(small_model, tmp_path):
     import pydicom
 
     scan = small_model.raw / "Dataset900_KneePhantom" / "imagesTs" / "phantom_test_000_0000.nii.gz"
     series = tmp_path / "series"
-    _as_dicom_series(scan, series)
+    write_dicom_series(scan, series)
     common = ["-i", str(series), "--device", "cpu", "--no-progress", *path_flags(small_model)]
-    assert predict_main([*common, "-o", str(tmp_path / "seg" / "bones.dcm")]) == 0
+    assert predict_main([*common, "-o", str(tmp_path / "seg"), "--output-type", "dicom-seg"]) == 0
     assert predict_main([*common, "-o", str(tmp_path / "bones.nii.gz")]) == 0
     labels, _ = read_image(tmp_path / "bones.nii.gz")
     slices = sorted((pydicom.dcmread(f) for f in series.iterdir()), key=lambda ds: float(ds.ImagePositionPatient[2]))
     sources = {ds.SOPInstanceUID: k for k, ds in enumerate(slices)}  # z index by position, as the label map's
-    assert [p.name for p in (tmp_path / "seg").iterdir()] == ["bones.dcm"]  # names and codes are inside: no label files
-    seg = pydicom.dcmread(tmp_path / "seg" / "bones.dcm")  # read by pydicom alone, not by the code that wrote it
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["series.dcm", "study.csv"]  # names, codes inside
+    seg = pydicom.dcmread(tmp_path / "seg" / "series.dcm")  # read by pydicom alone, not by the code that wrote it
     assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.826.0.1.3680043.2.1125.77.1"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.826.0.1.3680043.2.1125.77.1"  # conftest's
     segments = {s.SegmentNumber: s for s in seg.SegmentSequence}
     codes = {s.SegmentLabel: s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in segments.values()}
     present = {name: value for name, value in foreground_labels(KNEE_LABELS).items() if np.any(labels == value)}
@@ -225,7 +214,7 @@ def test_a_dicom_seg_needs_a_dicom_series_input(small_model, tmp_path, capsys):
     code = predict_main(["-i", str(scan), "-o", str(tmp_path / "bones.dcm"), "--device", "cpu", "--no-progress",
                          *path_flags(small_model)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "a DICOM SEG (.dcm) is written for a DICOM series input only" in err[0]
+    assert code == 2 and len(err) == 1 and "a DICOM SEG is written for a DICOM series input only" in err[0]
     assert not any(tmp_path.iterdir())
 
 
@@ -235,7 +224,7 @@ def _test_scan(paths, k: int) -> Path:
 
 def test_a_study_of_plain_files_is_shared_and_resumed(small_model, tmp_path, capsys, monkeypatch):
     """Files with any name are cases for a one-channel model; --num-parts/--part-id (or torchrun's
-    WORLD_SIZE/RANK) predict a share; --continue skips what a stopped run wrote."""
+    WORLD_SIZE/RANK) predict a share; a rerun skips what the same model made with the same options."""
     scans = tmp_path / "scans"
     scans.mkdir()
     for k in (0, 1):
@@ -244,14 +233,24 @@ def test_a_study_of_plain_files_is_shared_and_resumed(small_model, tmp_path, cap
     common = ["-i", str(scans), "-o", str(out), "--device", "cpu", "--no-progress", "--statistics", *path_flags(small_model)]
     assert predict_main([*common, "--num-parts", "2", "--part-id", "1"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["knee1.nii.gz", "knee1.statistics.json", "labels.ctbl",
-                                                     "labels.itksnap.txt", "statistics_part1of2.csv"]
+                                                     "labels.itksnap.txt", "statistics_part1of2.csv", "study_part1of2.csv"]
     written = (out / "knee1.nii.gz").stat().st_mtime_ns
     capsys.readouterr()
-    assert predict_main([*common, "--continue"]) == 0
-    assert "1 of 2 case(s) already predicted" in capsys.readouterr().err
+    assert predict_main(common) == 0
+    assert "1 of 2 case(s) already made by this model with these options" in capsys.readouterr().err
     assert (out / "knee1.nii.gz").stat().st_mtime_ns == written and (out / "knee0.nii.gz").exists()
     with open(out / "statistics.csv", encoding="utf-8", newline="") as f:
         assert {row["case"] for row in csv.DictReader(f)} == {"knee0", "knee1"}  # the skipped case's rows too
+    with open(out / "study.csv", encoding="utf-8", newline="") as f:
+        rows = {row["case"]: row for row in csv.DictReader(f)}
+    assert rows["knee0"]["inputs"] == str(scans / "knee0.nii.gz") and rows["knee0"]["output"] == str(out / "knee0.nii.gz")
+    for flags in (["--tta", "none"], ["--overwrite"]):  # other options, or asked: every case again
+        assert predict_main([*common, *flags]) == 0
+        assert (out / "knee1.nii.gz").stat().st_mtime_ns != written
+        written = (out / "knee1.nii.gz").stat().st_mtime_ns
+    (out / "knee0.statistics.json").unlink()  # a case whose files are not all there is made again
+    assert predict_main(common) == 0
+    assert (out / "knee0.statistics.json").exists() and (out / "knee1.nii.gz").stat().st_mtime_ns == written
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     shared = tmp_path / "shared"
@@ -262,10 +261,30 @@ def test_a_study_of_plain_files_is_shared_and_resumed(small_model, tmp_path, cap
     assert code == 2 and "part 2 of 2: the part id must lie in 0..number of parts - 1" in capsys.readouterr().err
 
 
+def test_torchrun_shares_a_study_between_processes_each_scan_once(small_model, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for k in range(3):
+        shutil.copy(_test_scan(small_model, k % 2), scans / f"knee{k}.nii.gz")
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                          "--master_port", str(free_port()), "-m", "kneeseg.cli.predict", "-i", str(scans), "-o", str(out),
+                          "--device", "cpu", "--no-progress", *path_flags(small_model)],
+                         capture_output=True, encoding="utf-8", errors="replace", timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    made = []
+    for part in (0, 1):
+        with open(out / f"study_part{part}of2.csv", encoding="utf-8", newline="") as f:
+            made += [row["case"] for row in csv.DictReader(f)]
+    assert sorted(made) == ["knee0", "knee1", "knee2"]  # each exactly once, and all of them
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["knee0.nii.gz", "knee1.nii.gz", "knee2.nii.gz"]
+
+
 def test_a_folder_tree_of_dicom_series_gives_one_output_per_series(small_model, tmp_path):
     tree = tmp_path / "export"
-    _as_dicom_series(_test_scan(small_model, 0), tree / "patient1" / "t2")
-    _as_dicom_series(_test_scan(small_model, 1), tree / "patient2" / "knee" / "sst2")
+    write_dicom_series(_test_scan(small_model, 0), tree / "patient1" / "t2")
+    write_dicom_series(_test_scan(small_model, 1), tree / "patient2" / "knee" / "sst2")
     out = tmp_path / "out"
     assert predict_main(["-i", str(tree), "-o", str(out), "--device", "cpu", "--no-progress", *path_flags(small_model)]) == 0
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["patient1__t2.nii.gz", "patient2__knee__sst2.nii.gz"]

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import MODEL_DIR, make_phantom, path_flags, tree_snapshot
+from conftest import MODEL_DIR, make_phantom, path_flags, tree_snapshot, write_dicom_series
 
 from kneeseg.cli.evaluate import main as evaluate_main
 from kneeseg.cli.export_stl import main as stl_main
@@ -51,15 +51,7 @@ def test_no_output_replaces_an_input(small_model, tmp_path, capsys):
     _one_line_error(code, capsys, f"{scans}: is the input folder")
     # A DICOM series folder is an input as a whole: nothing is written into it.
     dicom = tmp_path / "series"
-    dicom.mkdir()
-    image = sitk.Cast(sitk.ReadImage(str(scan)) * 100, sitk.sitkInt16)
-    for z in range(image.GetDepth()):
-        piece = image[:, :, z]
-        for key, value in (("0020|0013", str(z + 1)), ("0020|000e", "1.2.3"), ("0008|0060", "MR"),
-                           ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z))))),
-                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0018|0050", str(image.GetSpacing()[2]))):
-            piece.SetMetaData(key, value)
-        sitk.WriteImage(piece, str(dicom / f"slice_{z:03d}.dcm"))
+    write_dicom_series(scan, dicom)
     before = tree_snapshot(tmp_path)
     code = predict_main(["-i", str(dicom), "-o", str(dicom / "bones.nii.gz"), "--device", "cpu", "--no-progress",
                          *path_flags(paths)])
@@ -91,7 +83,7 @@ def test_a_constant_image_is_refused_and_a_study_writes_its_good_cases(small_mod
     shutil.copy(_scan(paths), study / "bb_0000.nii.gz")
     code = predict_main(["-i", str(study), "-o", str(out), "--device", "cpu", "--no-progress", *path_flags(paths)])
     err = capsys.readouterr().err
-    assert code == 2 and sorted(p.name for p in out.iterdir()) == ["bb.nii.gz", "labels.ctbl", "labels.itksnap.txt"], err
+    assert code == 2 and sorted(p.name for p in out.iterdir()) == ["bb.nii.gz", "labels.ctbl", "labels.itksnap.txt", "study.csv"], err
     errors = [line for line in err.splitlines() if line.startswith("kneeseg_predict: error:")]
     assert len(errors) == 2 and "aa_0000.nii.gz: every voxel is 7.0" in errors[0], errors
     assert "1 of 2 cases failed" in errors[1] and "the other 1 were written" in errors[1]

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_phantom, path_flags, tree_snapshot
+from conftest import free_port, make_phantom, path_flags, tree_snapshot
 
 from kneeseg.cli.plan_and_preprocess import main as pp_main
 from kneeseg.cli.train import main as train_main
@@ -162,12 +161,6 @@ def test_epochs_given_with_a_time_budget_are_a_ceiling(prepared, tmp_path):
         assert lrs == pytest.approx([poly_lr(lrs[0], e, 3) for e in range(3)])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 DDP_RANK = """
 import hashlib, os, sys
 from pathlib import Path
@@ -191,7 +184,7 @@ def test_two_gloo_processes_end_with_identical_weights(prepared, tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(DDP_RANK)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(script), str(tmp_path)]
+           "--master_port", str(free_port()), str(script), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     digests = dict(line.split(": weights ") for line in proc.stdout.splitlines() if ": weights " in line)

@@ -84,7 +84,8 @@ def main(argv=None):
 
 
 def _describe(machine: MachineProfile) -> str:
-    speeds = ", ".join(f"{precision_name(k)} {v:g}" for k, v in machine.gflops_by_precision.items())
+    speeds = ", ".join(f"{precision_name(k)} {v:g}" if v else f"{precision_name(k)} slower (emulated), not timed"
+                       for k, v in machine.gflops_by_precision.items())
     measured = f" (measured in {machine.measured_seconds:g} s: {speeds})" if machine.measured_seconds else ""
     return (f"{machine.name}, {machine.cpu_model}, {machine.cpu_cores} CPU threads, {machine.cpu_gflops:g} GFLOP/s in "
             f"{precision_name(machine.cpu_precision)}{measured}")

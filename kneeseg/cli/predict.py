@@ -2,10 +2,12 @@
 
 IN is an image file, a folder of CASE_0000.<ext> files (of any image files, for a one-channel
 model), a DICOM series folder, or a folder tree of DICOM series (one output per series, NIfTI).
--o CASE.seg.nrrd writes a 3D Slicer segmentation (named, coloured bones); -o CASE.dcm, for a DICOM
-series, a DICOM SEG referencing its slices; plain label maps get an ITK-SNAP label description and
-a Slicer colour table beside them. A study resumes with --continue and is shared between processes
-with --num-parts/--part-id (or by torchrun: torchrun --nproc_per_node 4 -m kneeseg.cli.predict ...).
+-o CASE.seg.nrrd writes a 3D Slicer segmentation (named, coloured bones); --output-type dicom-seg (or
+-o CASE.dcm), for DICOM series, a DICOM SEG referencing its slices; plain label maps get an ITK-SNAP
+label description and a Slicer colour table beside them. A folder run records its cases in
+study.csv and, run again, skips those made by the same model with the same options (--overwrite:
+redo); --num-parts/--part-id share it between processes or machines (so does torchrun:
+torchrun --nproc_per_node 4 -m kneeseg.cli.predict ...).
 With no -d/-c/-f it uses the one trained dataset in the results folder, the configuration the
 plans recommend for the device, and every fold trained so far; -m takes a model folder copied
 elsewhere. Default when the results folder holds no trained model and no -m, -d, -c or -tr is
@@ -58,8 +60,11 @@ def main(argv=None):
     p.add_argument("--statistics", action="store_true",
                    help="also write CASE.statistics.json per scan (bone volumes in mm3 and ml, connected components, "
                         "bounding box in scanner LPS mm) and, for a folder, statistics.csv")
-    p.add_argument("--continue", dest="resume", action="store_true",
-                   help="skip the cases whose output exists (a stopped study goes on where it stopped)")
+    p.add_argument("--output-type", choices=["label-map", "dicom-seg"], default="label-map",
+                   help="dicom-seg: a DICOM SEG per DICOM series input (CASE.dcm), for a PACS (default: a label map "
+                        "in the input's format, NIfTI for DICOM)")
+    p.add_argument("--overwrite", action="store_true", help="redo every case of a folder run (default: skip the cases "
+                   "study.csv records as made by this model with these options)")
     p.add_argument("--num-parts", type=positive_int, help="share a study: predict every N-th case "
                    "(default: torchrun's WORLD_SIZE, else 1)")
     p.add_argument("--part-id", type=int, help="which part, 0..N-1 (default: torchrun's RANK, else 0)")
@@ -76,7 +81,12 @@ def main(argv=None):
     outputs = predict(Path(args.input), Path(args.output), paths_from(args), args.model_dir, args.dataset,
                       args.configuration, args.folds, resolve_device(device), args.tta == "mirror",
                       args.postprocess, args.save_probabilities, args.overlays, args.step, args.autocast, args.progress,
-                      args.tta_scales, args.zero_air, args.trainer, args.statistics, args.resume, num_parts or 1, part_id or 0)
+                      args.tta_scales, args.zero_air, args.trainer, args.statistics, args.overwrite, num_parts or 1,
+                      part_id or 0, args.output_type)
     for path in outputs:
         print(f"wrote {path}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

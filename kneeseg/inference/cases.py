@@ -56,16 +56,17 @@ def _output_ending(source: Path) -> str:
     return ending if ending in SUPPORTED_ENDINGS else ".nii.gz"  # DICOM and others: NIfTI
 
 
-def discover_cases(inp: Path, out: Path, num_channels: int) -> list[InputCase]:
-    """Cases to predict and where each output goes (the input's format; NIfTI for DICOM input)."""
+def discover_cases(inp: Path, out: Path, num_channels: int, dicom_seg: bool = False) -> list[InputCase]:
+    """Cases to predict and where each output goes (the input's format; NIfTI for DICOM input; with
+    ``dicom_seg``, or an ``out`` ending in .dcm, a DICOM SEG per DICOM series, CASE.dcm)."""
     inp, out = Path(inp), Path(out)
     if not inp.exists():
         raise KneesegError(f"{inp}: input not found")
-    dicom_seg = file_ending(out) == DICOM_SEG_ENDING
-    if dicom_seg and not (inp.is_dir() and _is_dicom_folder(inp)):
-        raise KneesegError(f"{out}: a DICOM SEG (.dcm) is written for a DICOM series input only (it references the "
-                           f"series' slices); use one of {', '.join(OUTPUT_ENDINGS)}")
-    single_out = file_ending(out) in OUTPUT_ENDINGS or dicom_seg
+    dicom_seg = dicom_seg or file_ending(out) == DICOM_SEG_ENDING
+    if dicom_seg and inp.is_file():
+        raise KneesegError(f"{inp}: a DICOM SEG is written for a DICOM series input only (it references the series' "
+                           f"slices); this is an image file (give an output ending in one of {', '.join(OUTPUT_ENDINGS)})")
+    single_out = file_ending(out) in (*OUTPUT_ENDINGS, DICOM_SEG_ENDING)
     if not single_out and out.suffix and not out.is_dir():  # e.g. bones.stl: an image that cannot be written
         raise KneesegError(f"{out}: cannot write a label map as '{out.suffix}' (use {', '.join(OUTPUT_ENDINGS)}, "
                            "or a folder; a folder whose name has a dot must exist already)")
@@ -74,14 +75,17 @@ def discover_cases(inp: Path, out: Path, num_channels: int) -> list[InputCase]:
         case_id = case_id[:-5] if case_id.endswith("_0000") else case_id
         target = out if single_out else out / f"{case_id}{_output_ending(inp)}"
         return [InputCase(case_id, _channels_of(inp, num_channels), target)]
-    if dicom_seg or _is_dicom_folder(inp):
-        target = out if single_out else out / f"{inp.name}.nii.gz"
+    series_ending = DICOM_SEG_ENDING if dicom_seg else ".nii.gz"
+    if _is_dicom_folder(inp):
+        target = out if single_out else out / f"{inp.name}{series_ending}"
         return [InputCase(inp.name, (inp,), target)]
     images = sorted(p for p in inp.iterdir() if p.is_file() and file_ending(p) and file_ending(p) != ".dcm")
     firsts = [p for p in images if strip_ending(p).endswith("_0000")]
     if not firsts and num_channels == 1:
         firsts = images  # one file per case, any name
     series = [] if images else _dicom_series_below(inp)
+    if dicom_seg and firsts:
+        raise KneesegError(f"{inp}: a DICOM SEG is written for DICOM series only, and this folder holds image files")
     if not firsts and not series:
         raise KneesegError(f"{inp}: no CASE_0000.<ext> images, no DICOM series in this folder or below it")
     if single_out:
@@ -95,7 +99,7 @@ def discover_cases(inp: Path, out: Path, num_channels: int) -> list[InputCase]:
         cases.append(InputCase(case_id, _channels_of(first, num_channels), out / f"{case_id}{_output_ending(first)}"))
     for folder in series:
         case_id = "__".join(folder.relative_to(inp).parts)
-        cases.append(InputCase(case_id, (folder,), out / f"{case_id}.nii.gz"))
+        cases.append(InputCase(case_id, (folder,), out / f"{case_id}{series_ending}"))
     seen: dict[str, InputCase] = {}
     for case in cases:  # two inputs, one output: the second would replace the first
         if case.case_id in seen:

@@ -61,6 +61,9 @@ class PredictionOptions:
     # Label descriptions (ITK-SNAP, Slicer colour table) beside plain label maps: None (no), "folder"
     # (labels.itksnap.txt, labels.ctbl once per output folder) or "beside" (STEM.itksnap.txt, STEM.ctbl).
     label_descriptions: str | None = None
+    # QC warnings on stderr and to the after-case hook (kneeseg.inference.qc); off for a training's
+    # validation predictions, whose labels the user has
+    qc: bool = True
 
 
 # Called after each case with the case, its first channel and the labels written (QC overlays, say).
@@ -165,7 +168,7 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
         tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
     prediction = predictor.predict(images, geometry, keep_probabilities=o.save_probabilities)
     labels = apply_postprocessing(prediction.labels, steps, geometry.spacing_zyx) if steps else prediction.labels
-    found = prediction_warnings(labels, geometry, model.ds.foreground, model.plans.label_volumes_mm3)
+    found = prediction_warnings(labels, geometry, model.ds.foreground, model.plans.label_volumes_mm3) if o.qc else []
     for warning in found:
         tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
     warnings += found

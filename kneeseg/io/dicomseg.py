@@ -55,7 +55,10 @@ def write_dicom_seg(path: Path, labels: np.ndarray, source_folder: Path, bones: 
     masks = np.stack([labels == value for _, value in present], axis=-1).astype(np.uint8)
     with warnings.catch_warnings():  # the source's patient name is copied as it is, even a one-part anonymised one
         warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
-        seg = _segmentation(hd, sources, masks, descriptions)
+        try:
+            seg = _segmentation(hd, sources, masks, descriptions)
+        except ValueError as exc:  # highdicom's judgement of the source series, in one line
+            raise KneesegError(f"{source_folder}: cannot make a DICOM SEG of this series: {exc}") from None
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
 

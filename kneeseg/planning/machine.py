@@ -29,7 +29,7 @@ class MachineProfile:
     cpu_cores: int  # threads a training may use: affinity and container quota, not the host's count
     cpu_precision: str  # "bf16" | "none" (fp32): what 3d_cpu training and prediction use
     cpu_gflops: float
-    gflops_by_precision: dict[str, float] = field(default_factory=dict)
+    gflops_by_precision: dict[str, float] = field(default_factory=dict)  # 0: slower than another, not timed
     gpu_name: str | None = None
     gpu_memory_gb: float | None = None
     measured_seconds: float = 0.0  # what measuring cost (0 for a named profile)

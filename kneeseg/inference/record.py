@@ -1,0 +1,74 @@
+"""The record of a study: which input made which output, with which model and options.
+
+A folder run writes ``study.csv`` in its output folder (``study_partKofN.csv`` for a part of a shared
+study), one row per case written: case id, input file(s), output, and the signature of the model
+and options that made it. The row is added once every file of the case is written (label map,
+probabilities, statistics, overlay), and the file is rewritten whole after each case, so a run
+killed at scan 40 of 100 has 39 rows. The next run over the same folder skips a case whose row
+carries the same signature and whose files all exist, and predicts the others again: a case made by
+another model (retrained, other folds) or with other options is redone, never left stale;
+``--overwrite`` redoes every case. Two patients never collide: case ids are unique in a study
+(kneeseg.inference.cases), and the record says which series each output came from.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from kneeseg.inference.cases import InputCase
+from kneeseg.inference.model import TrainedModel
+from kneeseg.io import atomic_write_text
+
+COLUMNS = ("case", "inputs", "output", "signature")
+
+
+def study_signature(model: TrainedModel, options: dict) -> str:
+    """What makes two predictions of one scan the same: the model's files (weights by size and
+    modification time, plans, post-processing) and every option that changes an output."""
+    files = [model.folder / "plans.json", model.postprocessing_file, *model.checkpoints]
+    identity = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists()]
+    return hashlib.sha256(json.dumps([identity, options], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class StudyRecord:
+    """``folder/name`` for this run's rows; the rows of every ``study*.csv`` in ``folder`` say what is done."""
+
+    def __init__(self, folder: Path, name: str, signature: str):
+        self.path, self.signature = Path(folder) / name, signature
+        self.rows: dict[str, dict] = {}  # this run's: the cases it skipped or wrote
+        self.previous: dict[str, dict] = {}  # every earlier run's, parts included; this signature's row wins
+        for path in sorted(Path(folder).glob("study*.csv")) if Path(folder).is_dir() else []:
+            with open(path, encoding="utf-8", newline="") as f:
+                for row in csv.DictReader(f):
+                    case = row.get("case", "")
+                    if case not in self.previous or row.get("signature") == signature:
+                        self.previous[case] = row
+
+    def done(self, case: InputCase, files: Sequence[Path]) -> bool:
+        """Made by this model with these options, and every file still there."""
+        row = self.previous.get(case.case_id)
+        return (row is not None and row.get("signature") == self.signature and row.get("output") == str(case.output)
+                and all(Path(f).exists() for f in files))
+
+    def keep(self, case: InputCase) -> None:
+        """A skipped case's row goes on in this run's record."""
+        self.rows[case.case_id] = self.previous[case.case_id]
+        self._write()
+
+    def add(self, case: InputCase) -> None:
+        self.rows[case.case_id] = {"case": case.case_id, "inputs": ";".join(str(p) for p in case.channels),
+                                   "output": str(case.output), "signature": self.signature}
+        self._write()
+
+    def _write(self) -> None:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(COLUMNS), lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        for case in sorted(self.rows):
+            writer.writerow(self.rows[case])
+        atomic_write_text(self.path, text.getvalue())
