@@ -197,7 +197,8 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
         if done:
             print(f"kneeseg: {len(done)} of {len(cases)} case(s) already made by this model with these options in {out}: "
                   "skipped (--overwrite redoes them)", file=sys.stderr)
-    todo = [c for c in cases if c not in done]
+    skipped = {c.case_id for c in done}
+    todo = [c for c in cases if c.case_id not in skipped]
     hooks: list = []
     if overlays is not None:
         from kneeseg.export.overlays import save_overlay
