@@ -21,11 +21,10 @@ import numpy as np
 
 from kneeseg.dataset.layout import KNEE_LABELS, DatasetJson, channel_files, find_dataset, foreground_labels
 from kneeseg.errors import KneesegError
-from kneeseg.inference.cases import InputCase, discover_cases, study_part
+from kneeseg.inference.cases import InputCase, discover_cases, single_output, study_part
 from kneeseg.inference.model import NoModelFound, TrainedModel, find_model, load_model
 from kneeseg.inference.study import PredictionOptions, predict_study
-from kneeseg.io import OUTPUT_ENDINGS, file_ending, read_image, refuse_overwriting_inputs
-from kneeseg.io.dicomseg import DICOM_SEG_ENDING
+from kneeseg.io import read_image, refuse_overwriting_inputs
 from kneeseg.paths import KneesegPaths
 from kneeseg.planning.machine import MachineProfile, named_profile
 from kneeseg.planning.plans import Plans
@@ -174,7 +173,8 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
     cases = study_part(discover_cases(Path(inp), Path(out), model.ds.num_channels, output_type == "dicom-seg"), num_parts, part_id)
     if not cases:
         print(f"kneeseg: part {part_id} of {num_parts} holds none of the cases of {inp}", file=sys.stderr)
-    single_file = file_ending(out) in (*OUTPUT_ENDINGS, DICOM_SEG_ENDING)
+    single_file = single_output(Path(out))
+    inputs = [path for c in cases for path in c.channels]
     options = PredictionOptions(device=device, tta=tta, tta_scales=tta_scales, step=step, autocast=autocast,
                                 postprocess=postprocess, zero_air=zero_air, save_probabilities=save_probabilities,
                                 progress=progress, label_descriptions="beside" if single_file else "folder")
@@ -190,10 +190,9 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
         signature = study_signature(model, {"options": {k: v for k, v in vars(options).items() if k != "progress"},
                                             "statistics": statistics, "overlays": overlays is not None})
         record = StudyRecord(Path(out), f"study{part}.csv", signature)
-        refuse_overwriting_inputs([record.path], [path for c in cases for path in c.channels])
+        refuse_overwriting_inputs([record.path], inputs)
         done = [] if overwrite else [c for c in cases if record.done(c, files_of(c))]
-        for case in done:
-            record.keep(case)
+        record.keep(done)
         if done:
             print(f"kneeseg: {len(done)} of {len(cases)} case(s) already made by this model with these options in {out}: "
                   "skipped (--overwrite redoes them)", file=sys.stderr)
@@ -208,7 +207,7 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
     table = None
     if statistics:
         table = StudyStatistics(model.folder, model.ds.foreground, None if single_file else Path(out) / f"statistics{part}.csv", done)
-        refuse_overwriting_inputs(table.outputs(todo), [path for c in cases for path in c.channels])
+        refuse_overwriting_inputs(table.outputs(todo), inputs)
         hooks.append(table)
     if record is not None:
         hooks.append(lambda case, *_: record.add(case))  # last: a case is recorded once all its files are written

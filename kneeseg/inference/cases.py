@@ -56,6 +56,17 @@ def _output_ending(source: Path) -> str:
     return ending if ending in SUPPORTED_ENDINGS else ".nii.gz"  # DICOM and others: NIfTI
 
 
+def single_output(out: Path) -> bool:
+    """Whether ``-o`` names one output file (an image ending, or .dcm for a DICOM SEG), not a folder."""
+    return file_ending(out) in (*OUTPUT_ENDINGS, DICOM_SEG_ENDING)
+
+
+def _case_id(first: Path) -> str:
+    """CASE_0000.nii.gz -> CASE; a file without the channel suffix keeps its name: knee.nrrd -> knee."""
+    stem = strip_ending(first)
+    return stem[:-5] if stem.endswith("_0000") else stem
+
+
 def discover_cases(inp: Path, out: Path, num_channels: int, dicom_seg: bool = False) -> list[InputCase]:
     """Cases to predict and where each output goes (the input's format; NIfTI for DICOM input; with
     ``dicom_seg``, or an ``out`` ending in .dcm, a DICOM SEG per DICOM series, CASE.dcm)."""
@@ -66,13 +77,12 @@ def discover_cases(inp: Path, out: Path, num_channels: int, dicom_seg: bool = Fa
     if dicom_seg and inp.is_file():
         raise KneesegError(f"{inp}: a DICOM SEG is written for a DICOM series input only (it references the series' "
                            f"slices); this is an image file (give an output ending in one of {', '.join(OUTPUT_ENDINGS)})")
-    single_out = file_ending(out) in (*OUTPUT_ENDINGS, DICOM_SEG_ENDING)
+    single_out = single_output(out)
     if not single_out and out.suffix and not out.is_dir():  # e.g. bones.stl: an image that cannot be written
         raise KneesegError(f"{out}: cannot write a label map as '{out.suffix}' (use {', '.join(OUTPUT_ENDINGS)}, "
                            "or a folder; a folder whose name has a dot must exist already)")
     if inp.is_file():
-        case_id = strip_ending(inp)
-        case_id = case_id[:-5] if case_id.endswith("_0000") else case_id
+        case_id = _case_id(inp)
         target = out if single_out else out / f"{case_id}{_output_ending(inp)}"
         return [InputCase(case_id, _channels_of(inp, num_channels), target)]
     series_ending = DICOM_SEG_ENDING if dicom_seg else ".nii.gz"
@@ -94,8 +104,7 @@ def discover_cases(inp: Path, out: Path, num_channels: int, dicom_seg: bool = Fa
         raise KneesegError(f"{out}: is the input folder; write the predictions to another folder")
     cases = []
     for first in firsts:
-        stem = strip_ending(first)
-        case_id = stem[:-5] if stem.endswith("_0000") else stem
+        case_id = _case_id(first)
         cases.append(InputCase(case_id, _channels_of(first, num_channels), out / f"{case_id}{_output_ending(first)}"))
     for folder in series:
         case_id = "__".join(folder.relative_to(inp).parts)

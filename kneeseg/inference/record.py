@@ -55,10 +55,12 @@ class StudyRecord:
         return (row is not None and row.get("signature") == self.signature and row.get("output") == str(case.output)
                 and all(Path(f).exists() for f in files))
 
-    def keep(self, case: InputCase) -> None:
-        """A skipped case's row goes on in this run's record."""
-        self.rows[case.case_id] = self.previous[case.case_id]
-        self._write()
+    def keep(self, cases: Sequence[InputCase]) -> None:
+        """The skipped cases' rows go on in this run's record (written once for all of them)."""
+        for case in cases:
+            self.rows[case.case_id] = self.previous[case.case_id]
+        if cases:
+            self._write()
 
     def add(self, case: InputCase) -> None:
         self.rows[case.case_id] = {"case": case.case_id, "inputs": ";".join(str(p) for p in case.channels),

@@ -38,13 +38,14 @@ def write_dicom_seg(path: Path, labels: np.ndarray, source_folder: Path, bones: 
     if len(sources) != labels.shape[0] or any((s.Rows, s.Columns) != labels.shape[1:] for s in sources):
         raise KneesegError(f"{source_folder}: the series' {len(sources)} slices do not match the label map's "
                            f"{labels.shape[0]} slices of {labels.shape[1]}x{labels.shape[2]}")
-    present = [(name, value) for name, value in bones.items() if value != 0 and np.any(labels == value)]
+    masks = {name: labels == value for name, value in bones.items() if value != 0}
+    present = [name for name, mask in masks.items() if mask.any()]
     if not present:
         raise KneesegError(f"{path}: no bone in the prediction, so there is no segment to write as a DICOM SEG")
     algorithm = hd.AlgorithmIdentificationSequence(name="kneeseg", version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence)
     descriptions = []
-    for number, (name, _) in enumerate(present, start=1):
+    for number, name in enumerate(present, start=1):
         code, meaning = BONE_CODES.get(name, OTHER_BONE)
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=name,
@@ -52,22 +53,18 @@ def write_dicom_seg(path: Path, labels: np.ndarray, source_folder: Path, bones: 
             segmented_property_type=Code(code, "SCT", meaning),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
         ))
-    masks = np.stack([labels == value for _, value in present], axis=-1).astype(np.uint8)
+    pixels = np.stack([masks[name] for name in present], axis=-1).astype(np.uint8)
     with warnings.catch_warnings():  # the source's patient name is copied as it is, even a one-part anonymised one
         warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
         try:
-            seg = _segmentation(hd, sources, masks, descriptions)
+            seg = hd.seg.Segmentation(
+                source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
+                sop_instance_uid=hd.UID(), instance_number=1, manufacturer="kneeseg",
+                manufacturer_model_name="kneeseg bone segmentation", software_versions=__version__,
+                device_serial_number="none", series_description="kneeseg bones",
+            )
         except ValueError as exc:  # highdicom's judgement of the source series, in one line
             raise KneesegError(f"{source_folder}: cannot make a DICOM SEG of this series: {exc}") from None
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
-
-
-def _segmentation(hd, sources, masks, descriptions):
-    return hd.seg.Segmentation(
-        source_images=sources, pixel_array=masks, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="kneeseg",
-        manufacturer_model_name="kneeseg bone segmentation", software_versions=__version__,
-        device_serial_number="none", series_description="kneeseg bones",
-    )

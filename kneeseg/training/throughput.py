@@ -53,7 +53,7 @@ def _step_seconds(precision: str, steps: int, give_up_after: float | None) -> fl
         if i:
             times.append(seconds)
         if give_up_after is not None and seconds > give_up_after * (3 if i == 0 else 1):
-            return min([*times, seconds]) if i else float("inf")
+            return min(times) if times else float("inf")
     return min(times)
 
 

@@ -31,7 +31,7 @@ from batchgenerators.transforms.abstract_transforms import AbstractTransform, Co
 
 from kneeseg.dataset.layout import DatasetJson
 from kneeseg.errors import KneesegError
-from kneeseg.hardware import augmentation_workers, available_cores, usable_autocast
+from kneeseg.hardware import augmentation_workers, available_cores, usable_autocast, use_cores
 from kneeseg.io import atomic_write_json
 from kneeseg.planning.plans import ConfigurationPlan, Plans
 from kneeseg.preprocessing.pipeline import check_cache
@@ -191,9 +191,11 @@ class Trainer:
                 o.device = f"cuda:{int(os.environ.get('LOCAL_RANK', self.rank))}"
         self.device = torch.device(o.device)
         # This rank's share of the cores; OMP_NUM_THREADS (torchrun sets it) is already one process's number.
-        cores = available_cores() if os.environ.get("OMP_NUM_THREADS") else max(1, available_cores() // self.world)
+        cores = available_cores()
+        if not os.environ.get("OMP_NUM_THREADS"):
+            cores = max(1, cores // self.world)
         if self.device.type == "cpu":
-            torch.set_num_threads(cores)
+            use_cores(cores)
         self.num_workers = o.num_workers if o.num_workers is not None else augmentation_workers(cores, self.device.type)
         torch.manual_seed(o.seed)  # same initial weights on every rank
         np.random.seed(o.seed + 1000 * self.rank)
