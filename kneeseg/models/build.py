@@ -31,6 +31,7 @@ from pathlib import Path
 from kneeseg import __version__
 from kneeseg.api import evaluate, export_model, find_postprocessing, install_model, machine_profile, predict, train
 from kneeseg.dataset.kneebones3dify import import_kneebones3dify
+from kneeseg.errors import KneesegError, cli_entry
 from kneeseg.hardware import precision_name
 from kneeseg.models import BUILTIN_MODEL_DIR
 from kneeseg.paths import KneesegPaths
@@ -60,6 +61,11 @@ def _figures(summary: dict, bones: list[str]) -> str:
 
 
 def build(shared: Path, out: Path, minutes: float, seed: int, holdout_summary: Path | None, progress: bool = True) -> Path:
+    for needed in (shared / "knee_0000.nii.gz", shared / "knee_bone.nii.gz", *([holdout_summary] if holdout_summary else [])):
+        if not needed.is_file():  # refused now, not after an hour of training
+            raise KneesegError(f"{needed}: not found (--shared: the KneeBones3Dify scan and mask; --holdout-summary: a JSON file)")
+    if minutes <= 0:
+        raise KneesegError(f"--train-minutes {minutes:g}: must be positive")
     with tempfile.TemporaryDirectory() as tmp:
         paths = KneesegPaths(Path(tmp, "raw"), Path(tmp, "pre"), Path(tmp, "res"))
         dataset = import_kneebones3dify(shared / "knee_0000.nii.gz", paths.raw, mask=shared / "knee_bone.nii.gz").dataset_dir
@@ -87,15 +93,19 @@ def build(shared: Path, out: Path, minutes: float, seed: int, holdout_summary: P
         archive = Path(tmp, "model.zip")
         export_model(result.model_dir, archive, ["0"], half=True)
         installed = install_model(archive, KneesegPaths(paths.raw, paths.preprocessed, Path(tmp, "installed")))
+        staged = out.with_name(f".{out.name}.new")  # the old model stays whole until the new one is complete
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(installed, staged)
         if out.exists():
             shutil.rmtree(out)
-        shutil.copytree(installed, out)
+        staged.rename(out)
     print(f"built-in model: {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB), "
           f"{result.epochs} epochs in {minutes:g} min; all-bone Dice on its own training scan {own['all_bones']['dice']:.4f} "
           "(integrity, not generalisation)")
     return out
 
 
+@cli_entry("kneeseg.models.build")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", type=Path, default=Path("../shared/data/KneeBones3Dify"))
