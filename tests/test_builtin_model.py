@@ -129,3 +129,24 @@ def test_the_shipped_weights_reproduce_their_training_scan(tmp_path, capsys):
     sitk.WriteImage(image, str(binary))
     summary = evaluate(reference, binary, tmp_path / "summary.json", {"bone": 1}, progress=False)
     assert summary["mean"]["bone"]["dice"] > 0.95  # the model card records the figure
+
+
+def test_make_model_refuses_missing_or_broken_inputs_before_training(tmp_path, capsys):
+    from kneeseg.models.build import main as build_main
+
+    out = tmp_path / "model"
+    assert build_main(["--shared", str(tmp_path / "nowhere"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "nowhere" / "knee_0000.nii.gz") in err[0] and "not found" in err[0]
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for name in ("knee_0000.nii.gz", "knee_bone.nii.gz"):
+        (shared / name).write_bytes(b"")  # never read: the broken plans are refused first
+    broken = tmp_path / "kneesegPlans.json"
+    broken.write_text('{"version": 3, "configurations": ', encoding="utf-8")
+    assert build_main(["--shared", str(shared), "--machine-from", str(broken), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(broken) in err[0]
+    assert build_main(["--shared", str(shared), "--train-minutes", "0", "--output", str(out)]) == 2
+    assert "--train-minutes 0: must be positive" in capsys.readouterr().err
+    assert not out.exists()

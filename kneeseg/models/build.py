@@ -2,7 +2,9 @@
 
 1. Import the whole KneeBones3Dify scan (femur, tibia, patella) as Dataset901_KneeBones3Dify; DIR is
    ../shared/data/KneeBones3Dify or the folder of the Zenodo download (knee_0000.nii.gz, knee_bone.nii.gz).
-2. Plan it for this machine (measured, as kneeseg_plan_and_preprocess does) and preprocess.
+2. Plan it for this machine (measured, as kneeseg_plan_and_preprocess does), or for the machine
+   recorded in --machine-from PLANS (the kneesegPlans.json of the holdout run, so that both runs plan
+   with the same profile, whatever this machine measures today), and preprocess.
 3. Train fold 0 for --train-minutes (default 60: the budget of the held-out figures, where a 2-core
    CPU reaches ~50 epochs and the held-out Dice has levelled off) with --seed (default 0). The one
    scan is the fold's training and validation case.
@@ -35,7 +37,7 @@ from kneeseg.errors import KneesegError, cli_entry
 from kneeseg.hardware import precision_name
 from kneeseg.models import BUILTIN_MODEL_DIR
 from kneeseg.paths import KneesegPaths
-from kneeseg.planning.plans import HardwareTarget
+from kneeseg.planning.plans import HardwareTarget, Plans
 from kneeseg.preprocessing.pipeline import plan_and_preprocess
 from kneeseg.training.trainer import TrainOptions
 
@@ -60,16 +62,20 @@ def _figures(summary: dict, bones: list[str]) -> str:
     return "\n".join(rows)
 
 
-def build(shared: Path, out: Path, minutes: float, seed: int, holdout_summary: Path | None, progress: bool = True) -> Path:
-    for needed in (shared / "knee_0000.nii.gz", shared / "knee_bone.nii.gz", *([holdout_summary] if holdout_summary else [])):
+def build(shared: Path, out: Path, minutes: float, seed: int, holdout_summary: Path | None, progress: bool = True,
+          machine_from: Path | None = None) -> Path:
+    extra = [f for f in (holdout_summary, machine_from) if f is not None]
+    for needed in (shared / "knee_0000.nii.gz", shared / "knee_bone.nii.gz", *extra):
         if not needed.is_file():  # refused now, not after an hour of training
-            raise KneesegError(f"{needed}: not found (--shared: the KneeBones3Dify scan and mask; --holdout-summary: a JSON file)")
+            raise KneesegError(f"{needed}: not found (--shared: the KneeBones3Dify scan and mask; --holdout-summary, "
+                               "--machine-from: JSON files)")
     if minutes <= 0:
         raise KneesegError(f"--train-minutes {minutes:g}: must be positive")
+    recorded = Plans.load(machine_from).hardware.machine if machine_from else None  # unreadable: refused now
     with tempfile.TemporaryDirectory() as tmp:
         paths = KneesegPaths(Path(tmp, "raw"), Path(tmp, "pre"), Path(tmp, "res"))
         dataset = import_kneebones3dify(shared / "knee_0000.nii.gz", paths.raw, mask=shared / "knee_bone.nii.gz").dataset_dir
-        machine = machine_profile()
+        machine = recorded or machine_profile()
         plans = plan_and_preprocess(paths, dataset.name, hardware=HardwareTarget(machine), seed=seed, progress=progress).plans
         result = train(paths, "0", dataset.name, options=TrainOptions(time_budget_min=minutes, seed=seed, device="cpu", progress=progress))
         find_postprocessing(paths, dataset.name, progress=progress)
@@ -112,10 +118,12 @@ def main(argv=None) -> int:
     p.add_argument("--train-minutes", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout-summary", type=Path, help="summary_A_to_B.json of a holdout benchmark run of this recipe")
+    p.add_argument("--machine-from", type=Path, metavar="PLANS",
+                   help="plan for the machine recorded in this kneesegPlans.json (the holdout run's) instead of measuring")
     p.add_argument("--output", type=Path, default=BUILTIN_MODEL_DIR)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
-    build(args.shared, args.output, args.train_minutes, args.seed, args.holdout_summary, args.progress)
+    build(args.shared, args.output, args.train_minutes, args.seed, args.holdout_summary, args.progress, args.machine_from)
     return 0
 
 
