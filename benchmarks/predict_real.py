@@ -7,7 +7,12 @@ few iterations, --quick-model, predicts noise, and noise makes the restore to th
 RSS of each kneeseg_predict run, --repeats times. Targets: <= 20 s with mirror TTA on 2 cores,
 <= 3 GB peak RSS.
 
+--builtin trains nothing: it runs ``kneeseg_predict -i SCAN -o OUT`` with an empty results folder, as
+on a fresh install, so that the built-in model is used (kneeseg/models; issue 27), with its chosen
+post-processing.
+
     python benchmarks/predict_real.py --train-minutes 10 [--workdir DIR] [--repeats 3] [--autocast bf16]
+    python benchmarks/predict_real.py --builtin [--repeats 3]
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ def main() -> int:
     model = p.add_mutually_exclusive_group()
     model.add_argument("--train-minutes", type=positive_float, help="train fold 0 for this many minutes first")
     model.add_argument("--quick-model", action="store_true", help="train a model for 2 x 5 iterations first")
+    model.add_argument("--builtin", action="store_true", help="no model in the results folder: the built-in model")
     p.add_argument("--repeats", type=positive_int, default=1, help="predictions per TTA setting (default 1)")
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
     args = p.parse_args()
@@ -52,6 +58,10 @@ def main() -> int:
         print(f"trained fold 0 ({' '.join(schedule)}) in {seconds / 60:.1f} min")
     scan = args.shared / "knee_0000.nii.gz"
     print(f"date {date.today()}  machine {platform.node()} ({platform.machine()}), autocast {args.autocast or 'as planned'}, step {args.step}")
+    if args.builtin:
+        if any((work / "res").glob("Dataset*")):
+            raise SystemExit(f"{work / 'res'}: holds trained models; --builtin needs a results folder without any")
+        print("model: the built-in model (nothing in the results folder)")
     for tta in ("mirror", "none"):
         for _ in range(args.repeats):
             seconds, rss, rc = run_measured(kneeseg_command(
