@@ -5,7 +5,7 @@
     predict(inp, out, paths=... | model_dir=...)  scans in, bone labels out (input geometry and format)
     find_postprocessing(paths)                    choose post-processing on the cross-validation predictions
     evaluate(ref, pred, output)                   metrics JSON + CSV (+ QC overlays)
-    export_stl(seg, out_dir)                      one STL per bone
+    export_stl(seg, out_dir)                      one checked STL per bone (scanner LPS mm)
     export_model(model_dir, output)               a model folder as one zip to share (weights only)
     install_model(archive, paths)                 that zip, verified, into the results folder
 """
@@ -139,7 +139,7 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
             overlays: Path | None = None, step: float = 0.5, autocast: str | None = None, progress: bool = True,
             tta_scales: Sequence[float] = (1.0,), zero_air: bool | None = None, trainer: str | None = None,
             statistics: bool = False, overwrite: bool = False, num_parts: int = 1, part_id: int = 0,
-            output_type: str = "label-map") -> list[Path]:
+            output_type: str = "label-map", stl: Path | None = None, stl_faces: int | None = None) -> list[Path]:
     """Predict a file, a folder of scans, a DICOM series folder or a folder tree of DICOM series
     (kneeseg.inference.cases); returns the outputs written.
 
@@ -156,7 +156,10 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
     in an output folder; ``STEM.itksnap.txt``, ``STEM.ctbl`` beside a single output file).
     ``statistics``: ``CASE.statistics.json`` per case (bone volumes, components, bounding boxes, QC
     warnings; kneeseg.export.statistics) and, for a folder of scans, ``statistics.csv`` in the output
-    folder (``statistics_partKofN.csv`` for a part of a study).
+    folder (``statistics_partKofN.csv`` for a part of a study), with each bone's surface area when
+    meshes are made. ``stl``: a folder for checked, printable STL bones (kneeseg.export.stl):
+    ``stl/<bone>.stl`` for a single output file, ``stl/<case>/<bone>.stl`` for a folder run; at most
+    ``stl_faces`` triangles each.
 
     ``tta_scales``: also predict on grids at these multiples of the plan's spacing (0.75-1.3) and
     average the probabilities (one sliding window per scale: slower). ``zero_air``: store each scan's
@@ -169,6 +172,9 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
 
     if output_type not in ("label-map", "dicom-seg"):
         raise KneesegError(f"--output-type {output_type}: use label-map or dicom-seg")
+    if stl_faces is not None and stl is None:
+        raise KneesegError(f"--stl-faces {stl_faces}: only used with --stl DIR")
+    check_face_budget(stl_faces)
     model = resolve_model(paths, model_dir, dataset, configuration, folds, device, trainer, builtin_fallback=True)
     cases = study_part(discover_cases(Path(inp), Path(out), model.ds.num_channels, output_type == "dicom-seg"), num_parts, part_id)
     if not cases:
@@ -179,16 +185,24 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
                                 postprocess=postprocess, zero_air=zero_air, save_probabilities=save_probabilities,
                                 progress=progress, label_descriptions="beside" if single_file else "folder")
 
+    meshes = None
+    if stl is not None:
+        from kneeseg.export.stl import StudyMeshes
+
+        meshes = StudyMeshes(Path(stl), model.ds.foreground, not single_file, stl_faces)
+
     def files_of(case: InputCase) -> list[Path]:  # every file this run writes for a case (each written whole)
         return [case.output, *([probabilities_path(case.output)] if save_probabilities else []),
                 *([statistics_path(case.output)] if statistics else []),
-                *([Path(overlays) / f"{case.case_id}.png"] if overlays else [])]
+                *([Path(overlays) / f"{case.case_id}.png"] if overlays else []),
+                *([meshes.folder_of(case)] if meshes else [])]
 
     part = "" if num_parts == 1 else f"_part{part_id}of{num_parts}"
     record, done = None, []
     if not single_file:
         signature = study_signature(model, {"options": {k: v for k, v in vars(options).items() if k != "progress"},
-                                            "statistics": statistics, "overlays": overlays is not None})
+                                            "statistics": statistics, "overlays": overlays is not None,
+                                            "stl": None if stl is None else str(stl), "stl_faces": stl_faces})
         record = StudyRecord(Path(out), f"study{part}.csv", signature)
         refuse_overwriting_inputs([record.path], inputs)
         done = [] if overwrite else [c for c in cases if record.done(c, files_of(c))]
@@ -204,9 +218,12 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
 
         hooks.append(lambda case, image, labels, geometry, warnings: save_overlay(
             image, labels, geometry.spacing_zyx, Path(overlays) / f"{case.case_id}.png", case.case_id))
+    if meshes is not None:
+        hooks.append(meshes)  # before the statistics: they take its surface areas and warnings
     table = None
     if statistics:
-        table = StudyStatistics(model.folder, model.ds.foreground, None if single_file else Path(out) / f"statistics{part}.csv", done)
+        table = StudyStatistics(model.folder, model.ds.foreground, None if single_file else Path(out) / f"statistics{part}.csv", done,
+                                meshes.areas if meshes else None)
         refuse_overwriting_inputs(table.outputs(todo), inputs)
         hooks.append(table)
     if record is not None:
@@ -216,13 +233,19 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
         for hook in hooks:
             hook(case, image, labels, geometry, warnings)
 
+    folders = [Path(f) for f in (overlays, stl) if f is not None]
     try:
         if not todo:
             return []
-        return predict_study(model, todo, options, after_case if hooks else None, [Path(overlays)] if overlays else [])
+        return predict_study(model, todo, options, after_case if hooks else None, folders) + (meshes.written if meshes else [])
     finally:
         if table is not None:
             table.finish()
+
+
+def check_face_budget(faces: int | None) -> None:
+    if faces is not None and faces < 4:
+        raise KneesegError(f"--stl-faces {faces}: a closed mesh needs at least 4 triangles")
 
 
 def find_postprocessing(paths: KneesegPaths, dataset=None, configuration: str | None = None, model_dir: Path | None = None,
@@ -261,10 +284,16 @@ def evaluate(ref: Path, pred: Path, output: Path | None = None, labels: dict[str
     return summary
 
 
-def export_stl(segmentation: Path, out_dir: Path, labels: dict[str, int] | None = None, smoothing_iterations: int = 20) -> list[MeshReport]:
-    """One watertight, smoothed STL per bone of a label image, in scanner millimetres."""
+def export_stl(segmentation: Path, out_dir: Path, labels: dict[str, int] | None = None, smoothing_iterations: int = 20,
+               max_faces: int | None = None) -> list[MeshReport]:
+    """One watertight, smoothed STL per bone of a label image (``out_dir/<bone>.stl``), in scanner LPS
+    millimetres, as 3D Slicer reads STL by default. Each mesh is checked with trimesh (edge-manifold,
+    watertight, consistent winding, positive volume, one shell per piece) and repaired where needed;
+    stray pieces under 1% of the largest are left out; at most ``max_faces`` triangles each. See
+    kneeseg.export.stl."""
     from kneeseg.export.stl import export_stl as export_meshes
 
+    check_face_budget(max_faces)
     labels = labels or foreground_labels(KNEE_LABELS)
     refuse_overwriting_inputs([Path(out_dir) / f"{name}.stl" for name in labels], [segmentation])
     seg, geometry = read_image(segmentation)
@@ -274,7 +303,7 @@ def export_stl(segmentation: Path, out_dir: Path, labels: dict[str, int] | None 
                            "(give --dataset-json with this segmentation's labels)")
     if not np.any(np.isin(seg, list(labels.values()))):
         raise KneesegError(f"{segmentation}: contains none of the labels {labels}")
-    return export_meshes(seg, geometry, Path(out_dir), labels, smoothing_iterations)
+    return export_meshes(seg, geometry, Path(out_dir), labels, smoothing_iterations, max_faces)
 
 
 def export_model(model_dir: Path, output: Path, folds: list[str] | None = None, half: bool = True,

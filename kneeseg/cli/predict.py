@@ -59,7 +59,7 @@ def main(argv=None):
     p.add_argument("--overlays", type=Path, help="folder for QC PNGs (three planes with contours)")
     p.add_argument("--statistics", action="store_true",
                    help="also write CASE.statistics.json per scan (bone volumes in mm3 and ml, connected components, "
-                        "bounding box in scanner LPS mm) and, for a folder, statistics.csv")
+                        "bounding box in scanner LPS mm, surface area with --stl) and, for a folder, statistics.csv")
     p.add_argument("--output-type", choices=["label-map", "dicom-seg"], default="label-map",
                    help="dicom-seg: a DICOM SEG per DICOM series input (CASE.dcm), for a PACS (default: a label map "
                         "in the input's format, NIfTI for DICOM)")
@@ -68,6 +68,9 @@ def main(argv=None):
     p.add_argument("--num-parts", type=positive_int, help="share a study: predict every N-th case "
                    "(default: torchrun's WORLD_SIZE, else 1)")
     p.add_argument("--part-id", type=int, help="which part, 0..N-1 (default: torchrun's RANK, else 0)")
+    p.add_argument("--stl", type=Path, metavar="DIR", help="also write checked STL bones (scanner LPS mm): DIR/<bone>.stl "
+                   "for one input, DIR/<case>/<bone>.stl for a folder")
+    p.add_argument("--stl-faces", type=int, metavar="N", help="with --stl: at most N triangles per bone")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_path_flags(p)
     args = p.parse_args(argv)
@@ -82,7 +85,7 @@ def main(argv=None):
                       args.configuration, args.folds, resolve_device(device), args.tta == "mirror",
                       args.postprocess, args.save_probabilities, args.overlays, args.step, args.autocast, args.progress,
                       args.tta_scales, args.zero_air, args.trainer, args.statistics, args.overwrite, num_parts or 1,
-                      part_id or 0, args.output_type)
+                      part_id or 0, args.output_type, args.stl, args.stl_faces)
     for path in outputs:
         print(f"wrote {path}")
     return 0

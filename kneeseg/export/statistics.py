@@ -4,8 +4,10 @@ Per bone: its voxel count, volume in mm^3 and ml (voxels x voxel volume), the nu
 components (face connectivity, as the post-processing's keep-the-largest-component counts them: 1
 means one piece) and the bounding box in scanner (LPS) millimetres: the minimum and maximum, per
 axis, of the bone's voxel centres mapped through the image's origin, direction and spacing (for an
-oblique scan this is the box aligned with the scanner axes, not with the voxel grid). A bone absent
-from the map has volume 0, 0 components and no box (null).
+oblique scan this is the box aligned with the scanner axes, not with the voxel grid). With
+``--stl``, also the surface area in mm^2 of the bone's mesh as written (smoothed, so a little less
+than the voxel staircase's area); otherwise null. A bone absent from the map has volume 0,
+0 components and no box (null).
 
 ``kneeseg_predict --statistics`` writes ``CASE.statistics.json`` beside each output and, for a
 folder of scans, ``statistics.csv`` in the output folder (one row per case and bone).
@@ -24,7 +26,8 @@ from scipy import ndimage
 from kneeseg.io import Geometry, atomic_write_json, atomic_write_text, read_json, strip_ending
 
 CSV_COLUMNS = ("case", "bone", "label", "voxels", "volume_mm3", "volume_ml", "components",
-               "bbox_min_x_mm", "bbox_min_y_mm", "bbox_min_z_mm", "bbox_max_x_mm", "bbox_max_y_mm", "bbox_max_z_mm")
+               "bbox_min_x_mm", "bbox_min_y_mm", "bbox_min_z_mm", "bbox_max_x_mm", "bbox_max_y_mm", "bbox_max_z_mm",
+               "surface_area_mm2")
 _CHUNK = 1_000_000  # voxel centres mapped at a time
 
 
@@ -39,9 +42,11 @@ def _physical_bounds(mask: np.ndarray, geometry: Geometry) -> tuple[list[float],
     return [float(v) for v in low], [float(v) for v in high]
 
 
-def bone_statistics(labels: np.ndarray, geometry: Geometry, bones: dict[str, int]) -> list[dict]:
+def bone_statistics(labels: np.ndarray, geometry: Geometry, bones: dict[str, int],
+                    surface_areas: dict[str, float] | None = None) -> list[dict]:
     """One dict per bone of ``bones`` (name -> label value, background left out) for the (z, y, x)
-    label map ``labels`` on ``geometry``."""
+    label map ``labels`` on ``geometry``; ``surface_areas``: each bone's mesh surface area in mm^2,
+    where meshes were made (kneeseg.export.stl), else None in the rows."""
     voxel_mm3 = float(np.prod(geometry.spacing))
     rows = []
     for name, value in sorted(bones.items(), key=lambda kv: kv[1]):
@@ -59,6 +64,7 @@ def bone_statistics(labels: np.ndarray, geometry: Geometry, bones: dict[str, int
             "volume_ml": voxels * voxel_mm3 / 1000.0,
             "components": components,
             "bbox_lps_mm": None if bounds is None else {"min": bounds[0], "max": bounds[1]},
+            "surface_area_mm2": (surface_areas or {}).get(name),
         })
     return rows
 
@@ -91,8 +97,9 @@ def csv_rows(case_id: str, bones: list[dict]) -> list[dict]:
     for b in bones:
         box = b["bbox_lps_mm"]
         corners = [*box["min"], *box["max"]] if box else [""] * 6
+        area = b.get("surface_area_mm2")  # absent from statistics written before meshes had areas
         rows.append(dict(zip(CSV_COLUMNS, [case_id, b["bone"], b["label"], b["voxels"], b["volume_mm3"], b["volume_ml"],
-                                            b["components"], *corners])))
+                                            b["components"], *corners, "" if area is None else area])))
     return rows
 
 
@@ -108,10 +115,13 @@ def write_statistics_csv(path: Path, rows: list[dict]) -> None:
 class StudyStatistics:
     """``--statistics`` for a study: called after each case (kneeseg.inference.study's AfterCase), it
     writes ``CASE.statistics.json``; :meth:`finish` writes the study's CSV (``csv_path``; None for a
-    single output file). Cases a resumed study skips (``done``) keep their JSON and get their rows from it."""
+    single output file). Cases a resumed study skips (``done``) keep their JSON and get their rows from it.
+    ``surface_areas``: case id -> bone -> mesh surface area, filled by the mesh hook that runs first."""
 
-    def __init__(self, model_folder: Path, bones: dict[str, int], csv_path: Path | None, done: Sequence = ()):
+    def __init__(self, model_folder: Path, bones: dict[str, int], csv_path: Path | None, done: Sequence = (),
+                 surface_areas: dict[str, dict[str, float]] | None = None):
         self.model_folder, self.bones, self.csv_path = model_folder, bones, csv_path
+        self.surface_areas = surface_areas if surface_areas is not None else {}
         self.rows: list[dict] = []
         for case in done:
             path = statistics_path(case.output)
@@ -122,7 +132,7 @@ class StudyStatistics:
         return [*(statistics_path(c.output) for c in cases), *([self.csv_path] if self.csv_path else [])]
 
     def __call__(self, case, image: np.ndarray, labels: np.ndarray, geometry: Geometry, warnings: list[str]) -> None:
-        bones = bone_statistics(labels, geometry, self.bones)
+        bones = bone_statistics(labels, geometry, self.bones, self.surface_areas.get(case.case_id))
         write_case_statistics(statistics_path(case.output), case.case_id, case.output, list(case.channels),
                               self.model_folder, geometry, bones, warnings)
         self.rows.extend(csv_rows(case.case_id, bones))
