@@ -4,8 +4,12 @@ voxels are in scanner (LPS) space; what cannot be made printable is named on std
 
 from __future__ import annotations
 
+import csv
+import json
+
 import numpy as np
 import pytest
+import trimesh
 from conftest import centroid, path_flags
 
 from kneeseg.cli.export_stl import main as stl_main
@@ -52,8 +56,6 @@ def geometry_for(shape, direction=(0, 1, 0, -1, 0, 0, 0, 0, 1)) -> Geometry:
 
 def load_checked(path, faces_at_most=None, shells=1):
     """The STL as trimesh reads it, after the independent checks."""
-    import trimesh
-
     mesh = trimesh.load(str(path), file_type="stl", process=True)
     shared = np.bincount(mesh.edges_unique_inverse)
     assert (shared == 2).all(), (path, int((shared != 2).sum()), "edges not shared by exactly two triangles")
@@ -152,8 +154,6 @@ def test_decimation_keeps_the_face_budget_and_the_checks(tmp_path, capfd):
 
 
 def test_a_mesh_that_stays_broken_is_named_on_stderr_and_in_the_report(tmp_path, capfd, monkeypatch):
-    import trimesh
-
     open_box = trimesh.creation.box()
     open_box.update_faces(np.arange(len(open_box.faces)) > 0)  # one triangle missing
     assert stl_module.mesh_problems(open_box)[0] == "3 edges not shared by exactly two triangles"
@@ -172,22 +172,32 @@ def test_a_mesh_that_stays_broken_is_named_on_stderr_and_in_the_report(tmp_path,
 
 def test_predict_writes_checked_meshes_per_case_where_the_bones_are(small_model, tmp_path, capfd):
     """kneeseg_predict --stl on a folder: DIR/<case>/<bone>.stl, through the same export as
-    kneeseg_export_stl; each mesh printable (or named on stderr) and on its voxels in scanner space."""
+    kneeseg_export_stl; each mesh printable (or named on stderr) and on its voxels in scanner space;
+    --statistics gives each mesh's surface area, as trimesh measures the file. A rerun with the same
+    options redoes nothing; with another face budget, every case."""
     from scipy import ndimage
 
     paths = small_model
     out, stl = tmp_path / "pred", tmp_path / "stl"
-    assert predict_main(["-i", str(paths.raw / DS / "imagesTs"), "-o", str(out), "--device", "cpu", "--tta", "none",
-                         "--no-progress", "--stl", str(stl), "--stl-faces", "3000", *path_flags(paths)]) == 0
+    args = ["-i", str(paths.raw / DS / "imagesTs"), "-o", str(out), "--device", "cpu", "--tta", "none", "--no-progress",
+            "--stl", str(stl), "--stl-faces"]
+    assert predict_main([*args, "3000", "--statistics", *path_flags(paths)]) == 0
     printed, err = capfd.readouterr()
+    table = {(row["case"], row["bone"]): row for row in csv.DictReader(open(out / "statistics.csv", encoding="utf-8"))}
     written = 0
     for case in ("phantom_test_000", "phantom_test_001"):
         labels, geometry = read_image(out / f"{case}.nii.gz")
+        stats = json.loads((out / f"{case}.statistics.json").read_text(encoding="utf-8"))
+        areas = {b["bone"]: b["surface_area_mm2"] for b in stats["bones"]}
         for name, value in BONES.items():
             path = stl / case / f"{name}.stl"
             assert path.exists() == bool((labels == value).any()), path
             if not path.exists():
+                assert areas[name] is None and table[(case, name)]["surface_area_mm2"] == ""
                 continue
+            area = trimesh.load(str(path), file_type="stl").area
+            assert areas[name] == pytest.approx(area, rel=1e-3)
+            assert float(table[(case, name)]["surface_area_mm2"]) == pytest.approx(area, rel=1e-3)
             assert f"wrote {path}" in printed
             if f"{path}: {name}: NOT PRINTABLE" in err:
                 continue
@@ -197,3 +207,11 @@ def test_predict_writes_checked_meshes_per_case_where_the_bones_are(small_model,
             assert_near_its_voxels(mesh, labels == value, geometry)
             written += 1
     assert written >= 4, err
+    # Run again with the same options: nothing is redone; with another face budget, every case is.
+    assert predict_main([*args, "3000", "--statistics", *path_flags(paths)]) == 0
+    assert "2 of 2 case(s) already made" in capfd.readouterr().err
+    assert predict_main([*args, "2000", "--statistics", *path_flags(paths)]) == 0
+    err = capfd.readouterr().err
+    assert "already made" not in err
+    for path in stl.rglob("*.stl"):
+        assert len(trimesh.load(str(path), file_type="stl").faces) <= 2000 or f"{path}: {path.stem}: decimated to" in err
