@@ -127,7 +127,7 @@ def test_bone_statistics_of_a_hand_made_label_map():
     assert rows["femur"]["volume_mm3"] == pytest.approx(62 * voxel) and rows["femur"]["volume_ml"] == pytest.approx(62 * voxel / 1000)
     assert rows["tibia"]["voxels"] == 4 and rows["tibia"]["components"] == 1
     assert rows["patella"] == {"bone": "patella", "label": 3, "voxels": 0, "volume_mm3": 0.0, "volume_ml": 0.0,
-                               "components": 0, "bbox_lps_mm": None}
+                               "components": 0, "bbox_lps_mm": None, "surface_area_mm2": None}
     for name, value in (("femur", 1), ("tibia", 2)):
         points = _physical(geometry, np.argwhere(labels == value))  # SimpleITK maps every voxel centre
         np.testing.assert_allclose(rows[name]["bbox_lps_mm"]["min"], points.min(0), atol=1e-9)
