@@ -215,3 +215,24 @@ def test_predict_writes_checked_meshes_per_case_where_the_bones_are(small_model,
     assert "already made" not in err
     for path in stl.rglob("*.stl"):
         assert len(trimesh.load(str(path), file_type="stl").faces) <= 2000 or f"{path}: {path.stem}: decimated to" in err
+
+
+def test_a_study_case_gets_its_folder_even_without_bones_and_keeps_no_stale_mesh(tmp_path):
+    """The --stl hook of a folder run: a case whose prediction holds no bone still gets its (empty)
+    folder, so a resumed run finds it done; a bone gone from a case's new prediction loses the mesh
+    an earlier run wrote for it."""
+    from types import SimpleNamespace
+
+    labels = noisy_labels()
+    geometry = geometry_for(labels.shape)
+    meshes = stl_module.StudyMeshes(tmp_path / "stl", BONES, per_case=True)
+    case = SimpleNamespace(case_id="knee7", channels=(tmp_path / "knee7.nii.gz",))
+    warnings: list[str] = []
+    meshes(case, labels, labels, geometry, warnings)
+    assert sorted(p.name for p in (tmp_path / "stl" / "knee7").iterdir()) == ["femur.stl", "patella.stl", "tibia.stl"]
+    assert any("stray piece" in w for w in warnings) and set(meshes.areas["knee7"]) == set(BONES)
+    meshes(case, labels, np.where(labels == 3, 0, labels), geometry, [])
+    assert sorted(p.name for p in (tmp_path / "stl" / "knee7").iterdir()) == ["femur.stl", "tibia.stl"]
+    empty = SimpleNamespace(case_id="brain", channels=(tmp_path / "brain.nii.gz",))
+    meshes(empty, labels, np.zeros_like(labels), geometry, [])
+    assert (tmp_path / "stl" / "brain").is_dir() and not any((tmp_path / "stl" / "brain").iterdir())

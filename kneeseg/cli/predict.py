@@ -69,7 +69,7 @@ def main(argv=None):
                    "(default: torchrun's WORLD_SIZE, else 1)")
     p.add_argument("--part-id", type=int, help="which part, 0..N-1 (default: torchrun's RANK, else 0)")
     p.add_argument("--stl", type=Path, metavar="DIR", help="also write checked STL bones (scanner LPS mm): DIR/<bone>.stl "
-                   "for one input, DIR/<case>/<bone>.stl for a folder")
+                   "for -o FILE, DIR/<case>/<bone>.stl for -o FOLDER")
     p.add_argument("--stl-faces", type=int, metavar="N", help="with --stl: at most N triangles per bone")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_path_flags(p)

@@ -42,7 +42,8 @@ import numpy as np
 from scipy import ndimage, sparse
 from skimage import measure
 
-from kneeseg.io import Geometry, atomic_path
+from kneeseg.errors import KneesegError
+from kneeseg.io import Geometry, atomic_path, ensure_writable_folder
 
 
 @dataclass
@@ -277,6 +278,8 @@ def decimated(vertices: np.ndarray, faces: np.ndarray, max_faces: int, shells: i
     while len(f) > max_faces and tries < 30:  # a sponge-like mask can refuse every step: give up in time
         for share, agg in itertools.product((0.5, 0.25, 0.1, 0.05, 0.02), (7, 5)):  # agg 5: gentler
             tries += 1
+            if tries > 30:
+                return v, f
             v2, f2 = fast_simplification.simplify(np.asarray(v, np.float32), np.asarray(f, np.int32),
                                                   min(share, 1 - max_faces / len(f)), agg=agg)
             if len(f2) < len(f) and stays_on_surface(v2) and not check_mesh(v2, f2, shells):
@@ -297,15 +300,17 @@ def printable_mesh(mask: np.ndarray, geometry: Geometry, smoothing_iterations: i
     if problems:
         fixed = repaired(verts, faces)
         left = check_mesh(*fixed, shells)
-        if len(left) < len(problems):
+        if len(left) < len(problems):  # the report describes the mesh written
             notes.append(f"repaired ({'; '.join(problems)})")
-            verts, faces = fixed
-        problems = left
-    if max_faces is not None and len(faces) > max_faces and not problems:
-        verts, faces = decimated(verts, faces, max_faces, shells, max(geometry.spacing))
-        if len(faces) > max_faces:
-            notes.append(f"decimated to {len(faces)} faces, not {max_faces}: fewer would break the mesh or move it "
-                         "more than a voxel off the bone")
+            verts, faces, problems = *fixed, left
+    if max_faces is not None and len(faces) > max_faces:
+        if problems:
+            notes.append(f"not decimated to {max_faces} faces: the mesh is not printable")
+        else:
+            verts, faces = decimated(verts, faces, max_faces, shells, max(geometry.spacing))
+            if len(faces) > max_faces:
+                notes.append(f"decimated to {len(faces)} faces, not {max_faces}: fewer would break the mesh or move it "
+                             "more than a voxel off the bone")
     return verts, faces, problems, notes
 
 
@@ -349,9 +354,14 @@ class StudyMeshes:
         return self.folder / case.case_id if self.per_case else self.folder
 
     def __call__(self, case, image: np.ndarray, labels: np.ndarray, geometry: Geometry, warnings: list[str]) -> None:
-        reports = export_stl(labels, geometry, self.folder_of(case), self.bones, max_faces=self.max_faces)
+        folder = self.folder_of(case)
+        ensure_writable_folder(folder)  # also for a case without bones: a resumed study finds it done
+        try:
+            reports = export_stl(labels, geometry, folder, self.bones, max_faces=self.max_faces)
+        except (ValueError, RuntimeError, IndexError, MemoryError) as exc:  # a library's failure: this case is skipped
+            raise KneesegError(f"{case.channels[0]}: STL bones in {folder}: {type(exc).__name__}: {exc}") from exc
         for name in set(self.bones) - {r.label for r in reports}:  # a bone absent now: no mesh of an earlier run stays
-            (self.folder_of(case) / f"{name}.stl").unlink(missing_ok=True)
+            (folder / f"{name}.stl").unlink(missing_ok=True)
         self.areas[case.case_id] = {r.label: r.surface_area_mm2 for r in reports}
         self.written += [r.path for r in reports]
         warnings += [line for r in reports for line in r.warnings()]
