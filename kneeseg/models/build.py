@@ -62,6 +62,18 @@ def _figures(summary: dict, bones: list[str]) -> str:
     return "\n".join(rows)
 
 
+def _holdout_plan(plans_path: Path | None) -> str:
+    """What the holdout run's plans made of half A (its network differs from the whole scan's when
+    half A's shape gives another patch), or nothing without --machine-from."""
+    if plans_path is None:
+        return ""
+    c = Plans.load(plans_path).configuration("3d_cpu")
+    return (f"The holdout run planned half A for the same machine profile as {c.spacing[0]:.3f} mm, patch "
+            f"{'x'.join(map(str, c.patch_size))}, widths {c.network.features_per_stage[0]}-{c.network.features_per_stage[-1]}: "
+            "half A's shape gives the planner another patch and depth than the whole scan's, so these figures "
+            "are of the recipe, not of this network.")
+
+
 def build(shared: Path, out: Path, minutes: float, seed: int, holdout_summary: Path | None, progress: bool = True,
           machine_from: Path | None = None) -> Path:
     extra = [f for f in (holdout_summary, machine_from) if f is not None]
@@ -94,6 +106,7 @@ def build(shared: Path, out: Path, minutes: float, seed: int, holdout_summary: P
             own_dice=own["all_bones"]["dice"], python=platform.python_version(),
             held_out=_figures(held_out, bones) if held_out else "(not given to this build: see benchmarks/RESULTS.md)",
             held_out_source=str(holdout_summary) if holdout_summary else "-",
+            holdout_plan=_holdout_plan(machine_from),
         )
         (result.model_dir / "MODEL_CARD.md").write_text(card, encoding="utf-8")
         archive = Path(tmp, "model.zip")
