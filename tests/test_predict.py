@@ -171,7 +171,7 @@ def _refused(argv, capsys, message, paths=None):
     assert code == 2 and len(err) == 1 and message in err[0], err
 
 
-def test_bad_input_is_refused_without_output(small_model, tmp_path, capsys):
+def test_bad_input_is_refused_without_output(small_model, tmp_path, capsys, monkeypatch):
     paths = small_model
     image, g = read_image(paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz", np.float32)
     out = tmp_path / "out"
@@ -186,6 +186,9 @@ def test_bad_input_is_refused_without_output(small_model, tmp_path, capsys):
     (tmp_path / "blocker").write_text("a file where a folder should be")
     good = paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz"
     _refused(["-i", str(good), "-o", str(tmp_path / "blocker" / "x")], capsys, "cannot create output folder", paths)
+    import kneeseg.models
+
+    monkeypatch.setattr(kneeseg.models, "BUILTIN_MODEL_DIR", tmp_path / "absent")  # an install without the built-in model
     _refused(["-i", str(good), "-o", str(out), "--results", str(tmp_path / "empty")], capsys, "no trained model found")
     _refused(["-i", str(good), "-o", str(out), "-f", "3"], capsys, "fold 3 has no checkpoint_final.pth", paths)
     assert not out.exists() or not any(out.iterdir())
