@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage, sparse
 from skimage import measure
+from tqdm import tqdm
 
 from kneeseg.errors import KneesegError
 from kneeseg.io import Geometry, atomic_path, ensure_writable_folder
@@ -96,15 +97,21 @@ def taubin_smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int = 20,
     return v
 
 
+def triangle_corners(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first, second and third corner of every triangle, each (faces, 3)."""
+    a, b, c = (vertices[faces[:, i]] for i in range(3))
+    return a, b, c
+
+
 def mesh_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
     """Enclosed volume of a closed, consistently oriented triangle mesh (signed tetrahedra): positive
     when the faces wind counter-clockwise seen from outside (normals outward), negative if inside out."""
-    a, b, c = (vertices[faces[:, i]] for i in range(3))
+    a, b, c = triangle_corners(vertices, faces)
     return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
 
 
 def surface_area(vertices: np.ndarray, faces: np.ndarray) -> float:
-    a, b, c = (vertices[faces[:, i]] for i in range(3))
+    a, b, c = triangle_corners(vertices, faces)
     return float(np.linalg.norm(np.cross(b - a, c - a), axis=1).sum() / 2.0)
 
 
@@ -275,10 +282,10 @@ def decimated(vertices: np.ndarray, faces: np.ndarray, max_faces: int, shells: i
 
     v, f = vertices, faces
     tries = 0
-    while len(f) > max_faces and tries < 30:  # a sponge-like mask can refuse every step: give up in time
+    while len(f) > max_faces:  # a pass without a good step ends it
         for share, agg in itertools.product((0.5, 0.25, 0.1, 0.05, 0.02), (7, 5)):  # agg 5: gentler
             tries += 1
-            if tries > 30:
+            if tries > 30:  # a sponge-like mask can refuse every step: give up in time
                 return v, f
             v2, f2 = fast_simplification.simplify(np.asarray(v, np.float32), np.asarray(f, np.int32),
                                                   min(share, 1 - max_faces / len(f)), agg=agg)
@@ -332,9 +339,9 @@ def export_stl(labels: np.ndarray, geometry: Geometry, out_dir: Path, names: dic
         report = MeshReport(name, path, len(verts), len(faces), mesh_volume(verts, faces), float(mask.sum()) * voxel,
                             surface_area(verts, faces), shells, dropped, dropped_voxels * voxel, problems, notes)
         if shells > 1:
-            print(f"kneeseg: {path}: {name}: {shells} separate pieces, written as {shells} closed shells", file=sys.stderr)
-        for line in report.warnings():
-            print(f"kneeseg: warning: {line}", file=sys.stderr)
+            tqdm.write(f"kneeseg: {path}: {name}: {shells} separate pieces, written as {shells} closed shells", file=sys.stderr)
+        for line in report.warnings():  # tqdm.write: a folder run's progress bar stays whole
+            tqdm.write(f"kneeseg: warning: {line}", file=sys.stderr)
         reports.append(report)
     return reports
 
