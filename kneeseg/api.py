@@ -181,6 +181,8 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
         print(f"kneeseg: part {part_id} of {num_parts} holds none of the cases of {inp}", file=sys.stderr)
     single_file = single_output(Path(out))
     inputs = [path for c in cases for path in c.channels]
+    if Path(inp).is_dir():  # nothing goes into the folder given: a later run over it would take outputs for scans
+        refuse_overwriting_inputs([Path(f) for f in (out, overlays, stl) if f is not None], [inp])
     options = PredictionOptions(device=device, tta=tta, tta_scales=tta_scales, step=step, autocast=autocast,
                                 postprocess=postprocess, zero_air=zero_air, save_probabilities=save_probabilities,
                                 progress=progress, label_descriptions="beside" if single_file else "folder")
@@ -202,7 +204,7 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
     if not single_file:
         signature = study_signature(model, {"options": {k: v for k, v in vars(options).items() if k != "progress"},
                                             "statistics": statistics, "overlays": overlays is not None,
-                                            "stl": None if stl is None else str(stl), "stl_faces": stl_faces})
+                                            "stl": None if stl is None else str(Path(stl).resolve()), "stl_faces": stl_faces})
         record = StudyRecord(Path(out), f"study{part}.csv", signature)
         refuse_overwriting_inputs([record.path], inputs)
         done = [] if overwrite else [c for c in cases if record.done(c, files_of(c))]
@@ -297,10 +299,12 @@ def export_stl(segmentation: Path, out_dir: Path, labels: dict[str, int] | None 
     labels = labels or foreground_labels(KNEE_LABELS)
     refuse_overwriting_inputs([Path(out_dir) / f"{name}.stl" for name in labels], [segmentation])
     seg, geometry = read_image(segmentation)
-    unknown = sorted(int(v) for v in np.unique(seg) if v != 0 and v not in labels.values())
+    unknown = sorted(v.item() for v in np.unique(seg) if v != 0 and v not in labels.values())
     if unknown:  # a mesh per named bone would leave these voxels out without a word
-        raise KneesegError(f"{segmentation}: holds label value(s) {unknown}, not among the labels {labels} "
-                           "(give --dataset-json with this segmentation's labels)")
+        many = len(unknown) > 8  # a scan rather than a label map: its values are not worth a line each
+        shown = "[" + ", ".join(f"{v:g}" for v in unknown[:8]) + (f", ...] ({len(unknown)} values)" if many else "]")
+        raise KneesegError(f"{segmentation}: holds label value(s) {shown}, not among the labels {labels} "
+                           f"(give --dataset-json with this segmentation's labels{'; is it a scan?' if many else ''})")
     if not np.any(np.isin(seg, list(labels.values()))):
         raise KneesegError(f"{segmentation}: contains none of the labels {labels}")
     return export_meshes(seg, geometry, Path(out_dir), labels, smoothing_iterations, max_faces)

@@ -1,8 +1,9 @@
 """The main job end to end, on the embedded default data or on the real scan.
 
 ``make demo`` (no download, CPU only, < 15 minutes): synthesises the reference phantom dataset (6
-training + 2 held-out knees), plans and preprocesses it, trains fold 0 of the CPU configuration within
-a time budget, chooses post-processing on the fold's validation case, predicts the held-out knees,
+training + 2 held-out knees), plans and preprocesses it for this machine (measured, as
+kneeseg_plan_and_preprocess does; ``--machine reference``: the reference machine's plans), trains fold
+0 of the CPU configuration within a time budget, chooses post-processing on the fold's validation case, predicts the held-out knees,
 evaluates them, exports STL bones and QC overlays, and prints a short report (also ``report.txt``).
 
 ``make demo-real`` (``--real SOURCE``): the same on the KneeBones3Dify scan (the scan + mask files of
@@ -27,9 +28,11 @@ from kneeseg.errors import KneesegError, cli_entry
 from kneeseg.inference.predictor import checked_scales
 from kneeseg.io import atomic_write_text
 from kneeseg.paths import KneesegPaths
+from kneeseg.planning.machine import PROFILES
+from kneeseg.planning.plans import HardwareTarget
 from kneeseg.postprocessing.operations import describe_steps
 from kneeseg.preprocessing.pipeline import plan_and_preprocess
-from kneeseg.reference import PHANTOM_DATASET, REFERENCE_HARDWARE, make_phantom_dataset
+from kneeseg.reference import PHANTOM_DATASET, make_phantom_dataset
 from kneeseg.training.trainer import TrainOptions
 
 REAL_HALVES = {"A": (902, "KneeHalfA"), "B": (903, "KneeHalfB")}  # train on A, hold out B
@@ -51,7 +54,9 @@ def import_real_halves(source: Path, raw: Path) -> None:
 
 
 def run_demo(output: Path, train_minutes: float = 9.0, seed: int = 0, progress: bool = True,
-             real_source: Path | None = None, tta_scales: tuple[float, ...] = (1.0,)) -> dict:
+             real_source: Path | None = None, tta_scales: tuple[float, ...] = (1.0,), machine: str = "measure") -> dict:
+    """The demo in ``output``; ``machine``: plan 3d_cpu for this machine, measured (as
+    kneeseg_plan_and_preprocess does), or for a named profile ('reference': the same plans everywhere)."""
     tta_scales = tuple(checked_scales(tta_scales))  # refused before anything is written, not after the training
     output = Path(output)
     paths = KneesegPaths(output / "raw", output / "preprocessed", output / "results")
@@ -67,6 +72,8 @@ def run_demo(output: Path, train_minutes: float = 9.0, seed: int = 0, progress: 
         timings[name] = time.perf_counter() - start
         return result
 
+    hardware = HardwareTarget(machine=step("measure this machine" if machine == "measure" else f"machine: {machine}",
+                                           api.machine_profile, machine))
     if real_source:
         step("import the real scan (halves A and B)", import_real_halves, real_source, paths.raw)
         test_images, test_labels = paths.raw / test / "imagesTr", paths.raw / test / "labelsTr"
@@ -74,7 +81,7 @@ def run_demo(output: Path, train_minutes: float = 9.0, seed: int = 0, progress: 
         step("synthesise phantoms", make_phantom_dataset, paths.raw, progress=progress)
         test_images, test_labels = paths.raw / test / "imagesTs", paths.raw / test / "labelsTs"
     prep = step("plan and preprocess", plan_and_preprocess, paths, dataset, device="cpu",
-                hardware=REFERENCE_HARDWARE, seed=seed, progress=progress)
+                hardware=hardware, seed=seed, progress=progress)
     options = TrainOptions(time_budget_min=train_minutes, seed=seed, device="cpu", progress=progress)
     trained = step("train fold 0", api.train, paths, "0", dataset, options=options)
     post = step("choose post-processing", api.find_postprocessing, paths, dataset, progress=progress)
@@ -87,6 +94,7 @@ def run_demo(output: Path, train_minutes: float = 9.0, seed: int = 0, progress: 
     config = prep.plans.configuration(prep.plans.recommended_configuration("cpu"))
     lines = [
         f"kneeseg demo report ({'real scan: train half A, predict half B' if real_source else 'phantom knees'})",
+        f"planned for     {hardware.machine.describe()}",
         f"configuration   {config.name}: spacing {config.spacing} mm, patch {config.patch_size}, "
         f"{config.training.optimizer}, {trained.epochs} epochs x {config.training.iterations_per_epoch} iterations",
         f"training        best EMA pseudo-Dice {trained.best_ema_dice:.3f}, data wait {100 * trained.data_wait_fraction:.1f}%",
@@ -124,12 +132,15 @@ def main(argv=None) -> int:
     p.add_argument("--real", type=Path, metavar="SOURCE", help="the KneeBones3Dify scan (see above) instead of phantoms")
     p.add_argument("--train-minutes", type=float, help="training time budget (default 9; 60 with --real)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--machine", choices=["measure", *PROFILES], default="measure",
+                   help="plan 3d_cpu for this machine, measured (default), or for a named profile (reference: the "
+                        "project's reference machine, the same plans everywhere)")
     p.add_argument("--tta-scales", type=float, nargs="+", metavar="F",
                    help="test-time scales (kneeseg_predict --tta-scales; default 1.0, and 0.8 0.9 1.0 1.1 with --real)")
     args = p.parse_args(argv)
     minutes = args.train_minutes or (60.0 if args.real else 9.0)
     scales = args.tta_scales or (REAL_TTA_SCALES if args.real else (1.0,))
-    run_demo(args.output, minutes, args.seed, real_source=args.real, tta_scales=scales)
+    run_demo(args.output, minutes, args.seed, real_source=args.real, tta_scales=scales, machine=args.machine)
     return 0
 
 

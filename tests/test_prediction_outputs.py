@@ -19,7 +19,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import free_port, path_flags, write_dicom_series
 from scipy import ndimage
+from skimage.color import lab2rgb
 
+from kneeseg.cli.export_stl import main as stl_main
 from kneeseg.cli.predict import main as predict_main
 from kneeseg.dataset.layout import KNEE_LABELS, foreground_labels
 from kneeseg.errors import KneesegError
@@ -180,7 +182,7 @@ def test_predict_writes_seg_nrrd_label_descriptions_and_statistics(small_model, 
     assert sorted(p.name for p in plain.parent.iterdir()) == ["knee.ctbl", "knee.itksnap.txt", "knee.nrrd"]
 
 
-def test_a_dicom_series_gets_a_dicom_seg_that_references_its_slices(small_model, tmp_path):
+def test_a_dicom_series_gets_a_dicom_seg_that_references_its_slices(small_model, tmp_path, capsys):
     import pydicom
 
     scan = small_model.raw / "Dataset900_KneePhantom" / "imagesTs" / "phantom_test_000_0000.nii.gz"
@@ -200,6 +202,10 @@ def test_a_dicom_series_gets_a_dicom_seg_that_references_its_slices(small_model,
     codes = {s.SegmentLabel: s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in segments.values()}
     present = {name: value for name, value in foreground_labels(KNEE_LABELS).items() if np.any(labels == value)}
     assert codes == {name: {"femur": "71341001", "tibia": "12611008", "patella": "64234005"}[name] for name in present}
+    for s in segments.values():  # the label descriptions' colours, in DICOM's CIELab (D65), converted by scikit-image
+        L, a, b = (float(v) for v in s.RecommendedDisplayCIELabValue)
+        lab = np.array([[[L * 100 / 65535, a * 255 / 65535 - 128, b * 255 / 65535 - 128]]])
+        np.testing.assert_allclose(lab2rgb(lab)[0, 0] * 255, BONE_COLOURS[s.SegmentLabel], atol=1.5)
     rebuilt = np.zeros_like(labels)
     frames = seg.pixel_array.reshape(-1, *labels.shape[1:])
     for frame, info in zip(frames, seg.PerFrameFunctionalGroupsSequence):
@@ -207,6 +213,13 @@ def test_a_dicom_series_gets_a_dicom_seg_that_references_its_slices(small_model,
         source = info.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         rebuilt[sources[source]][frame > 0] = present[segments[number].SegmentLabel]
     assert np.array_equal(rebuilt, labels)
+    # A SEG is not a label map: kneeseg refuses to read it (ITK would stack its frames at 1 mm, off the bones).
+    before = sorted(tmp_path.rglob("*"))
+    capsys.readouterr()
+    assert stl_main([str(tmp_path / "seg" / "series.dcm"), "-o", str(tmp_path / "stl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'seg' / 'series.dcm'}: a DICOM Segmentation object" in err[0], err
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_a_dicom_seg_needs_a_dicom_series_input(small_model, tmp_path, capsys):
@@ -251,6 +264,16 @@ def test_a_study_of_plain_files_is_shared_and_resumed(small_model, tmp_path, cap
     (out / "knee0.statistics.json").unlink()  # a case whose files are not all there is made again
     assert predict_main(common) == 0
     assert (out / "knee0.statistics.json").exists() and (out / "knee1.nii.gz").stat().st_mtime_ns == written
+    # The same study named by relative paths: nothing to redo. A scan replaced since: that case again.
+    monkeypatch.chdir(tmp_path)
+    relative = ["-i", "scans", "-o", "out", *common[4:]]
+    assert predict_main(relative) == 0
+    assert "2 of 2 case(s) already made" in capsys.readouterr().err
+    shutil.copy(_test_scan(small_model, 0), scans / "knee1.nii.gz")  # another knee under the same name
+    assert predict_main(relative) == 0
+    assert "1 of 2 case(s) already made" in capsys.readouterr().err
+    assert (out / "knee1.nii.gz").stat().st_mtime_ns != written
+    np.testing.assert_array_equal(read_image(out / "knee1.nii.gz")[0], read_image(out / "knee0.nii.gz")[0])
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     shared = tmp_path / "shared"

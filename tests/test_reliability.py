@@ -49,6 +49,12 @@ def test_no_output_replaces_an_input(small_model, tmp_path, capsys):
     before = tree_snapshot(tmp_path)
     code = predict_main(["-i", str(scans), "-o", str(scans), "--device", "cpu", "--no-progress", *path_flags(paths)])
     _one_line_error(code, capsys, f"{scans}: is the input folder")
+    # Nor into it: predictions, QC pictures and meshes written there would be taken for scans, or mix with them.
+    for flags in (["-o", str(scans / "pred")], ["-o", str(tmp_path / "pred"), "--overlays", str(scans)],
+                  ["-o", str(tmp_path / "pred"), "--stl", str(scans / "stl")]):
+        code = predict_main(["-i", str(scans), *flags, "--device", "cpu", "--no-progress", *path_flags(paths)])
+        _one_line_error(code, capsys, f"would {'replace' if flags[-1] == str(scans) else 'be written into'} the input {scans}")
+        assert tree_snapshot(tmp_path) == before
     # A DICOM series folder is an input as a whole: nothing is written into it.
     dicom = tmp_path / "series"
     write_dicom_series(scan, dicom)
@@ -190,6 +196,14 @@ def test_export_stl_refuses_label_values_it_would_leave_out(tmp_path, capsys):
     before = tree_snapshot(tmp_path)
     code = stl_main([str(path), "-o", str(tmp_path / "meshes")])
     _one_line_error(code, capsys, f"{path}: holds label value(s) [4], not among the labels")
+    assert tree_snapshot(tmp_path) == before
+    scan = tmp_path / "scan.nii.gz"  # a scan given for its label map: a short line, not one value per intensity
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(16 ** 3, dtype=np.int16).reshape(16, 16, 16)), str(scan))
+    before = tree_snapshot(tmp_path)
+    code = stl_main([str(scan), "-o", str(tmp_path / "meshes")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and len(err[0]) < 400, err
+    assert "[4, 5, 6, 7, 8, 9, 10, 11, ...] (4092 values)" in err[0] and "is it a scan?" in err[0], err
     assert tree_snapshot(tmp_path) == before
     (tmp_path / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "T2"}, "labels": {"background": 0, "femur": 1, "fibula": 4},

@@ -105,6 +105,7 @@ def test_noisy_label_map_gives_printable_meshes_on_their_voxels(tmp_path, capfd,
     out, err = capfd.readouterr()
     for name, value in BONES.items():
         mesh = load_checked(tmp_path / "stl" / f"{name}.stl")
+        assert b"SPACE=LPS" in (tmp_path / "stl" / f"{name}.stl").read_bytes()[:80]  # 3D Slicer's convention, said
         assert_on_its_voxels(mesh, labels == value, geometry)
         assert_near_its_voxels(mesh, labels == value, geometry)
         solid = stl_module.printable_mask(labels == value)[0]
@@ -117,6 +118,17 @@ def test_noisy_label_map_gives_printable_meshes_on_their_voxels(tmp_path, capfd,
     for name in ("femur", "tibia"):
         lines = [line for line in err.splitlines() if f"{name}.stl: {name}:" in line]
         assert len(lines) == 1 and "stray piece" in lines[0] and "left out" in lines[0], lines
+
+
+def test_a_bone_of_a_few_voxels_is_written_with_a_warning_on_its_volume(tmp_path, capfd):
+    labels = np.zeros((12, 12, 12), np.uint8)
+    labels[3:8, 3:8, 3:8] = 1  # a femur the mesh follows
+    labels[9, 9, 9] = 3  # a one-voxel "patella": smoothing shrinks it to a speck
+    write_image(labels, geometry_for(labels.shape), tmp_path / "seg.nii.gz")
+    assert stl_main([str(tmp_path / "seg.nii.gz"), "-o", str(tmp_path / "stl")]) == 0
+    warned = [line for line in capfd.readouterr().err.splitlines() if "mesh faithfully" in line]
+    assert len(warned) == 1 and "patella.stl: patella: mesh volume" in warned[0], warned
+    load_checked(tmp_path / "stl" / "patella.stl")
 
 
 def test_a_one_label_model_keeps_its_bones_as_separate_shells(tmp_path, capfd):

@@ -15,8 +15,8 @@ from __future__ import annotations
 from kneeseg.api import machine_profile, recorded_machine
 from kneeseg.cli.common import add_path_flags, parser, paths_from, positive_float, positive_int
 from kneeseg.errors import cli_entry
-from kneeseg.hardware import detect_device, precision_name
-from kneeseg.planning.machine import PROFILES, MachineProfile
+from kneeseg.hardware import detect_device
+from kneeseg.planning.machine import PROFILES
 from kneeseg.planning.plans import HardwareTarget
 from kneeseg.preprocessing.pipeline import plan_and_preprocess
 
@@ -61,11 +61,11 @@ def main(argv=None):
         machine = recorded_machine(paths, dataset, args.plans_name) if args.machine is None else None
         if machine is not None:
             machine = machine.overridden(*overrides)
-            print(f"machine: as recorded in the existing plans ({_describe(machine)}); --machine measure measures again")
+            print(f"machine: as recorded in the existing plans ({machine.describe()}); --machine measure measures again")
         else:
             measured = measured or machine_profile(args.machine or "measure", *overrides)
             machine = measured
-            print(f"machine: {_describe(machine)}")
+            print(f"machine: {machine.describe()}")
         hardware = HardwareTarget(machine, args.gpu_memory_gb, args.cpu_training_hours)
         result = plan_and_preprocess(
             paths, dataset, args.configurations, device, hardware, args.plans_name,
@@ -83,9 +83,3 @@ def main(argv=None):
     return 0
 
 
-def _describe(machine: MachineProfile) -> str:
-    speeds = ", ".join(f"{precision_name(k)} {v:g}" if v else f"{precision_name(k)} slower (emulated), not timed"
-                       for k, v in machine.gflops_by_precision.items())
-    measured = f" (measured in {machine.measured_seconds:g} s: {speeds})" if machine.measured_seconds else ""
-    return (f"{machine.name}, {machine.cpu_model}, {machine.cpu_cores} CPU threads, {machine.cpu_gflops:g} GFLOP/s in "
-            f"{precision_name(machine.cpu_precision)}{measured}")

@@ -3,7 +3,8 @@
 Coordinates: every vertex is in the scanner's patient coordinates in millimetres, LPS (x to the
 patient's left, y to the back, z to the head), computed from the label image's spacing, direction and
 origin, which is how ITK stores geometry and how 3D Slicer reads an STL file by default (it assumes
-LPS and converts to its own RAS view). Loaded in Slicer beside the scan, each model lies on its bone.
+LPS and converts to its own RAS view). The 80-byte header says so too
+("SPACE=LPS", which Slicer reads). Loaded in Slicer beside the scan, each model lies on its bone.
 
 Per bone:
 
@@ -334,9 +335,13 @@ def export_stl(labels: np.ndarray, geometry: Geometry, out_dir: Path, names: dic
             continue
         solid, shells, dropped, dropped_voxels = printable_mask(mask)
         verts, faces, problems, notes = printable_mesh(solid, geometry, smoothing_iterations, max_faces, shells)
+        volume, voxels = mesh_volume(verts, faces), float(mask.sum()) * voxel
+        if abs(volume / voxels - 1) > 0.25:  # smoothing shrinks a bone of a few voxels to a speck
+            notes.append(f"mesh volume {volume:.3g} mm3 is {100 * volume / voxels:.0f}% of its voxels' {voxels:.3g} mm3: "
+                         "too small or thin a bone to mesh faithfully")
         path = Path(out_dir) / f"{name}.stl"
-        write_binary_stl(path, verts, faces, name)
-        report = MeshReport(name, path, len(verts), len(faces), mesh_volume(verts, faces), float(mask.sum()) * voxel,
+        write_binary_stl(path, verts, faces, f"kneeseg {name} SPACE=LPS")  # 3D Slicer reads the coordinates' space here
+        report = MeshReport(name, path, len(verts), len(faces), volume, voxels,
                             surface_area(verts, faces), shells, dropped, dropped_voxels * voxel, problems, notes)
         if shells > 1:
             tqdm.write(f"kneeseg: {path}: {name}: {shells} separate pieces, written as {shells} closed shells", file=sys.stderr)

@@ -1,12 +1,15 @@
 """The record of a study: which input made which output, with which model and options.
 
 A folder run writes ``study.csv`` in its output folder (``study_partKofN.csv`` for a part of a shared
-study), one row per case written: case id, input file(s), output, and the signature of the model
-and options that made it. The row is added once every file of the case is written (label map,
+study), one row per case written: case id, input file(s), output, the signature of the model
+and options that made it, and a stamp of its input files (size and modification time of each,
+every file of a DICOM series folder). The row is added once every file of the case is written (label map,
 probabilities, statistics, overlay), and the file is rewritten whole after each case, so a run
 killed at scan 40 of 100 has 39 rows. The next run over the same folder skips a case whose row
-carries the same signature and whose files all exist, and predicts the others again: a case made by
-another model (retrained, other folds) or with other options is redone, never left stale;
+carries the same signature and input stamp and whose files all exist, and predicts the others again:
+a case made by another model (retrained, other folds), with other options or from an input changed
+since is redone, never left stale; how a path is spelt (relative, absolute, through a link) does not
+matter;
 ``--overwrite`` redoes every case. Two patients never collide: case ids are unique in a study
 (kneeseg.inference.cases), and the record says which series each output came from.
 """
@@ -24,7 +27,7 @@ from kneeseg.inference.cases import InputCase
 from kneeseg.inference.model import TrainedModel
 from kneeseg.io import atomic_write_text
 
-COLUMNS = ("case", "inputs", "output", "signature")
+COLUMNS = ("case", "inputs", "output", "signature", "inputs_stamp")
 
 
 def study_signature(model: TrainedModel, options: dict) -> str:
@@ -33,6 +36,16 @@ def study_signature(model: TrainedModel, options: dict) -> str:
     files = [model.folder / "plans.json", model.postprocessing_file, *model.checkpoints]
     identity = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists()]
     return hashlib.sha256(json.dumps([identity, options], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def inputs_stamp(case: InputCase) -> str:
+    """The size and modification time of every file a case is read from (a DICOM series folder: each
+    file in it), as ``make`` and ``rsync`` tell a changed file, without reading a byte of it."""
+    files: list[Path] = []
+    for channel in map(Path, case.channels):
+        files += sorted(f for f in channel.iterdir() if f.is_file()) if channel.is_dir() else [channel]
+    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
 
 
 class StudyRecord:
@@ -50,10 +63,13 @@ class StudyRecord:
                         self.previous[case] = row
 
     def done(self, case: InputCase, files: Sequence[Path]) -> bool:
-        """Made by this model with these options, and every file still there."""
+        """Made by this model with these options from these inputs as they are now, and every file
+        still there. The output is this record's folder's (the record sits beside the outputs), so
+        its name says which."""
         row = self.previous.get(case.case_id)
-        return (row is not None and row.get("signature") == self.signature and row.get("output") == str(case.output)
-                and all(Path(f).exists() for f in files))
+        return (row is not None and row.get("signature") == self.signature
+                and Path(row.get("output", "")).name == case.output.name
+                and row.get("inputs_stamp") == inputs_stamp(case) and all(Path(f).exists() for f in files))
 
     def keep(self, cases: Sequence[InputCase]) -> None:
         """The skipped cases' rows go on in this run's record (written once for all of them)."""
@@ -64,7 +80,8 @@ class StudyRecord:
 
     def add(self, case: InputCase) -> None:
         self.rows[case.case_id] = {"case": case.case_id, "inputs": ";".join(str(p) for p in case.channels),
-                                   "output": str(case.output), "signature": self.signature}
+                                   "output": str(case.output), "signature": self.signature,
+                                   "inputs_stamp": inputs_stamp(case)}
         self._write()
 
     def _write(self) -> None:

@@ -3,7 +3,8 @@
 A SEG is what a PACS stores and what DICOM viewers (3D Slicer with QuantitativeReporting, OHIF,
 ITK-SNAP's DICOM reader) show as segments tied to the source images: one binary segment per bone,
 named and coded with SNOMED CT (femur 71341001, tibia 12611008, patella 64234005; others: bone
-272673000), a frame per source slice the bone lies on, each referencing that slice's SOP instance,
+272673000) and coloured as in the label descriptions (RecommendedDisplayCIELabValue), a frame per
+source slice the bone lies on, each referencing that slice's SOP instance,
 and the source study, patient and frame of reference carried over. The label map must be on the
 series' own grid (kneeseg_predict's output is), its slices in the order SimpleITK read the series.
 """
@@ -19,6 +20,7 @@ from kneeseg import __version__
 from kneeseg.errors import KneesegError
 from kneeseg.io.atomic import atomic_path
 from kneeseg.io.image import dicom_series_files
+from kneeseg.io.labelfiles import label_colours
 
 DICOM_SEG_ENDING = ".dcm"
 # SNOMED CT (code, meaning) of each knee bone; a label of another name is coded as a bone.
@@ -45,6 +47,7 @@ def write_dicom_seg(path: Path, labels: np.ndarray, source_folder: Path, bones: 
     algorithm = hd.AlgorithmIdentificationSequence(name="kneeseg", version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence)
     descriptions = []
+    colours = label_colours(bones)  # the label map's and the .seg.nrrd's colours, as CIELab (DICOM's)
     for number, name in enumerate(present, start=1):
         code, meaning = BONE_CODES.get(name, OTHER_BONE)
         descriptions.append(hd.seg.SegmentDescription(
@@ -52,6 +55,7 @@ def write_dicom_seg(path: Path, labels: np.ndarray, source_folder: Path, bones: 
             segmented_property_category=codes.SCT.AnatomicalStructure,
             segmented_property_type=Code(code, "SCT", meaning),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*colours[name]),
         ))
     pixels = np.stack([masks[name] for name in present], axis=-1).astype(np.uint8)
     with warnings.catch_warnings():  # the source's patient name is copied as it is, even a one-part anonymised one

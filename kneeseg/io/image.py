@@ -174,6 +174,9 @@ def _check_slice_spacing(folder: Path, names: tuple[str, ...]) -> None:
                            f"({bad.size} of {len(gaps)} gaps differ)")
 
 
+DICOM_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
+
+
 def read_sitk(path: str | os.PathLike) -> sitk.Image:
     """Read a file or DICOM folder as a SimpleITK image; any failure is a one-line KneesegError.
 
@@ -191,7 +194,7 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
     try:
         if path.is_dir():
             return _read_dicom_series(path)
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except KneesegError:
         raise
     except (RuntimeError, OSError) as exc:
@@ -199,6 +202,11 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
         nrrd = [ln for ln in first if ln.startswith("[nrrd]")]  # teem's last line is its reason
         why = nrrd[-1] if nrrd else next((ln for ln in first if "ERROR" in ln or "Unable" in ln), first[-1] if first else "")
         raise KneesegError(f"{path}: cannot read image ({why.strip()[:160]})") from None
+    # ITK reads a DICOM SEG's frames as an image stacked at 1 mm, away from the scan: refused.
+    if image.HasMetaDataKey("0008|0016") and image.GetMetaData("0008|0016").strip() == DICOM_SEG_SOP_CLASS:
+        raise KneesegError(f"{path}: a DICOM Segmentation object, which kneeseg does not read; give a label map "
+                           "(kneeseg_predict writes one without --output-type dicom-seg, and --stl DIR makes meshes)")
+    return image
 
 
 def read_image(path: str | os.PathLike, dtype=None) -> tuple[np.ndarray, Geometry]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from kneeseg.errors import KneesegError
+from kneeseg.hardware import precision_name
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,14 @@ class MachineProfile:
         if not changes:
             return self
         return replace(self, name=f"{self.name}, set by hand: {', '.join(sorted(changes))}", **changes)
+
+    def describe(self) -> str:
+        """One line for people: name, CPU, threads, speed, and what measuring found."""
+        speeds = ", ".join(f"{precision_name(k)} {v:g}" if v else f"{precision_name(k)} slower (emulated), not timed"
+                           for k, v in self.gflops_by_precision.items())
+        measured = f" (measured in {self.measured_seconds:g} s: {speeds})" if self.measured_seconds else ""
+        return (f"{self.name}, {self.cpu_model}, {self.cpu_cores} CPU threads, {self.cpu_gflops:g} GFLOP/s in "
+                f"{precision_name(self.cpu_precision)}{measured}")
 
 
 # The machine the benchmarks' reference figures come from (benchmarks/RESULTS.md, "CPU training
