@@ -4,7 +4,7 @@ Runs the whole demo (synthesise, plan, train fold 0 of 3d_cpu within --train-min
 post-processing, predict and evaluate the two held-out knees) and prints the last epoch's validation
 pseudo-Dice per bone next to the held-out Dice. Target: pseudo-Dice > 0.85 for all three bones.
 
-    python benchmarks/train_phantom.py [--train-minutes 9] [--output /tmp/kneeseg_phantom_benchmark]
+    python benchmarks/train_phantom.py [--train-minutes 9] [--machine measure|reference] [--output DIR]
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--train-minutes", type=float, default=9.0)
     p.add_argument("--output", type=Path, default=Path("/tmp/kneeseg_phantom_benchmark"))
+    p.add_argument("--machine", default="measure", help="plan for this machine, measured (as make demo), or 'reference'")
     args = p.parse_args()
-    result = run_demo(args.output, args.train_minutes, progress=False)
+    result = run_demo(args.output, args.train_minutes, progress=False, machine=args.machine)
     history = result["training"].history
     names = ["femur", "tibia", "patella"]
     print(f"\ndate {date.today()}  machine {platform.node()}  training budget {args.train_minutes} min, "

@@ -205,7 +205,7 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
         signature = study_signature(model, {"options": {k: v for k, v in vars(options).items() if k != "progress"},
                                             "statistics": statistics, "overlays": overlays is not None,
                                             "stl": None if stl is None else str(Path(stl).resolve()), "stl_faces": stl_faces})
-        record = StudyRecord(Path(out), f"study{part}.csv", signature)
+        record = StudyRecord(Path(out), f"study{part}.csv", signature, cases)
         refuse_overwriting_inputs([record.path], inputs)
         done = [] if overwrite else [c for c in cases if record.done(c, files_of(c))]
         record.keep(done)

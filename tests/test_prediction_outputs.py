@@ -274,6 +274,8 @@ def test_a_study_of_plain_files_is_shared_and_resumed(small_model, tmp_path, cap
     assert "1 of 2 case(s) already made" in capsys.readouterr().err
     assert (out / "knee1.nii.gz").stat().st_mtime_ns != written
     np.testing.assert_array_equal(read_image(out / "knee1.nii.gz")[0], read_image(out / "knee0.nii.gz")[0])
+    assert predict_main(relative) == 0  # and once redone, done (the part run's older row does not hide it)
+    assert "2 of 2 case(s) already made" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     shared = tmp_path / "shared"

@@ -67,11 +67,12 @@ def load_checked(path, faces_at_most=None, shells=1):
     return mesh
 
 
-def assert_near_its_voxels(mesh, mask, geometry):
-    """Every vertex lies within a voxel of the surface of the voxels written (the smoothed surface runs
-    between the centres of the voxels inside and outside): measured to the centres of the voxel faces
-    between the bone and the rest, the image's border included, since the world beyond the image is not
-    bone and the mesh is closed there."""
+def assert_near_its_voxels(mesh, mask, geometry, within: float = 0.75):
+    """Every vertex lies within ``within`` voxels (measured in voxel units, so a thin axis counts as
+    much as a thick one) of the surface of the voxels written: of the centres of the voxel faces
+    between the bone and the rest, the image's border included, since the world beyond the image is
+    not bone and the mesh is closed there. Marching cubes puts the surface through those centres;
+    smoothing moves it less than a voxel."""
     from scipy.spatial import cKDTree
 
     solid = np.pad(stl_module.printable_mask(mask)[0], 1)
@@ -80,16 +81,19 @@ def assert_near_its_voxels(mesh, mask, geometry):
         between = np.argwhere(np.diff(solid.astype(np.int8), axis=axis) != 0).astype(float)
         between[:, axis] += 0.5  # half-way between the two voxels
         faces_zyx.append(between - 1)  # back to the unpadded image's indices
-    boundary = geometry.index_to_physical(np.concatenate(faces_zyx)[:, ::-1])
-    distance = cKDTree(boundary).query(mesh.vertices)[0]
-    assert distance.max() <= max(geometry.spacing), (distance.max(), mesh.vertices[distance.argmax()])
+    d = np.asarray(geometry.direction, float).reshape(3, 3)
+    zyx = (((mesh.vertices - geometry.origin) @ d) / geometry.spacing)[:, ::-1]  # inverse of index_to_physical
+    distance = cKDTree(np.concatenate(faces_zyx)).query(zyx)[0]
+    assert distance.max() <= within, (distance.max(), mesh.vertices[distance.argmax()])
 
 
 def assert_on_its_voxels(mesh, mask, geometry):
-    """The mesh's centre of mass is on the centroid (scanner LPS mm) of the piece of ``mask`` written."""
+    """The mesh's centre of mass is on the centroid of the voxels written, within a quarter voxel along
+    every voxel axis (measured in scanner LPS mm, then in voxels of each axis)."""
     solid = stl_module.printable_mask(mask)[0]
     expected = geometry.index_to_physical(centroid(solid)[None, ::-1])[0]
-    assert np.linalg.norm(mesh.center_mass - expected) < max(geometry.spacing), (mesh.center_mass, expected)
+    off_xyz = (np.asarray(geometry.direction, float).reshape(3, 3).T @ (mesh.center_mass - expected)) / geometry.spacing
+    assert np.abs(off_xyz).max() < 0.25, (mesh.center_mass, expected, off_xyz)
 
 
 @pytest.mark.parametrize("direction", [(0, 1, 0, -1, 0, 0, 0, 0, 1), (-1, 0, 0, 0, 1, 0, 0, 0, 1)],
@@ -126,7 +130,7 @@ def test_a_bone_of_a_few_voxels_is_written_with_a_warning_on_its_volume(tmp_path
     labels[9, 9, 9] = 3  # a one-voxel "patella": smoothing shrinks it to a speck
     write_image(labels, geometry_for(labels.shape), tmp_path / "seg.nii.gz")
     assert stl_main([str(tmp_path / "seg.nii.gz"), "-o", str(tmp_path / "stl")]) == 0
-    warned = [line for line in capfd.readouterr().err.splitlines() if "mesh faithfully" in line]
+    warned = [line for line in capfd.readouterr().err.splitlines() if "not meshed faithfully" in line]
     assert len(warned) == 1 and "patella.stl: patella: mesh volume" in warned[0], warned
     load_checked(tmp_path / "stl" / "patella.stl")
 
@@ -163,6 +167,7 @@ def test_decimation_keeps_the_face_budget_and_the_checks(tmp_path, capfd):
         assert len(full.faces) > 300
         assert abs(small.volume / full.volume - 1) < 0.1, (name, small.volume, full.volume)
         assert_on_its_voxels(small, labels == value, geometry)
+        assert_near_its_voxels(small, labels == value, geometry, within=1.25)
     assert stl_main([str(seg), "-o", str(tmp_path / "x"), "--stl-faces", "2"]) == 2
     assert "--stl-faces 2: a closed mesh needs at least 4 triangles" in capfd.readouterr().err
 
@@ -218,7 +223,8 @@ def test_predict_writes_checked_meshes_per_case_where_the_bones_are(small_model,
             budget_missed = f"{path}: {name}: decimated to" in err  # said so: fewer faces would break it
             shells = ndimage.label(stl_module.printable_mask(labels == value)[0])[1]  # pieces >= 1% of the largest
             mesh = load_checked(path, faces_at_most=None if budget_missed else 3000, shells=shells)
-            assert_near_its_voxels(mesh, labels == value, geometry)
+            # Decimation keeps each vertex within a voxel of a vertex of the undecimated mesh (seen: < 0.7)
+            assert_near_its_voxels(mesh, labels == value, geometry, within=1.25)
             written += 1
     assert written >= 4, err
     # Run again with the same options: nothing is redone; with another face budget, every case is.

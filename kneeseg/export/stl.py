@@ -335,13 +335,13 @@ def export_stl(labels: np.ndarray, geometry: Geometry, out_dir: Path, names: dic
             continue
         solid, shells, dropped, dropped_voxels = printable_mask(mask)
         verts, faces, problems, notes = printable_mesh(solid, geometry, smoothing_iterations, max_faces, shells)
-        volume, voxels = mesh_volume(verts, faces), float(mask.sum()) * voxel
-        if abs(volume / voxels - 1) > 0.25:  # smoothing shrinks a bone of a few voxels to a speck
-            notes.append(f"mesh volume {volume:.3g} mm3 is {100 * volume / voxels:.0f}% of its voxels' {voxels:.3g} mm3: "
-                         "too small or thin a bone to mesh faithfully")
+        volume, meshed = mesh_volume(verts, faces), float(solid.sum()) * voxel
+        if abs(volume / meshed - 1) > 0.25:  # smoothing shrinks a bone of a few voxels to a speck
+            notes.append(f"mesh volume {volume:.3g} mm3 is {100 * volume / meshed:.0f}% of the {meshed:.3g} mm3 of voxels "
+                         "meshed: the mesh does not follow them (a bone this small or thin is not meshed faithfully)")
         path = Path(out_dir) / f"{name}.stl"
-        write_binary_stl(path, verts, faces, f"kneeseg {name} SPACE=LPS")  # 3D Slicer reads the coordinates' space here
-        report = MeshReport(name, path, len(verts), len(faces), volume, voxels,
+        write_binary_stl(path, verts, faces, f"SPACE=LPS kneeseg {name}")  # 3D Slicer reads the coordinates' space here
+        report = MeshReport(name, path, len(verts), len(faces), volume, float(mask.sum()) * voxel,
                             surface_area(verts, faces), shells, dropped, dropped_voxels * voxel, problems, notes)
         if shells > 1:
             tqdm.write(f"kneeseg: {path}: {name}: {shells} separate pieces, written as {shells} closed shells", file=sys.stderr)

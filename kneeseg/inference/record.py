@@ -38,50 +38,61 @@ def study_signature(model: TrainedModel, options: dict) -> str:
     return hashlib.sha256(json.dumps([identity, options], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def inputs_stamp(case: InputCase) -> str:
+def inputs_stamp(case: InputCase) -> str | None:
     """The size and modification time of every file a case is read from (a DICOM series folder: each
-    file in it), as ``make`` and ``rsync`` tell a changed file, without reading a byte of it."""
-    files: list[Path] = []
-    for channel in map(Path, case.channels):
-        files += sorted(f for f in channel.iterdir() if f.is_file()) if channel.is_dir() else [channel]
-    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    file in it), as ``make`` and ``rsync`` tell a changed file, without reading a byte of it; None
+    when a file cannot be looked at (the case's reading will say why)."""
+    try:
+        files: list[Path] = []
+        for channel in map(Path, case.channels):
+            files += sorted(f for f in channel.iterdir() if f.is_file()) if channel.is_dir() else [channel]
+        stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    except OSError:
+        return None
     return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
 
 
 class StudyRecord:
-    """``folder/name`` for this run's rows; the rows of every ``study*.csv`` in ``folder`` say what is done."""
+    """``folder/name`` for this run's rows; the rows of every ``study*.csv`` in ``folder`` say what is done.
+    The inputs of ``cases`` are stamped now, before any is predicted: a scan still being copied in
+    while its case runs is recorded as it was, so the next run sees the change."""
 
-    def __init__(self, folder: Path, name: str, signature: str):
+    def __init__(self, folder: Path, name: str, signature: str, cases: Sequence[InputCase]):
         self.path, self.signature = Path(folder) / name, signature
         self.rows: dict[str, dict] = {}  # this run's: the cases it skipped or wrote
-        self.previous: dict[str, dict] = {}  # every earlier run's, parts included; this signature's row wins
+        self.previous: dict[str, list[dict]] = {}  # every earlier run's rows per case, parts included
         for path in sorted(Path(folder).glob("study*.csv")) if Path(folder).is_dir() else []:
             with open(path, encoding="utf-8", newline="") as f:
                 for row in csv.DictReader(f):
-                    case = row.get("case", "")
-                    if case not in self.previous or row.get("signature") == signature:
-                        self.previous[case] = row
+                    self.previous.setdefault(row.get("case", ""), []).append(row)
+        self.stamps = {case.case_id: inputs_stamp(case) for case in cases}
+
+    def _made(self, case: InputCase) -> dict | None:
+        """An earlier row of this case by this model with these options from its inputs as they are
+        now. The output is this record's folder's (the record sits beside the outputs), so its name
+        says which."""
+        stamp = self.stamps[case.case_id]
+        return next((row for row in self.previous.get(case.case_id, []) if stamp is not None
+                     and row.get("signature") == self.signature and row.get("inputs_stamp") == stamp
+                     and Path(row.get("output", "")).name == case.output.name), None)
 
     def done(self, case: InputCase, files: Sequence[Path]) -> bool:
-        """Made by this model with these options from these inputs as they are now, and every file
-        still there. The output is this record's folder's (the record sits beside the outputs), so
-        its name says which."""
-        row = self.previous.get(case.case_id)
-        return (row is not None and row.get("signature") == self.signature
-                and Path(row.get("output", "")).name == case.output.name
-                and row.get("inputs_stamp") == inputs_stamp(case) and all(Path(f).exists() for f in files))
+        """Made as this run would make it (``_made``), and every file still there."""
+        return self._made(case) is not None and all(Path(f).exists() for f in files)
 
     def keep(self, cases: Sequence[InputCase]) -> None:
         """The skipped cases' rows go on in this run's record (written once for all of them)."""
         for case in cases:
-            self.rows[case.case_id] = self.previous[case.case_id]
+            row = self._made(case)
+            assert row is not None, "keep() takes the cases done() found made"
+            self.rows[case.case_id] = row
         if cases:
             self._write()
 
     def add(self, case: InputCase) -> None:
         self.rows[case.case_id] = {"case": case.case_id, "inputs": ";".join(str(p) for p in case.channels),
                                    "output": str(case.output), "signature": self.signature,
-                                   "inputs_stamp": inputs_stamp(case)}
+                                   "inputs_stamp": self.stamps[case.case_id]}
         self._write()
 
     def _write(self) -> None:

@@ -204,8 +204,8 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
         raise KneesegError(f"{path}: cannot read image ({why.strip()[:160]})") from None
     # ITK reads a DICOM SEG's frames as an image stacked at 1 mm, away from the scan: refused.
     if image.HasMetaDataKey("0008|0016") and image.GetMetaData("0008|0016").strip() == DICOM_SEG_SOP_CLASS:
-        raise KneesegError(f"{path}: a DICOM Segmentation object, which kneeseg does not read; give a label map "
-                           "(kneeseg_predict writes one without --output-type dicom-seg, and --stl DIR makes meshes)")
+        raise KneesegError(f"{path}: a DICOM Segmentation object, which kneeseg reads neither as a scan nor as a label "
+                           "map; give the scan's series, or the label map kneeseg_predict writes without --output-type dicom-seg")
     return image
 
 
