@@ -222,6 +222,17 @@ def test_a_dicom_series_gets_a_dicom_seg_that_references_its_slices(small_model,
     assert sorted(tmp_path.rglob("*")) == before
 
 
+def test_a_series_without_bones_gets_no_dicom_seg_and_a_line_naming_it(small_model, tmp_path):
+    from kneeseg.io.dicomseg import write_dicom_seg
+
+    series = tmp_path / "series"
+    write_dicom_series(_test_scan(small_model, 0), series)
+    labels, _ = read_image(series)
+    with pytest.raises(KneesegError, match=f"{series}: no bone found in this series"):
+        write_dicom_seg(tmp_path / "seg.dcm", np.zeros(labels.shape, np.uint8), series, foreground_labels(KNEE_LABELS))
+    assert not (tmp_path / "seg.dcm").exists()
+
+
 def test_a_dicom_seg_needs_a_dicom_series_input(small_model, tmp_path, capsys):
     scan = small_model.raw / "Dataset900_KneePhantom" / "imagesTs" / "phantom_test_000_0000.nii.gz"
     code = predict_main(["-i", str(scan), "-o", str(tmp_path / "bones.dcm"), "--device", "cpu", "--no-progress",

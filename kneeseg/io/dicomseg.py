@@ -43,7 +43,8 @@ def write_dicom_seg(path: Path, labels: np.ndarray, source_folder: Path, bones: 
     masks = {name: labels == value for name, value in bones.items() if value != 0}
     present = [name for name, mask in masks.items() if mask.any()]
     if not present:
-        raise KneesegError(f"{path}: no bone in the prediction, so there is no segment to write as a DICOM SEG")
+        raise KneesegError(f"{source_folder}: no bone found in this series, so there is no segment to write as a DICOM "
+                           f"SEG ({path} not written)")
     algorithm = hd.AlgorithmIdentificationSequence(name="kneeseg", version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence)
     descriptions = []
