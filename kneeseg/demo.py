@@ -2,9 +2,10 @@
 
 ``make demo`` (no download, CPU only, < 15 minutes): synthesises the reference phantom dataset (6
 training + 2 held-out knees), plans and preprocesses it for this machine (measured, as
-kneeseg_plan_and_preprocess does; ``--machine reference``: the reference machine's plans), trains fold
-0 of the CPU configuration within a time budget, chooses post-processing on the fold's validation case, predicts the held-out knees,
-evaluates them, exports STL bones and QC overlays, and prints a short report (also ``report.txt``).
+kneeseg_plan_and_preprocess does; ``--machine reference``: the reference machine's plans), trains
+fold 0 of the CPU configuration within a time budget, chooses post-processing on the fold's
+validation case, predicts the held-out knees, evaluates them, exports STL bones and QC overlays,
+and prints a short report (also ``report.txt``).
 
 ``make demo-real`` (``--real SOURCE``): the same on the KneeBones3Dify scan (the scan + mask files of
 ../shared/data/KneeBones3Dify, or the Zenodo download's Data/ + GT-Masks/ folder) with the half-A /

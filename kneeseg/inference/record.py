@@ -1,16 +1,15 @@
 """The record of a study: which input made which output, with which model and options.
 
 A folder run writes ``study.csv`` in its output folder (``study_partKofN.csv`` for a part of a shared
-study), one row per case written: case id, input file(s), output, the signature of the model
-and options that made it, and a stamp of its input files (size and modification time of each,
-every file of a DICOM series folder). The row is added once every file of the case is written (label map,
-probabilities, statistics, overlay), and the file is rewritten whole after each case, so a run
+study), one row per case written: case id, input file(s), output, the signature of the model and
+options that made it, and a stamp of its input files (size and modification time of each, every
+file of a DICOM series folder). The row is added once every file of the case is written (label
+map, probabilities, statistics, overlay), and the file is rewritten whole after each case, so a run
 killed at scan 40 of 100 has 39 rows. The next run over the same folder skips a case whose row
-carries the same signature and input stamp and whose files all exist, and predicts the others again:
-a case made by another model (retrained, other folds), with other options or from an input changed
-since is redone, never left stale; how a path is spelt (relative, absolute, through a link) does not
-matter;
-``--overwrite`` redoes every case. Two patients never collide: case ids are unique in a study
+carries the same signature and input stamp and whose files all exist, and predicts the others
+again: a case made by another model (retrained, other folds), with other options or from an input
+changed since is redone, never left stale; how a path is spelt (relative, absolute, through a
+link) does not matter; ``--overwrite`` redoes every case. Two patients never collide: case ids are unique in a study
 (kneeseg.inference.cases), and the record says which series each output came from.
 """
 

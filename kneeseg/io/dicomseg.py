@@ -4,8 +4,8 @@ A SEG is what a PACS stores and what DICOM viewers (3D Slicer with QuantitativeR
 ITK-SNAP's DICOM reader) show as segments tied to the source images: one binary segment per bone,
 named and coded with SNOMED CT (femur 71341001, tibia 12611008, patella 64234005; others: bone
 272673000) and coloured as in the label descriptions (RecommendedDisplayCIELabValue), a frame per
-source slice the bone lies on, each referencing that slice's SOP instance,
-and the source study, patient and frame of reference carried over. The label map must be on the
+source slice the bone lies on, each referencing that slice's SOP instance, and the source study,
+patient and frame of reference carried over. The label map must be on the
 series' own grid (kneeseg_predict's output is), its slices in the order SimpleITK read the series.
 """
 
