@@ -58,6 +58,13 @@ def centroid(mask: np.ndarray) -> np.ndarray:
     return np.argwhere(mask).mean(0)
 
 
+def physical_to_index(points: np.ndarray, geometry) -> np.ndarray:
+    """Scanner LPS mm -> continuous voxel index (x, y, z): the inverse of Geometry.index_to_physical,
+    written out here so that tests do not check the code with itself."""
+    d = np.asarray(geometry.direction, float).reshape(3, 3)
+    return ((np.asarray(points, float) - geometry.origin) @ d) / geometry.spacing
+
+
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory):
     """A small phantom dataset (4 training + 2 test cases), preprocessed and trained on fold 0 for

@@ -14,7 +14,7 @@ import struct
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import centroid, make_phantom, path_flags, tree_snapshot
+from conftest import centroid, make_phantom, path_flags, physical_to_index, tree_snapshot
 
 from kneeseg.cli.evaluate import main as evaluate_main
 from kneeseg.cli.export_stl import main as stl_main
@@ -233,10 +233,8 @@ def test_stl_normals_point_out_of_the_bone_and_the_mesh_sits_on_its_voxels(tmp_p
         assert len(stored) == len(from_winding)
         assert np.mean(np.einsum("ij,ij->i", stored, from_winding) > 0.99) > 0.999, name  # the file's normals agree
         # Outward, judged on the voxels: a step of one voxel along a facet's normal leaves the bone.
-        d = np.asarray(direction, float).reshape(3, 3)
         step = mesh.triangles_center + stored * max(geometry.spacing)
-        index_xyz = ((step - geometry.origin) @ d) / geometry.spacing  # inverse of index_to_physical
-        zyx = np.clip(np.round(index_xyz[:, ::-1]).astype(int), 0, np.array(labels.shape) - 1)
+        zyx = np.clip(np.round(physical_to_index(step, geometry)[:, ::-1]).astype(int), 0, np.array(labels.shape) - 1)
         assert np.mean(labels[tuple(zyx.T)] != value) > 0.95, name
         # Where the voxels are, in scanner space.
         expected = geometry.index_to_physical(centroid(labels == value)[None, ::-1])[0]

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import trimesh
-from conftest import centroid, path_flags
+from conftest import centroid, path_flags, physical_to_index
 
 from kneeseg.cli.export_stl import main as stl_main
 from kneeseg.cli.predict import main as predict_main
@@ -81,19 +81,16 @@ def assert_near_its_voxels(mesh, mask, geometry, within: float = 0.75):
         between = np.argwhere(np.diff(solid.astype(np.int8), axis=axis) != 0).astype(float)
         between[:, axis] += 0.5  # half-way between the two voxels
         faces_zyx.append(between - 1)  # back to the unpadded image's indices
-    d = np.asarray(geometry.direction, float).reshape(3, 3)
-    zyx = (((mesh.vertices - geometry.origin) @ d) / geometry.spacing)[:, ::-1]  # inverse of index_to_physical
-    distance = cKDTree(np.concatenate(faces_zyx)).query(zyx)[0]
+    distance = cKDTree(np.concatenate(faces_zyx)).query(physical_to_index(mesh.vertices, geometry)[:, ::-1])[0]
     assert distance.max() <= within, (distance.max(), mesh.vertices[distance.argmax()])
 
 
 def assert_on_its_voxels(mesh, mask, geometry):
     """The mesh's centre of mass is on the centroid of the voxels written, within a quarter voxel along
-    every voxel axis (measured in scanner LPS mm, then in voxels of each axis)."""
+    every voxel axis (the centre taken from scanner LPS mm back to voxels)."""
     solid = stl_module.printable_mask(mask)[0]
-    expected = geometry.index_to_physical(centroid(solid)[None, ::-1])[0]
-    off_xyz = (np.asarray(geometry.direction, float).reshape(3, 3).T @ (mesh.center_mass - expected)) / geometry.spacing
-    assert np.abs(off_xyz).max() < 0.25, (mesh.center_mass, expected, off_xyz)
+    off_xyz = physical_to_index(mesh.center_mass, geometry) - centroid(solid)[::-1]
+    assert np.abs(off_xyz).max() < 0.25, (mesh.center_mass, off_xyz)
 
 
 @pytest.mark.parametrize("direction", [(0, 1, 0, -1, 0, 0, 0, 0, 1), (-1, 0, 0, 0, 1, 0, 0, 0, 1)],
