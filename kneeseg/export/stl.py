@@ -3,15 +3,16 @@
 Coordinates: every vertex is in the scanner's patient coordinates in millimetres, LPS (x to the
 patient's left, y to the back, z to the head), computed from the label image's spacing, direction and
 origin, which is how ITK stores geometry and how 3D Slicer reads an STL file by default (it assumes
-LPS and converts to its own RAS view). The 80-byte header says so too
-("SPACE=LPS", which Slicer reads). Loaded in Slicer beside the scan, each model lies on its bone.
+LPS and converts to its own RAS view). The 80-byte header says so too ("SPACE=LPS", which Slicer
+reads). Loaded in Slicer beside the scan, each model lies on its bone.
 
 Per bone:
 
 1. The mask is made *well-composed* (no two voxels of the bone, nor two of the background, touching
    only by an edge or a corner): where a 2x2 square or a 2x2x2 cube holds such a contact, one of its
-   empty voxels is filled, round after round until none is left. Marching cubes on a well-composed mask has no ambiguous cell, so its surface is
-   a 2-manifold whatever the implementation. Enclosed cavities are filled (a printed bone is solid).
+   empty voxels is filled, round after round until none is left. Marching cubes on a well-composed
+   mask has no ambiguous cell, so its surface is a 2-manifold whatever the implementation. Enclosed
+   cavities are filled (a printed bone is solid).
 2. Pieces under 1% of the largest piece's volume are left out: in a noisy prediction they are specks
    that would print as loose debris. They are reported (count and volume) on stderr and in the report,
    and the label map still holds them. Larger pieces are kept, each its own closed shell in the one
@@ -22,11 +23,11 @@ Per bone:
    Laplacian smoothing; optional decimation to a face budget (fast-simplification).
 4. The mesh is checked with an independent library (trimesh), on the triangles as the STL file stores
    them (float32, vertices merged by position as every STL reader does): every edge shared by exactly
-   two triangles, watertight, consistent winding, positive volume, one shell per piece kept. A mesh that fails is
-   repaired with trimesh and checked again; decimation goes in checked steps and stops before a step
-   that would break the mesh or move a vertex more than a voxel off the undecimated surface (said
-   so). What cannot be repaired is written with a one-line warning on stderr naming the bone and the
-   problem, and the problem is in the report: never silently.
+   two triangles, watertight, consistent winding, positive volume, one shell per piece kept. A mesh
+   that fails is repaired with trimesh and checked again; decimation goes in checked steps and stops
+   before a step that would break the mesh or move a vertex more than a voxel off the undecimated
+   surface (said so). What cannot be repaired is written with a one-line warning on stderr naming
+   the bone and the problem, and the problem is in the report: never silently.
 
 ``StudyMeshes`` does this per case of a ``kneeseg_predict --stl`` run and gives each bone's surface
 area to ``--statistics``.
