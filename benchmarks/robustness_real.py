@@ -29,7 +29,20 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import kneeseg_command, run_measured  # noqa: E402
-from scan_variants import noise_sigma, smoothed, stored_differently, thick_slices, with_coil_shading, with_more_noise, with_noisy_background  # noqa: E402
+from scan_variants import (  # noqa: E402
+    cropped,
+    inverted,
+    noise_sigma,
+    rotated,
+    smoothed,
+    stored_differently,
+    thick_slices,
+    with_coil_shading,
+    with_contrast,
+    with_gamma,
+    with_more_noise,
+    with_noisy_background,
+)
 
 from kneeseg.demo import REAL_HALVES  # noqa: E402
 from kneeseg.io import Geometry, read_image, write_image  # noqa: E402
@@ -83,6 +96,44 @@ def variants(image: np.ndarray, labels: np.ndarray, geometry: Geometry, seed: in
         return with_noisy_background(noisier, np.random.default_rng([seed, 11]), sigma=3.0 * noise_sigma(image))
     yield "SNR / 3 and air as noise", same_grid(low_snr_noisy_air)
     yield "smoothed (Gaussian filter, sigma 0.5 mm)", same_grid(lambda: smoothed(image, geometry.spacing_zyx, 0.5))
+    # Other protocols: resolution, position in the scanner, contrast, field of view.
+    yield "1 mm isotropic voxels", lambda: thick_slices(image, labels, geometry, (1.0, 1.0, 1.0))
+    axial = [0.5, 0.5, 0.5]
+    axial[index_axis["S"]] = 3.0
+    yield "0.5x0.5 mm, 3 mm axial slices", lambda: thick_slices(image, labels, geometry, tuple(axial))
+    turn = [0.0, 0.0, 0.0]
+    turn[index_axis["L"]], turn[index_axis["P"]] = 12.0, 8.0
+    yield "rotated 12 deg (flexion) and 8 deg", lambda: (*rotated(image, labels, geometry, tuple(turn)), geometry)
+    for gamma in (0.5, 2.0):
+        yield f"another monotonic contrast (gamma {gamma:g})", same_grid(lambda g=gamma: with_gamma(image, g))
+    yield "non-monotonic contrast (fat dark, fluid bright)", same_grid(
+        lambda: with_contrast(image, [0, 0.3, 0.6, 0.85, 1.0], [0, 0.05, 0.8, 0.5, 0.15]))
+    yield "inverted contrast", same_grid(lambda: inverted(image))
+    s_axis = 2 - index_axis["S"]  # the array axis along superior-inferior
+    joint = joint_line(labels, s_axis)
+    per_mm = 1.0 / geometry.spacing_zyx[s_axis]
+    for name, below, above in (("field of view cut to the joint (+-20 mm)", 20, 20),
+                               ("field of view cutting the shafts (-35/+45 mm)", 35, 45)):
+        box = [slice(None)] * 3
+        ends = sorted((joint - below * per_mm * superior_sign(geometry, s_axis), joint + above * per_mm * superior_sign(geometry, s_axis)))
+        box[s_axis] = slice(max(0, int(ends[0])), int(np.ceil(ends[1])) + 1)
+        yield name, lambda box=tuple(box): cropped(image, labels, geometry, box)
+
+
+def superior_sign(geometry: Geometry, array_axis: int) -> int:
+    """+1 where the index along ``array_axis`` grows towards the head (LPS +z), else -1."""
+    d = np.asarray(geometry.direction).reshape(3, 3)
+    return 1 if d[2, 2 - array_axis] > 0 else -1
+
+
+def joint_line(labels: np.ndarray, axis: int) -> float:
+    """The array index along ``axis`` (superior-inferior) halfway between the femur's and the tibia's
+    facing ends."""
+    def extent(value):
+        present = np.flatnonzero(np.any(labels == value, axis=tuple(a for a in range(3) if a != axis)))
+        return present.min(), present.max()
+    (f0, f1), (t0, t1) = extent(1), extent(2)
+    return (f0 + t1) / 2 if f0 + f1 > t0 + t1 else (f1 + t0) / 2
 
 
 def centroid_mm(labels: np.ndarray, value: int, geometry: Geometry) -> np.ndarray | None:
@@ -120,8 +171,9 @@ def main() -> int:
         seen = "training half" if half == args.train_half else "held out"
         print(f"\n== model trained on half {args.train_half}; versions of half {half} ({seen}); "
               f"noise sigma of the scan {noise_sigma(image):.1f} ==")
-        print("| version | spacing (mm) | femur | tibia | patella | all bones | HD95 all (mm) | geometry kept | anatomy | predict (s) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| version | spacing (mm) | femur | tibia | patella | all bones | HD95 all (mm) | false bone (ml) | geometry kept "
+              "| anatomy | QC: unsure | predict (s) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         versions = list(variants(image, labels, geometry, args.seed))
         unmatched = [text for text in args.versions or [] if not any(text in name for name, _ in versions)]
         if unmatched:
@@ -136,7 +188,7 @@ def main() -> int:
             write_image(lab, geom, folder / "labels" / "knee.nii.gz")
             seconds, _, rc = run_measured(kneeseg_command(
                 "predict", "-i", str(folder / "images"), "-o", str(folder / "pred"), "-d", model_number, "--device", "cpu",
-                "--no-progress", *([KEEP_AIR] if KEEP_AIR in variant else []), *flags))
+                "--no-progress", "--statistics", *([KEEP_AIR] if KEEP_AIR in variant else []), *flags))
             assert rc == 0, f"prediction of {variant} failed"
             summary = folder / "summary.json"
             _, _, rc = run_measured(kneeseg_command("evaluate", "-ref", str(folder / "labels"), "-pred", str(folder / "pred"),
@@ -147,8 +199,12 @@ def main() -> int:
             kept = "yes" if geom.matches(pred_geometry, tol=1e-6) is None else "NO"
             dice = [f"{mean[s]['dice']:.3f}" if mean[s]["ref_volume_mm3"] > 0 else "–" for s in ("femur", "tibia", "patella")]
             spacing = "×".join(f"{s:.2f}" for s in geom.spacing)
+            # Voxels of a bone that the reference does not hold (half B's patella): invented bone.
+            qc = json.loads((folder / "pred" / "knee.statistics.json").read_text())["qc_warnings"]
+            unsure = next((w.split(" of ")[1].split(" ")[0] + " %" for w in qc if w.startswith("the model is unsure")), "no")
+            false_ml = sum(mean[s]["pred_volume_mm3"] for s in ("femur", "tibia", "patella") if mean[s]["ref_volume_mm3"] == 0) / 1000
             print(f"| {variant} | {spacing} | {' | '.join(dice)} | {mean['all_bones']['dice']:.3f} | "
-                  f"{mean['all_bones']['hd95']:.2f} | {kept} | {anatomy_ok(pred, pred_geometry)} | {seconds:.1f} |", flush=True)
+                  f"{mean['all_bones']['hd95']:.2f} | {false_ml:.2f} | {kept} | {anatomy_ok(pred, pred_geometry)} | {unsure} | {seconds:.1f} |", flush=True)
     return 0
 
 

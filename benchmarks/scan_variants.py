@@ -104,3 +104,62 @@ def smoothed(image: np.ndarray, spacing_zyx, sigma_mm: float) -> np.ndarray:
     """The image through a Gaussian filter of ``sigma_mm`` (a scanner's or a viewer's denoising filter)."""
     sigma = [sigma_mm / s for s in spacing_zyx]
     return _stored_as(ndimage.gaussian_filter(image.astype(np.float32), sigma), image.dtype)
+
+
+def rotated(image: np.ndarray, labels: np.ndarray | None, geometry: Geometry,
+            degrees_xyz: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The knee turned inside the scanner by ``degrees_xyz`` about the image's x, y and z axes through
+    its centre, recorded on the same grid (linear interpolation; labels by nearest neighbour); what
+    falls outside the grid is lost and what comes in is 0."""
+    transform = sitk.Euler3DTransform()
+    centre = geometry.index_to_physical(np.array([[(n - 1) / 2 for n in geometry.size]]))[0]
+    transform.SetCenter(tuple(float(c) for c in centre))
+    transform.SetRotation(*(float(np.deg2rad(a)) for a in degrees_xyz))
+
+    def turn(array: np.ndarray, interpolator) -> np.ndarray:
+        moving = geometry.apply_to(sitk.GetImageFromArray(array))
+        return sitk.GetArrayFromImage(sitk.Resample(moving, moving, transform, interpolator, 0.0))
+
+    out = _stored_as(turn(image.astype(np.float32), sitk.sitkLinear), image.dtype)
+    return out, None if labels is None else turn(labels, sitk.sitkNearestNeighbor).astype(labels.dtype)
+
+
+def with_contrast(image: np.ndarray, quantiles: list[float], values: list[float]) -> np.ndarray:
+    """The scan under another contrast: each nonzero voxel mapped through the piecewise-linear curve that
+    takes the scan's own intensity ``quantiles`` (of its nonzero voxels) to ``values`` (shares of its
+    99th percentile). Zeros (a zeroed air) stay zero. E.g. ([0, 0.5, 0.8, 1], [0, 0.9, 0.3, 0.1]): the
+    brightest tissue darkened, the middle brightened (a non-monotonic change)."""
+    a = image.astype(np.float32)
+    body = a != 0
+    where = np.quantile(a[body], quantiles) + np.arange(len(quantiles)) * 1e-3
+    top = float(np.percentile(a[body], 99))
+    out = np.zeros_like(a)
+    out[body] = np.interp(a[body], where, np.asarray(values, np.float32) * top)
+    return _stored_as(np.maximum(out, 0), image.dtype)
+
+
+def with_gamma(image: np.ndarray, gamma: float) -> np.ndarray:
+    """Another monotonic contrast: nonzero voxels as (x / max) ** gamma * max."""
+    a = image.astype(np.float32)
+    top = float(a.max())
+    return _stored_as(np.where(a > 0, (np.maximum(a, 0) / top) ** gamma * top, a), image.dtype)
+
+
+def inverted(image: np.ndarray) -> np.ndarray:
+    """Inverted contrast (dark fat, bright fluid and cortex): nonzero voxels as p99 - x, kept above 1
+    so that no body voxel becomes 0 (the air a scanner zeroed stays 0)."""
+    a = image.astype(np.float32)
+    top = float(np.percentile(a[a != 0], 99))
+    return _stored_as(np.where(a != 0, np.clip(top - a, 1.0, None), 0.0), image.dtype)
+
+
+def cropped(image: np.ndarray, labels: np.ndarray | None, geometry: Geometry,
+            box_zyx: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
+    """The scan with a smaller field of view: the voxels of ``box_zyx`` (array slices), on a grid whose
+    origin moves to the box's first voxel."""
+    start_xyz = [box_zyx[2 - a].indices(geometry.size[a])[0] for a in range(3)]
+    image = np.ascontiguousarray(image[box_zyx])
+    origin = geometry.index_to_physical(np.array([start_xyz], float))[0]
+    grid = Geometry(size=tuple(reversed(image.shape)), spacing=geometry.spacing, origin=tuple(float(o) for o in origin),
+                    direction=geometry.direction)
+    return image, None if labels is None else np.ascontiguousarray(labels[box_zyx]), grid

@@ -18,6 +18,7 @@ import torch
 from kneeseg.errors import KneesegError
 from kneeseg.hardware import precision_name, usable_autocast, use_cores
 from kneeseg.inference.model import TrainedModel
+from kneeseg.inference.qc import uncertain_share
 from kneeseg.inference.sliding_window import predict_sliding_window
 from kneeseg.io import Geometry
 from kneeseg.preprocessing.preprocess import preprocess_case
@@ -30,6 +31,9 @@ from kneeseg.training.ranges import SCALE
 class Prediction:
     labels: np.ndarray  # uint8 (z, y, x) on the input grid
     probabilities: np.ndarray | None  # float32 (K, z, y, x) on the input grid, if asked
+    # Share of the voxels found as bone whose winning probability is under CONFIDENT (kneeseg.inference.qc);
+    # None where no bone was found
+    uncertain_share: float | None = None
 
 
 class Predictor:
@@ -68,8 +72,9 @@ class Predictor:
                 if len(on_crop) == 2:  # summed as they come: at most two float copies of the probabilities
                     on_crop = [on_crop[0] + on_crop[1]]
             probs = on_crop[0] / len(self.scales)
+        share = uncertain_share(probs)  # on the grid the network saw: the mean of folds, mirrors and scales
         labels, full = restore_original(probs, case.properties, self.label_values, keep_probabilities)
-        return Prediction(labels, full)
+        return Prediction(labels, full, share)
 
     def _fold_mean(self, data: np.ndarray) -> np.ndarray:
         """The folds' mean softmax (K, Z, Y, X) over preprocessed ``data``."""

@@ -168,7 +168,8 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
         tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
     prediction = predictor.predict(images, geometry, keep_probabilities=o.save_probabilities)
     labels = apply_postprocessing(prediction.labels, steps, geometry.spacing_zyx) if steps else prediction.labels
-    found = prediction_warnings(labels, geometry, model.ds.foreground, model.plans.label_volumes_mm3) if o.qc else []
+    found = prediction_warnings(labels, geometry, model.ds.foreground, model.plans.label_volumes_mm3,
+                                prediction.uncertain_share) if o.qc else []
     for warning in found:
         tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
     warnings += found
