@@ -70,8 +70,9 @@ LEFT_RIGHT_AXIS = 2  # arrays are in canonical orientation: axis 2 runs along th
 
 def mirror_axes(ds: DatasetJson) -> list[int]:
     """Knee bones are anatomical labels (the femur is above the tibia, the patella in front): a knee
-    mirrored left-right is another knee, one mirrored top-bottom is not. Other datasets: all axes."""
-    if {"femur", "tibia"} & set(ds.labels):
+    mirrored left-right is another knee, one mirrored top-bottom is not. A knee dataset names a femur or
+    a tibia, in any case ("Femur", "TIBIA"); other datasets: all axes."""
+    if {"femur", "tibia"} & {name.lower() for name in ds.labels}:
         return [LEFT_RIGHT_AXIS]
     return [0, 1, 2]
 
