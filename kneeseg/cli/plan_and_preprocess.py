@@ -7,10 +7,13 @@ recommended for --device is preprocessed unless -c names others.
 The 3d_cpu configuration is sized for this machine: the cores this process may use and the measured
 speed of a real training step in fp32 and bf16 (a few seconds), for --cpu-training-hours of training.
 --machine reference plans for the project's reference machine instead (the same plans everywhere);
---cpu-threads, --cpu-gflops and --cpu-precision replace what was measured.
+--cpu-threads, --cpu-gflops and --cpu-precision replace what was measured. A machine measured while
+other work kept its cores busy is recorded as such, with a warning.
 """
 
 from __future__ import annotations
+
+import sys
 
 from kneeseg.api import PlanOptions, plan_and_preprocess
 from kneeseg.cli.common import add_path_flags, parser, paths_from, positive_float, positive_int
@@ -63,6 +66,9 @@ def main(argv=None):
             print(f"machine: as recorded in the existing plans ({machine.describe()}); --machine measure measures again")
         else:
             print(f"machine: {machine.describe()}")
+        if machine.busy:
+            print(f"kneeseg: warning: the machine was busy when it was measured ({machine.busy}): 3d_cpu is planned for a "
+                  "slower machine; plan again when it is idle (--machine measure) or give --cpu-gflops", file=sys.stderr)
 
     def on_planned(result: PlanAndPreprocessResult) -> None:
         for name, config in result.plans.configurations.items():
