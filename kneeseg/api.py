@@ -1,6 +1,7 @@
 """The Python API behind the commands: each function composes stages; the CLIs only parse arguments.
 
     machine_profile()                             this machine, measured, for planning (or a named profile)
+    plan_and_preprocess(paths, datasets)          plans for the chosen machine, and the preprocessed cache
     train(paths, fold)                            train one fold, then predict its validation cases in full
     predict(inp, out, paths=... | model_dir=...)  scans in, bone labels out (input geometry and format)
     find_postprocessing(paths)                    choose post-processing on the cross-validation predictions
@@ -13,7 +14,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +36,7 @@ from kneeseg.training.layout import TRAINER_NAME
 # import; the everyday command, kneeseg_predict, needs none of them, so they are imported where used.
 if TYPE_CHECKING:
     from kneeseg.export.stl import MeshReport
+    from kneeseg.preprocessing.pipeline import PlanAndPreprocessResult
     from kneeseg.training.trainer import TrainingResult, TrainOptions
 
 
@@ -72,6 +75,65 @@ def recorded_machine(paths: KneesegPaths, dataset: str | int | None, plans_name:
         return Plans.load(plans_path).hardware.machine if plans_path.exists() else None
     except KneesegError:
         return None  # the planning that follows says what is wrong
+
+
+@dataclass
+class PlanOptions:
+    """What to plan for and what to preprocess (kneeseg_plan_and_preprocess's options)."""
+
+    device: str = "cpu"  # the recommended configuration is the one for this device
+    configurations: list[str] | None = None  # to preprocess; default: the one recommended for ``device``
+    machine: str | None = None  # "measure", a named profile, or None: the machine the existing plans record, else measured
+    cpu_threads: int | None = None  # these three replace what was measured, named or recorded
+    cpu_gflops: float | None = None
+    cpu_precision: str | None = None  # "bf16" | "none" (fp32)
+    gpu_memory_gb: float = 8.0
+    cpu_training_hours: float = 1.0
+    cpu_spacing: list[float] | None = None  # z, y, x mm of 3d_cpu instead of the planner's choice
+    plans_name: str = "kneesegPlans"
+    num_processes: int = 1
+    seed: int = 0
+    verify: bool = True
+    preprocess: bool = True  # False: fingerprint and plans only
+    progress: bool = True
+
+
+def plan_and_preprocess(paths: KneesegPaths, datasets: Sequence[str | int | None] | None = None, options: PlanOptions | None = None,
+                        on_machine: Callable[[MachineProfile, bool], None] | None = None,
+                        on_planned: Callable[[PlanAndPreprocessResult], None] | None = None) -> list[PlanAndPreprocessResult]:
+    """Fingerprint, plan and preprocess each of ``datasets`` (default: the only one in the raw folder).
+
+    ``3d_cpu`` is planned for the machine the dataset's existing plans record, if any and
+    ``options.machine`` is None: planning again (e.g. to preprocess another configuration) must not
+    move a borderline plan and orphan its cache and checkpoints. Otherwise for this machine, measured
+    once for all datasets, or a named profile. ``on_machine(machine, recorded)`` hears which before a
+    dataset is planned, ``on_planned(result)`` after."""
+    from kneeseg.planning.plans import HardwareTarget
+    from kneeseg.preprocessing import pipeline
+
+    options = options or PlanOptions()
+    overrides = (options.cpu_threads, options.cpu_gflops, options.cpu_precision)
+    measured: MachineProfile | None = None
+    results = []
+    for dataset in datasets or [None]:
+        machine = recorded_machine(paths, dataset, options.plans_name) if options.machine is None else None
+        recorded = machine is not None
+        if machine is not None:
+            machine = machine.overridden(*overrides)
+        else:
+            measured = measured or machine_profile(options.machine or "measure", *overrides)
+            machine = measured
+        if on_machine is not None:
+            on_machine(machine, recorded)
+        hardware = HardwareTarget(machine, options.gpu_memory_gb, options.cpu_training_hours)
+        result = pipeline.plan_and_preprocess(
+            paths, dataset, options.configurations, options.device, hardware, options.plans_name, options.num_processes,
+            options.seed, options.verify, options.preprocess, options.progress, options.cpu_spacing,
+        )
+        if on_planned is not None:
+            on_planned(result)
+        results.append(result)
+    return results
 
 
 def train(paths: KneesegPaths, fold: str = "0", dataset: str | int | None = None, configuration: str | None = None,

@@ -94,14 +94,55 @@ def available_cores() -> int:
     return max(1, cores)
 
 
-def cpu_model() -> str:
+def _cpuinfo_field(key: str) -> str | None:
+    """The first ``key`` line of /proc/cpuinfo (Linux), None where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == key:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_flags() -> set[str] | None:
+    """The x86 CPU's feature flags (/proc/cpuinfo), None where they cannot be read (macOS, Windows, ARM)."""
+    flags = _cpuinfo_field("flags")
+    return set(flags.split()) if flags is not None else None
+
+
+# oneDNN, which runs torch's CPU convolutions, can be held to an older instruction set
+# (ONEDNN_MAX_CPU_ISA); below AVX512_CORE_BF16 its bf16 convolutions are emulated, whatever the CPU has.
+_ISA_CAPS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+_ISA_CAPS_WITH_BF16 = {"", "DEFAULT", "ALL", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+                       "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2"}
+
+
+def native_bf16() -> tuple[bool | None, str]:
+    """Whether bf16 convolutions run natively on this CPU, and why: True where it has AVX-512 BF16 or
+    AMX-BF16 and oneDNN is not held below them, False where it has neither or oneDNN is held, None
+    where that cannot be told (flags unreadable, an ISA cap this does not know): then timing decides."""
+    variable = "ONEDNN_MAX_CPU_ISA" if "ONEDNN_MAX_CPU_ISA" in os.environ else "DNNL_MAX_CPU_ISA"
+    cap = os.environ.get(variable, "").strip().upper()
+    if cap in _ISA_CAPS_WITHOUT_BF16:
+        return False, f"{variable}={cap}"
+    flags = cpu_flags()
+    if flags is None or cap not in _ISA_CAPS_WITH_BF16:
+        return None, "CPU flags unknown" if flags is None else f"{variable}={cap}"
+    native = sorted({"avx512_bf16", "amx_bf16"} & flags)
+    return (True, " and ".join(native)) if native else (False, "no avx512_bf16 or amx_bf16")
+
+
+def load_average() -> float | None:
+    """The host's one-minute load average (runnable processes, all CPUs), None where there is none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        return None
 
 
 def augmentation_workers(cores: int, device: str) -> int:

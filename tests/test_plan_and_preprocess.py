@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import SMALL, make_phantom, path_flags
 
+from kneeseg import api
 from kneeseg.cli.plan_and_preprocess import main as pp_main
 from kneeseg.dataset.phantom import PhantomOptions
 from kneeseg.errors import KneesegError
@@ -12,7 +13,7 @@ from kneeseg.fingerprint import mask_bbox, nonzero_mask
 from kneeseg.inference.acquisition import with_air_zeroed
 from kneeseg.io import Geometry, read_image, write_image
 from kneeseg.planning.estimate import estimate_iteration
-from kneeseg.planning.planner import CPU_MIN_ITERATIONS
+from kneeseg.planning.planner import CPU_MIN_ITERATIONS, LEFT_RIGHT_AXIS
 from kneeseg.planning.plans import Plans
 from kneeseg.preprocessing.normalization import zscore
 from kneeseg.preprocessing.pipeline import plan_and_preprocess
@@ -157,6 +158,37 @@ def test_several_datasets_need_a_choice(tmp_path, capsys):
     assert (paths.preprocessed / "Dataset905_Other" / "kneesegPlans.json").exists()
     assert _run(paths, "-d", "123") == 2
     assert "dataset '123' not found" in capsys.readouterr().err
+
+
+def _relabel(paths, name: str, labels: dict[str, int]) -> None:
+    dataset_json = paths.raw / name / "dataset.json"
+    data = json.loads(dataset_json.read_text())
+    dataset_json.write_text(json.dumps({**data, "labels": labels}))
+
+
+def test_the_api_plans_each_dataset_for_its_machine_and_mirrors_knees_whatever_the_label_names_case(tmp_path):
+    """api.plan_and_preprocess chooses the machine (kneeseg_plan_and_preprocess only parses and prints):
+    measured or named once for all datasets, the recorded one when planned again. A knee dataset (femur
+    or tibia, in any case) is mirrored left-right only; any other on every axis."""
+    paths = make_phantom(tmp_path, n=1)
+    make_phantom(tmp_path, n=1, name="Dataset905_Other")
+    _relabel(paths, DS, {"background": 0, "Femur": 1, "TIBIA": 2, "Patella": 3})
+    _relabel(paths, "Dataset905_Other", {"background": 0, "a": 1, "b": 2, "c": 3})
+    events: list = []
+    options = api.PlanOptions(machine="reference", cpu_gflops=40, preprocess=False, progress=False)
+    results = api.plan_and_preprocess(paths, ["900", "905"], options, lambda machine, recorded: events.append((machine.name, recorded)),
+                                      lambda result: events.append(result.dataset_name))
+    by_hand = "reference, set by hand: cpu_gflops"
+    assert events == [(by_hand, False), DS, (by_hand, False), "Dataset905_Other"]
+    knee, other = (result.plans for result in results)
+    assert [c.training.mirror_axes for c in knee.configurations.values()] == [[LEFT_RIGHT_AXIS]] * len(knee.configurations)
+    assert [c.training.mirror_axes for c in other.configurations.values()] == [[0, 1, 2]] * len(other.configurations)
+    assert all(Plans.load(r.plans_path).hardware.machine.cpu_gflops == 40 for r in results) and not any(r.cache_dirs for r in results)
+    events.clear()
+    again = api.plan_and_preprocess(paths, ["900"], api.PlanOptions(cpu_threads=1, preprocess=False, progress=False),
+                                    lambda machine, recorded: events.append((machine.name, recorded)))
+    assert events == [(f"{by_hand}, set by hand: cpu_cores", True)]
+    assert again[0].plans.hardware.machine.cpu_cores == 1 and again[0].plans.hardware.machine.cpu_gflops == 40
 
 
 def test_unknown_configuration_writes_nothing(phantom_paths, capsys):

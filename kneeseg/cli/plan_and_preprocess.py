@@ -7,18 +7,20 @@ recommended for --device is preprocessed unless -c names others.
 The 3d_cpu configuration is sized for this machine: the cores this process may use and the measured
 speed of a real training step in fp32 and bf16 (a few seconds), for --cpu-training-hours of training.
 --machine reference plans for the project's reference machine instead (the same plans everywhere);
---cpu-threads, --cpu-gflops and --cpu-precision replace what was measured.
+--cpu-threads, --cpu-gflops and --cpu-precision replace what was measured. A machine measured while
+other work kept its cores busy is recorded as such, with a warning.
 """
 
 from __future__ import annotations
 
-from kneeseg.api import machine_profile, recorded_machine
+import sys
+
+from kneeseg.api import PlanOptions, plan_and_preprocess
 from kneeseg.cli.common import add_path_flags, parser, paths_from, positive_float, positive_int
 from kneeseg.errors import cli_entry
 from kneeseg.hardware import detect_device
-from kneeseg.planning.machine import PROFILES
-from kneeseg.planning.plans import HardwareTarget
-from kneeseg.preprocessing.pipeline import plan_and_preprocess
+from kneeseg.planning.machine import PROFILES, MachineProfile
+from kneeseg.preprocessing.pipeline import PlanAndPreprocessResult
 
 
 @cli_entry("kneeseg_plan_and_preprocess")
@@ -50,27 +52,25 @@ def main(argv=None):
     if args.cpu_spacing is not None and len(args.cpu_spacing) not in (1, 3):
         p.error(f"--cpu-spacing takes one value or three (z y x), not {len(args.cpu_spacing)}")
     cpu_spacing = args.cpu_spacing * 3 if args.cpu_spacing is not None and len(args.cpu_spacing) == 1 else args.cpu_spacing
-    paths = paths_from(args)
     device = detect_device() if args.device == "auto" else args.device
-    precision = {"fp32": "none", "bf16": "bf16", None: None}[args.cpu_precision]
-    overrides = (args.cpu_threads, args.cpu_gflops, precision)
-    measured = None
-    for dataset in args.dataset or [None]:
-        # Planning again (e.g. to preprocess another configuration) keeps the machine the plans were made
-        # for: measuring again could move a borderline 3d_cpu plan and orphan its cache and checkpoints.
-        machine = recorded_machine(paths, dataset, args.plans_name) if args.machine is None else None
-        if machine is not None:
-            machine = machine.overridden(*overrides)
+    options = PlanOptions(
+        device=device, configurations=args.configurations, machine=args.machine, cpu_threads=args.cpu_threads,
+        cpu_gflops=args.cpu_gflops, cpu_precision={"fp32": "none", "bf16": "bf16", None: None}[args.cpu_precision],
+        gpu_memory_gb=args.gpu_memory_gb, cpu_training_hours=args.cpu_training_hours, cpu_spacing=cpu_spacing,
+        plans_name=args.plans_name, num_processes=args.num_processes, seed=args.seed, verify=args.verify,
+        preprocess=not args.plan_only, progress=args.progress,
+    )
+
+    def on_machine(machine: MachineProfile, recorded: bool) -> None:
+        if recorded:
             print(f"machine: as recorded in the existing plans ({machine.describe()}); --machine measure measures again")
         else:
-            measured = measured or machine_profile(args.machine or "measure", *overrides)
-            machine = measured
             print(f"machine: {machine.describe()}")
-        hardware = HardwareTarget(machine, args.gpu_memory_gb, args.cpu_training_hours)
-        result = plan_and_preprocess(
-            paths, dataset, args.configurations, device, hardware, args.plans_name,
-            args.num_processes, args.seed, args.verify, not args.plan_only, args.progress, cpu_spacing,
-        )
+        if machine.busy:
+            print(f"kneeseg: warning: the machine was busy when it was measured ({machine.busy}): 3d_cpu is planned for a "
+                  "slower machine; plan again when it is idle (--machine measure) or give --cpu-gflops", file=sys.stderr)
+
+    def on_planned(result: PlanAndPreprocessResult) -> None:
         for name, config in result.plans.configurations.items():
             mark = " (recommended for " + device + ")" if name == result.plans.recommended_configuration(device) else ""
             print(f"{result.dataset_name} {name}{mark}: spacing {config.spacing} mm, patch {config.patch_size}, "
@@ -80,6 +80,6 @@ def main(argv=None):
         print(f"plans: {result.plans_path}")
         for name, folder in result.cache_dirs.items():
             print(f"preprocessed {name}: {folder}")
+
+    plan_and_preprocess(paths_from(args), args.dataset, options, on_machine, on_planned)
     return 0
-
-

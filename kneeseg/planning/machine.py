@@ -34,6 +34,10 @@ class MachineProfile:
     gpu_name: str | None = None
     gpu_memory_gb: float | None = None
     measured_seconds: float = 0.0  # what measuring cost (0 for a named profile)
+    # Set when other work starved the timed steps even after waiting: the load, for people
+    # ("load average 3.1 on 2 CPUs, ..."); the speeds are then lower than this machine's. Left out of
+    # the plans' JSON when None, so that plans made on an idle machine read as before.
+    busy: str | None = None
 
     def overridden(self, cpu_cores: int | None = None, cpu_gflops: float | None = None,
                    cpu_precision: str | None = None) -> MachineProfile:
@@ -45,19 +49,22 @@ class MachineProfile:
             changes["cpu_precision"] = cpu_precision
         if cpu_gflops is not None:
             changes["cpu_gflops"] = cpu_gflops
+            changes["busy"] = None  # the speed is no longer the busy measurement's
         elif cpu_precision is not None and cpu_precision in self.gflops_by_precision:
             changes["cpu_gflops"] = self.gflops_by_precision[cpu_precision]
         if not changes:
             return self
-        return replace(self, name=f"{self.name}, set by hand: {', '.join(sorted(changes))}", **changes)
+        by_hand = ", ".join(sorted(key for key in changes if key != "busy"))
+        return replace(self, name=f"{self.name}, set by hand: {by_hand}", **changes)
 
     def describe(self) -> str:
-        """One line for people: name, CPU, threads, speed, and what measuring found."""
+        """One line for people: name, CPU, threads, speed, what measuring found, and how busy the machine was."""
         speeds = ", ".join(f"{precision_name(k)} {v:g}" if v else f"{precision_name(k)} slower (emulated), not timed"
                            for k, v in self.gflops_by_precision.items())
         measured = f" (measured in {self.measured_seconds:g} s: {speeds})" if self.measured_seconds else ""
+        busy = f", measured on a busy machine ({self.busy})" if self.busy else ""
         return (f"{self.name}, {self.cpu_model}, {self.cpu_cores} CPU threads, {self.cpu_gflops:g} GFLOP/s in "
-                f"{precision_name(self.cpu_precision)}{measured}")
+                f"{precision_name(self.cpu_precision)}{measured}{busy}")
 
 
 # The machine the benchmarks' reference figures come from (benchmarks/RESULTS.md, "CPU training

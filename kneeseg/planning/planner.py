@@ -70,8 +70,9 @@ LEFT_RIGHT_AXIS = 2  # arrays are in canonical orientation: axis 2 runs along th
 
 def mirror_axes(ds: DatasetJson) -> list[int]:
     """Knee bones are anatomical labels (the femur is above the tibia, the patella in front): a knee
-    mirrored left-right is another knee, one mirrored top-bottom is not. Other datasets: all axes."""
-    if {"femur", "tibia"} & set(ds.labels):
+    mirrored left-right is another knee, one mirrored top-bottom is not. A knee dataset names a femur or
+    a tibia, in any case ("Femur", "TIBIA"); other datasets: all axes."""
+    if {"femur", "tibia"} & {name.lower() for name in ds.labels}:
         return [LEFT_RIGHT_AXIS]
     return [0, 1, 2]
 
@@ -240,11 +241,12 @@ def plan_experiment(
     configurations["3d_cpu"] = cpu
     factor = min(cpu.spacing) / min(full_spacing)
     steps = cpu.training.num_epochs * cpu.training.iterations_per_epoch
+    busy = f", measured on a busy machine: {machine.busy}" if machine.busy else ""
     notes.append(
         f"3d_cpu: spacing {cpu.spacing} mm ({chosen}{factor:.2f}x full resolution on the finest axis), patch covers "
         f"{_coverage(cpu.patch_size, cpu.median_shape):.1%} of the median case, base width {cpu.network.features_per_stage[0]}, "
         f"~{cpu.estimate.seconds_per_iteration:.2f} s per step on {machine.cpu_cores} CPU threads "
-        f"({machine.cpu_gflops:g} GFLOP/s, {precision_name(machine.cpu_precision)}; machine: {machine.name}): "
+        f"({machine.cpu_gflops:g} GFLOP/s, {precision_name(machine.cpu_precision)}; machine: {machine.name}{busy}): "
         f"{cpu.training.num_epochs} epochs, {steps} steps in {hardware.cpu_training_hours:g} h"
     )
     return Plans(

@@ -157,7 +157,10 @@ class Plans:
         return self.recommended.get(device.split(":")[0], self.recommended["cuda"])
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["hardware"]["machine"]["busy"] is None:  # an idle machine's plans read as before the field existed
+            del data["hardware"]["machine"]["busy"]
+        return data
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, self.to_dict())

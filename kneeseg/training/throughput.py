@@ -2,20 +2,33 @@
 
 The step is the trainer's (kneeseg's U-Net with the CPU plans' widths, deep-supervision loss,
 backward, gradient clipping, AdamW) on one in-memory batch of a small probe patch, timed after a
-warm-up step. Each precision the CPU offers is timed, and the faster one wins: a CPU flag alone does
-not say which is faster (with oneDNN held to AVX2, ``ONEDNN_MAX_CPU_ISA=AVX2``, bf16 is emulated and
-several times slower than fp32 on a CPU that has AVX-512 BF16). Throughput is rounded to two
-significant digits, so that planning twice on the same machine gives the same plans in all but
-borderline cases. About 2-10 s on 2 cores.
+warm-up step. fp32 is always timed; bf16 is timed where the CPU runs it natively (AVX-512 BF16 or
+AMX-BF16, and oneDNN not held below them by ``ONEDNN_MAX_CPU_ISA``), judged emulated without a
+step where it does not (an emulated bf16 step can take tens of seconds), and, where the CPU's flags
+cannot be read, timed after one convolution showed it no slower than fp32. The faster precision wins.
+
+A plan lasts for every training of its dataset, so the probe must measure the machine, not the
+moment: each step's CPU time is compared with its wall time on its threads. A step whose threads
+ran less than ``STARVED_SHARE`` of the time waited for cores that other work held (on 2 cores, one
+busy neighbour makes a 2-thread step several times slower); such a precision is timed again after
+a pause, and if the machine stays busy the profile says so (``MachineProfile.busy``, with the load
+average) instead of passing the slow steps off as the machine's speed. The load average is only
+named, not tested: it lags a minute, counts this process's own earlier work, and is the host's in a
+container. Throughput is rounded to two significant digits, so that planning twice on the same
+machine gives the same plans in all but borderline cases. About 3-5 s on 2 idle cores; on busy ones
+the probe waits for them for up to about 20 s, then times as few starved steps as it can.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
-from kneeseg.hardware import available_cores, cpu_model
+from kneeseg.hardware import available_cores, cpu_model, load_average, native_bf16
 from kneeseg.planning.estimate import estimate_iteration
 from kneeseg.planning.machine import MachineProfile
 from kneeseg.planning.planner import CPU_FEATURES, build_network
@@ -27,12 +40,26 @@ PROBE_BATCH = 2
 PROBE_CLASSES = 4
 TIMED_STEPS = 3
 CPU_PRECISIONS = ("none", "bf16")  # "none": fp32
+# An idle machine gives a step 0.9-1.0 of its threads' time (OpenMP threads spin while they wait for
+# each other); a step sharing 2 cores with one busy process gets about 0.5.
+STARVED_SHARE = 0.75
+BUSY_RETRIES = 3  # a precision timed on a busy machine is timed again this many times, each after a pause,
+BUSY_PAUSE_SECONDS = 4.0
+BUSY_WAIT_SECONDS = 20.0  # while the probe has run less than this: a busy probe stays under about half a minute
 
 
-def _step_seconds(precision: str, steps: int, give_up_after: float | None) -> float:
-    """The fastest of ``steps`` training steps after one warm-up (on a shared machine other work only
-    ever slows a step down, so the fastest is the least noisy); stops early once a step takes longer
-    than ``give_up_after`` (that precision has lost)."""
+@dataclass(frozen=True)
+class Timing:
+    seconds: float  # the step kept: the fastest unstarved one, else the fastest
+    share: float  # its CPU time over its wall time on its threads
+
+    @property
+    def starved(self) -> bool:
+        return self.share < STARVED_SHARE
+
+
+def _training_steps(precision: str) -> Iterator[tuple[float, float]]:
+    """Endless training steps of the probe network: (wall seconds, this process's CPU seconds) of each."""
     torch.manual_seed(0)
     plan = build_network([1.0, 1.0, 1.0], PROBE_PATCH, CPU_FEATURES)
     net = UNet(plan, 1, PROBE_CLASSES).train()
@@ -40,26 +67,56 @@ def _step_seconds(precision: str, steps: int, give_up_after: float | None) -> fl
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     x = torch.randn(PROBE_BATCH, 1, *PROBE_PATCH)
     y = torch.randint(0, PROBE_CLASSES, (PROBE_BATCH, *PROBE_PATCH))
-    times: list[float] = []
-    for i in range(steps + 1):
-        start = time.perf_counter()
+    while True:
+        wall, cpu = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             outputs = net(x)
         loss_fn(outputs, y).backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
         optimizer.step()
-        seconds = time.perf_counter() - start
-        if i:
-            times.append(seconds)
-        if give_up_after is not None and seconds > give_up_after * (3 if i == 0 else 1):
-            return min(times) if times else float("inf")
-    return min(times)
+        yield time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _pause(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def _time_precision(precision: str, threads: int, give_up_after: float | None, wait_until: float) -> Timing:
+    """The fastest of ``TIMED_STEPS`` training steps after one warm-up (other work only ever slows a
+    step down, so the fastest is the least noisy). If every step was starved: up to ``BUSY_RETRIES``
+    more rounds, each after a pause and begun before ``wait_until`` (``time.perf_counter``). A round
+    ends at a starved step once waiting is over (a retry's at its first): more of them would only cost
+    time. Stops early once an unstarved step takes longer than ``give_up_after`` (three times that for
+    the warm-up): that precision has lost; a slow step on a busy machine proves nothing."""
+    steps = _training_steps(precision)
+    kept: Timing | None = None
+    for round_ in range(BUSY_RETRIES + 1):
+        if round_:
+            if time.perf_counter() >= wait_until:
+                break
+            _pause(BUSY_PAUSE_SECONDS)
+        for step in range(TIMED_STEPS + (round_ == 0)):
+            wall, cpu = next(steps)
+            timing = Timing(wall, cpu / (wall * threads))
+            warm_up = round_ == 0 and step == 0
+            if give_up_after is not None and not timing.starved and wall > give_up_after * (3 if warm_up else 1):
+                return Timing(float("inf"), timing.share)
+            if not warm_up and (kept is None or (timing.starved, wall) < (kept.starved, kept.seconds)):
+                kept = timing
+            if timing.starved and not warm_up and (round_ or time.perf_counter() >= wait_until):
+                break  # still busy: wait again, or give up waiting, rather than time more starved steps
+        assert kept is not None
+        if not kept.starved:
+            break
+    assert kept is not None
+    return kept
 
 
 def _bf16_convolution_is_slower() -> bool:
-    """A quick look before timing whole bf16 steps: one convolution's forward and backward. Where bf16
-    is emulated, its first training step alone can take tens of seconds."""
+    """Where the CPU's flags are unknown, a quick look before timing whole bf16 steps: one
+    convolution's forward and backward. Where bf16 is emulated, its first training step alone can
+    take tens of seconds."""
     conv = torch.nn.Conv3d(16, 16, 3, padding=1)
     x = torch.randn(1, 16, 16, 16, 16, requires_grad=True)
     seconds: dict[str, float] = {"none": float("inf"), "bf16": float("inf")}
@@ -74,6 +131,19 @@ def _bf16_convolution_is_slower() -> bool:
     return seconds["bf16"] > 1.2 * seconds["none"]
 
 
+def _bf16_is_worth_timing() -> bool:
+    native, _ = native_bf16()
+    return native if native is not None else not _bf16_convolution_is_slower()
+
+
+def _busy(share: float, threads: int) -> str:
+    """How busy the machine was, for people: the load average and what the probe's threads got."""
+    load = load_average()
+    cpus = os.cpu_count() or threads
+    named = f"load average {load:.1f} on {cpus} CPUs, " if load is not None else ""
+    return f"{named}the timed steps ran {share:.0%} of the time on their {threads} threads"
+
+
 def probe_gflop() -> float:
     """GFLOPs of one probe step, counted as the planner counts them."""
     plan = build_network([1.0, 1.0, 1.0], PROBE_PATCH, CPU_FEATURES)
@@ -86,7 +156,8 @@ def _two_digits(value: float) -> float:
 
 def measure_machine(cores: int | None = None, precisions: tuple[str, ...] = CPU_PRECISIONS) -> MachineProfile:
     """This machine's profile: ``cores`` threads (default: the cores this process may use), each of
-    ``precisions`` timed; the CPU's model, and the GPU's name and memory when CUDA is available."""
+    ``precisions`` timed (bf16 where it is worth it, see the module's docstring); the CPU's model, and
+    the GPU's name and memory when CUDA is available; ``busy`` when other work starved the steps."""
     cores = cores or available_cores()
     started = time.perf_counter()
     previous = torch.get_num_threads()
@@ -94,14 +165,19 @@ def measure_machine(cores: int | None = None, precisions: tuple[str, ...] = CPU_
     try:
         gflop = probe_gflop()
         measured: dict[str, float] = {}
+        starved: list[float] = []
         fastest: float | None = None
         for precision in precisions:
-            if precision == "bf16" and "none" in measured and _bf16_convolution_is_slower():
+            if precision == "bf16" and "none" in measured and not _bf16_is_worth_timing():
                 measured[precision] = 0.0  # emulated: not worth a step
                 continue
-            seconds = _step_seconds(precision, TIMED_STEPS, None if fastest is None else 1.5 * fastest)
-            measured[precision] = _two_digits(gflop / seconds) if seconds != float("inf") else 0.0
-            fastest = seconds if fastest is None else min(fastest, seconds)
+            # Once the machine is found busy, waiting again for the next precision would not help.
+            wait_until = started + (0.0 if starved else BUSY_WAIT_SECONDS)
+            timing = _time_precision(precision, cores, None if fastest is None else 1.5 * fastest, wait_until)
+            measured[precision] = _two_digits(gflop / timing.seconds) if timing.seconds != float("inf") else 0.0
+            if timing.starved:
+                starved.append(timing.share)
+            fastest = timing.seconds if fastest is None else min(fastest, timing.seconds)
     finally:
         torch.set_num_threads(previous)
     best = max(measured, key=lambda p: measured[p])
@@ -112,5 +188,5 @@ def measure_machine(cores: int | None = None, precisions: tuple[str, ...] = CPU_
     return MachineProfile(
         name="measured", cpu_model=cpu_model(), cpu_cores=cores, cpu_precision=best, cpu_gflops=measured[best],
         gflops_by_precision=measured, gpu_name=gpu_name, gpu_memory_gb=gpu_memory,
-        measured_seconds=round(time.perf_counter() - started, 1),
+        measured_seconds=round(time.perf_counter() - started, 1), busy=_busy(min(starved), cores) if starved else None,
     )
