@@ -167,8 +167,8 @@ class FieldOfViewTransform(AbstractTransform):
                 continue
             axis = 0 if np.random.uniform() < self.p_first_axis else int(np.random.randint(1, len(spatial)))
             keep = int(round(np.random.uniform(*self.kept) * spatial[axis]))
-            cut = [slice(None)] * len(spatial)
-            cut[axis] = slice(keep, None) if np.random.uniform() < 0.5 else slice(0, spatial[axis] - keep)
-            data[(b, slice(None), *cut)] = 0
-            seg[(b, slice(None), *cut)] = 0
+            beyond = [b, slice(None)] + [slice(None)] * len(spatial)
+            beyond[2 + axis] = slice(keep, None) if np.random.uniform() < 0.5 else slice(0, spatial[axis] - keep)
+            data[tuple(beyond)] = 0
+            seg[tuple(beyond)] = 0
         return data_dict
