@@ -15,8 +15,8 @@ from conftest import MODEL_DIR, path_flags
 
 import kneeseg.models
 from kneeseg.cli.predict import main as predict_main
-from kneeseg.inference.qc import prediction_warnings
-from kneeseg.io import Geometry, read_image
+from kneeseg.inference.qc import prediction_warnings, uncertain_share
+from kneeseg.io import Geometry, read_image, write_image
 from kneeseg.models import builtin_model_dir
 from kneeseg.planning.plans import Plans
 
@@ -150,3 +150,40 @@ def test_make_model_refuses_missing_or_broken_inputs_before_training(tmp_path, c
     assert build_main(["--shared", str(shared), "--train-minutes", "0", "--output", str(out)]) == 2
     assert "--train-minutes 0: must be positive" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_qc_says_when_the_model_is_unsure_of_the_bone_it_found():
+    geometry = Geometry((8, 8, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    labels = np.zeros((8, 8, 8), np.uint8)
+    probs = np.zeros((4, 8, 8, 8), np.float32)
+    probs[0] = 1.0
+    assert uncertain_share(probs) is None  # no bone found: nothing to be unsure of
+    probs[:, 2:6, 2:6, 2:6] = np.array([0.03, 0.95, 0.01, 0.01])[:, None, None, None]
+    labels[2:6, 2:6, 2:6] = 1
+    assert uncertain_share(probs) == 0.0
+    probs[:, 2:4, 2:6, 2:6] = np.array([0.35, 0.45, 0.1, 0.1])[:, None, None, None]  # half of it won narrowly
+    assert uncertain_share(probs) == pytest.approx(0.5)
+    quiet = prediction_warnings(labels, geometry, {"femur": 1}, {}, unsure=0.05)
+    loud = prediction_warnings(labels, geometry, {"femur": 1}, {}, unsure=uncertain_share(probs))
+    assert not any("unsure" in w for w in quiet)
+    assert [w for w in loud if "unsure" in w] == [loud[0]] and "unsure of 50 % of the bone it found" in loud[0]
+
+
+@pytest.mark.skipif(builtin_model_dir() is None or not (SHARED / "knee_0000.nii.gz").exists(),
+                    reason="this install has no built-in model, or ../shared has no KneeBones3Dify scan")
+def test_the_builtin_model_is_sure_of_a_knee_and_unsure_of_what_it_cannot_read(tmp_path, capsys):
+    from scan_variants import thick_slices
+
+    image, geometry = read_image(SHARED / "knee_0000.nii.gz")
+    knee, _, grid = thick_slices(image, None, geometry, (1.0, 1.0, 1.0))  # the scan at 1 mm: quick to predict
+    rng = np.random.default_rng(0)
+    scans = {"knee": knee, "noise": np.hypot(rng.normal(0, 300, knee.shape), rng.normal(0, 300, knee.shape)).astype(knee.dtype)}
+    folder = tmp_path / "scans"
+    for name, array in scans.items():
+        write_image(array, grid, folder / f"{name}.nii.gz")
+    out = tmp_path / "bones"
+    assert predict_main(["-i", str(folder), "-o", str(out), "-m", "builtin", "--statistics", "--device", "cpu", "--no-progress"]) == 0
+    unsure = {name: [w for w in json.loads((out / f"{name}.statistics.json").read_text())["qc_warnings"] if "unsure" in w]
+              for name in scans}
+    assert unsure["knee"] == [] and len(unsure["noise"]) == 1, unsure
+    assert "unsure" in capsys.readouterr().err
