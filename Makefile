@@ -9,7 +9,8 @@ SHARED ?= ../shared/data/KneeBones3Dify
 
 venv: $(VENV)/.installed
 
-# torch first, pinned, so that pip takes the local CPU wheel instead of a multi-GB CUDA build.
+# torch first, pinned, so that pip takes the local CPU wheel instead of a multi-GB CUDA build (setup.cfg
+# only asks for a range, so that a torch already installed stays).
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -35,11 +36,12 @@ plans: venv
 	$(PY) -m kneeseg.reference --write plans --shared $(SHARED)
 
 # Train the built-in model on the whole scan (kneeseg/models/build.py); HOLDOUT: the summary JSON
-# of a holdout benchmark run of the same recipe and budget, for the model card's held-out figures;
+# of a holdout benchmark run of the same recipe, budget and seed, for the model card's held-out figures;
 # MACHINE_FROM: that run's kneesegPlans.json, to plan for the machine profile it recorded.
 MODEL_MINUTES ?= 60
+MODEL_SEED ?= 0
 model: venv
-	$(PY) -m kneeseg.models.build --shared $(SHARED) --train-minutes $(MODEL_MINUTES) $(if $(HOLDOUT),--holdout-summary $(HOLDOUT)) $(if $(MACHINE_FROM),--machine-from $(MACHINE_FROM))
+	$(PY) -m kneeseg.models.build --shared $(SHARED) --train-minutes $(MODEL_MINUTES) --seed $(MODEL_SEED) $(if $(HOLDOUT),--holdout-summary $(HOLDOUT)) $(if $(MACHINE_FROM),--machine-from $(MACHINE_FROM))
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)_real kneeseg_data .pytest_cache .mypy_cache .ruff_cache

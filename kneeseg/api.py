@@ -142,11 +142,12 @@ def train(paths: KneesegPaths, fold: str = "0", dataset: str | int | None = None
     """Train one fold with ``trainer`` (the default or a variant, kneeseg.training.variants), then
     (main process) predict its validation cases in full into ``fold_N/validation`` so that
     kneeseg_find_postprocessing has cross-validation predictions to choose from."""
+    from dataclasses import replace
+
     from kneeseg.training.trainer import TrainOptions
     from kneeseg.training.variants import trainer_class
 
-    options = options or TrainOptions()
-    options.fold = str(fold)
+    options = replace(options or TrainOptions(), fold=str(fold))  # a copy: the caller's options stay as given
     name, plans, ds = load_plans(paths, dataset, plans_name)
     config = plans.configuration(configuration or plans.recommended_configuration(options.device))
     result = trainer_class(trainer)(plans, config, ds, paths.preprocessed, paths.results, options).run()

@@ -5,6 +5,7 @@ training scan (an integrity check, not a generalisation claim)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -187,3 +188,30 @@ def test_the_builtin_model_is_sure_of_a_knee_and_unsure_of_what_it_cannot_read(t
               for name in scans}
     assert unsure["knee"] == [] and len(unsure["noise"]) == 1, unsure
     assert "unsure" in capsys.readouterr().err
+
+
+ABSOLUTE_PATH = re.compile(r"(?:^|[\s(`'\"=])(?:/|[A-Za-z]:\\)\w")  # /home/..., C:\Users\...
+
+
+def test_the_model_card_names_commands_not_the_building_machines_paths(tmp_path):
+    """The card's files are named under the holdout run's WORKDIR and each figure by its command;
+    the shipped card too."""
+    from kneeseg.models.build import model_card
+
+    workdir = tmp_path / "bench_runs" / "measured"  # where the files lay on the building machine
+    machine_from = workdir / "pre" / "Dataset902_KneeHalfA" / "kneesegPlans.json"
+    machine_from.parent.mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "plans" / f"{DS}.kneesegPlans.json", machine_from)
+    figures = {"dice": 0.9732, "hd95": 1.05, "assd": 0.337, "ref_volume_mm3": 1.0}
+    holdout = workdir / "summary_A_to_B.json"
+    holdout.write_text(json.dumps({"mean": {"femur": figures, "tibia": figures, "all_bones": figures}}))
+    plans = Plans.load(machine_from)
+    card = model_card(plans.hardware.machine, plans.configuration("3d_cpu"), list(BONES), 12, 0.9842, 60, 3, holdout, machine_from)
+    assert str(tmp_path) not in card and not ABSOLUTE_PATH.search(card), ABSOLUTE_PATH.search(card)
+    assert ("`make model MODEL_MINUTES=60 MODEL_SEED=3 HOLDOUT=WORKDIR/summary_A_to_B.json "
+            "MACHINE_FROM=WORKDIR/pre/Dataset902_KneeHalfA/kneesegPlans.json`") in card
+    assert ("`python benchmarks/kneebones3dify_holdout.py --budget-min 60 --seed 3 --machine reference --workdir WORKDIR`, "
+            "in its `WORKDIR/summary_A_to_B.json`") in card  # the committed plans are for the reference profile
+    assert "| femur | 0.9732 | 1.05 | 0.337 |" in card and "all-bone Dice 0.9842 (the build command above" in card
+    shipped = (Path(kneeseg.models.__file__).parent / "kneebones3dify" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert not ABSOLUTE_PATH.search(shipped) and "`make model MODEL_MINUTES=60 MODEL_SEED=0 " in shipped

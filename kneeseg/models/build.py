@@ -14,8 +14,10 @@
 6. Print the model's Dice on its own training scan: an integrity figure, never a generalisation claim.
 
 --holdout-summary takes the summary JSON of a benchmarks/kneebones3dify_holdout.py run of the same
-recipe and budget (train on half A, evaluate half B: ``WORKDIR/summary_A_to_B.json``); its figures
-go into the model card as printed there.
+recipe, budget and seed (train on half A, evaluate half B: ``WORKDIR/summary_A_to_B.json``); its
+figures go into the model card as printed there. The card names files by the commands that make them
+(``WORKDIR/...``), never by where they lay on the building machine, and every figure in it by the
+command that reproduces it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from kneeseg.errors import KneesegError, cli_entry
 from kneeseg.hardware import precision_name
 from kneeseg.models import BUILTIN_MODEL_DIR
 from kneeseg.paths import KneesegPaths
-from kneeseg.planning.plans import HardwareTarget, Plans
+from kneeseg.planning.machine import PROFILES, MachineProfile
+from kneeseg.planning.plans import ConfigurationPlan, HardwareTarget, Plans
 from kneeseg.preprocessing.pipeline import plan_and_preprocess
 from kneeseg.training.trainer import TrainOptions
 
@@ -74,6 +77,47 @@ def _holdout_plan(plans_path: Path | None) -> str:
             "are of the recipe, not of this network.")
 
 
+def _workdir_path(path: Path, parts: int) -> str:
+    """``path`` by its last ``parts`` parts under the holdout run's WORKDIR: the same on every machine."""
+    return "/".join(("WORKDIR", *path.parts[-parts:]))
+
+
+def build_command(minutes: float, seed: int, holdout_summary: Path | None, machine_from: Path | None) -> str:
+    """The ``make model`` line that builds this model again."""
+    line = f"make model MODEL_MINUTES={minutes:g} MODEL_SEED={seed}"
+    if holdout_summary is not None:
+        line += f" HOLDOUT={_workdir_path(holdout_summary, 1)}"
+    if machine_from is not None:  # WORKDIR/pre/DatasetNNN_Name/kneesegPlans.json
+        line += f" MACHINE_FROM={_workdir_path(machine_from, 3)}"
+    return line
+
+
+def holdout_command(minutes: float, seed: int, machine: MachineProfile | None) -> str:
+    """The benchmark line whose half-B figures the card gives: same budget, seed and machine profile."""
+    named = f" --machine {machine.name}" if machine is not None and machine.name in PROFILES else ""
+    return f"python benchmarks/kneebones3dify_holdout.py --budget-min {minutes:g} --seed {seed}{named} --workdir WORKDIR"
+
+
+def model_card(machine: MachineProfile, config: ConfigurationPlan, bones: list[str], epochs: int, own_dice: float,
+               minutes: float, seed: int, holdout_summary: Path | None = None, machine_from: Path | None = None) -> str:
+    """MODEL_CARD.md of a model built with these settings (the template filled in)."""
+    held_out = json.loads(holdout_summary.read_text(encoding="utf-8")) if holdout_summary else None
+    recorded = Plans.load(machine_from).hardware.machine if machine_from else None
+    return CARD_TEMPLATE.read_text(encoding="utf-8").format(
+        version=__version__, commit=_commit(), date=date.today(), machine=machine.name, cpu=machine.cpu_model,
+        cores=machine.cpu_cores, gflops=machine.cpu_gflops,
+        precision=precision_name(machine.cpu_precision), minutes=minutes, seed=seed,
+        epochs=epochs, spacing=config.spacing[0], patch="x".join(map(str, config.patch_size)),
+        widths=f"{config.network.features_per_stage[0]}-{config.network.features_per_stage[-1]}",
+        own_dice=own_dice, python=platform.python_version(),
+        build_command=build_command(minutes, seed, holdout_summary, machine_from),
+        holdout_command=holdout_command(minutes, seed, recorded),
+        held_out_file=_workdir_path(holdout_summary, 1) if holdout_summary else "WORKDIR/summary_A_to_B.json",
+        held_out=_figures(held_out, bones) if held_out else "(not given to this build: see benchmarks/RESULTS.md)",
+        holdout_plan=_holdout_plan(machine_from),
+    )
+
+
 def build(shared: Path, out: Path, minutes: float, seed: int, holdout_summary: Path | None, progress: bool = True,
           machine_from: Path | None = None) -> Path:
     extra = [f for f in (holdout_summary, machine_from) if f is not None]
@@ -94,20 +138,8 @@ def build(shared: Path, out: Path, minutes: float, seed: int, holdout_summary: P
         scan, labels = dataset / "imagesTr" / "knee_0000.nii.gz", dataset / "labelsTr" / "knee.nii.gz"
         predict(scan, Path(tmp, "self.nii.gz"), model_dir=result.model_dir, progress=progress)
         own = evaluate(labels, Path(tmp, "self.nii.gz"), Path(tmp, "self.json"), progress=False)["mean"]
-        held_out = json.loads(holdout_summary.read_text(encoding="utf-8")) if holdout_summary else None
-        bones = list(plans.labels)[1:]
-        config = plans.configuration("3d_cpu")
-        card = CARD_TEMPLATE.read_text(encoding="utf-8").format(
-            version=__version__, commit=_commit(), date=date.today(), machine=machine.name, cpu=machine.cpu_model,
-            cores=machine.cpu_cores, gflops=machine.cpu_gflops,
-            precision=precision_name(machine.cpu_precision), minutes=minutes, seed=seed,
-            epochs=result.epochs, spacing=config.spacing[0], patch="x".join(map(str, config.patch_size)),
-            widths=f"{config.network.features_per_stage[0]}-{config.network.features_per_stage[-1]}",
-            own_dice=own["all_bones"]["dice"], python=platform.python_version(),
-            held_out=_figures(held_out, bones) if held_out else "(not given to this build: see benchmarks/RESULTS.md)",
-            held_out_source=str(holdout_summary) if holdout_summary else "-",
-            holdout_plan=_holdout_plan(machine_from),
-        )
+        card = model_card(machine, plans.configuration("3d_cpu"), list(plans.labels)[1:], result.epochs, own["all_bones"]["dice"],
+                          minutes, seed, holdout_summary, machine_from)
         (result.model_dir / "MODEL_CARD.md").write_text(card, encoding="utf-8")
         archive = Path(tmp, "model.zip")
         export_model(result.model_dir, archive, ["0"], half=True)

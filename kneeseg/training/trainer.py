@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from kneeseg.hardware import augmentation_workers, available_cores, usable_autoc
 from kneeseg.io import atomic_write_json
 from kneeseg.planning.plans import ConfigurationPlan, Plans
 from kneeseg.preprocessing.pipeline import check_cache
-from kneeseg.training.checkpoint import load_checkpoint, save_checkpoint
+from kneeseg.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from kneeseg.training.data import (
     FAILED_KEY,
     CaseStore,
@@ -113,7 +113,8 @@ class Trainer:
 
     def __init__(self, plans: Plans, config: ConfigurationPlan, ds: DatasetJson, preprocessed: Path, results: Path,
                  options: TrainOptions):
-        self.plans, self.config, self.ds, self.options = plans, config, ds, options
+        # A copy: the trainer settles the device per rank, and the caller's options stay as given.
+        self.plans, self.config, self.ds, self.options = plans, config, ds, replace(options)
         self.dataset_dir = preprocessed / plans.dataset_name
         self.cache = self.dataset_dir / config.data_identifier
         case_ids = check_cache(self.cache, plans, config)
@@ -188,7 +189,7 @@ class Trainer:
             dist.init_process_group(backend, init_method="env://")
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
             if o.device.startswith("cuda"):
-                o.device = f"cuda:{int(os.environ.get('LOCAL_RANK', self.rank))}"
+                self.options = o = replace(o, device=f"cuda:{int(os.environ.get('LOCAL_RANK', self.rank))}")
         self.device = torch.device(o.device)
         # This rank's share of the cores; OMP_NUM_THREADS (torchrun sets it) is already one process's number.
         cores = available_cores()
@@ -245,9 +246,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.num_epochs, self.elapsed = state["epoch"], state["num_epochs"], state["elapsed_s"]
         self.history, self.ema, self.best_ema = state["history"], state["ema"], state["best_ema"]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        restore_rng_state(state["rng"])
 
     # ---- one step -----------------------------------------------------------------------------
     def _autocast(self):
@@ -404,7 +403,7 @@ class Trainer:
             "network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch, "num_epochs": self.num_epochs, "elapsed_s": self.elapsed,
             "history": self.history, "ema": self.ema, "best_ema": self.best_ema,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": rng_state(),  # tensors and plain values, as everything here: read back weights-only
             "weight_average": self.tail_average.state_dict(), **(extra or {}),
         }
         save_checkpoint(state, self.fold_dir / name)
