@@ -65,7 +65,7 @@ def main() -> int:
     for tta in ("mirror", "none"):
         for _ in range(args.repeats):
             seconds, rss, rc = run_measured(kneeseg_command(
-                "predict", "-i", str(scan), "-o", str(work / f"pred_{tta}.nii.gz"), "--tta", tta, "--step", str(args.step),
+                "predict", "-i", str(scan), "-o", str(work / f"pred_{tta}.nii.gz"), "--overwrite", "--tta", tta, "--step", str(args.step),
                 "--device", "cpu", *(["--autocast", args.autocast] if args.autocast else []), "--no-progress", *flags))
             assert rc == 0, "prediction failed"
             print(f"predict full scan, tta {tta:6s}: {seconds:6.1f} s  peak RSS {rss:6.0f} MB  (targets <= 20 s with mirror, <= 3072 MB)")

@@ -204,7 +204,8 @@ def main() -> int:
             unsure = next((w.split(" of ")[1].split(" ")[0] + " %" for w in qc if w.startswith("the model is unsure")), "no")
             false_ml = sum(mean[s]["pred_volume_mm3"] for s in ("femur", "tibia", "patella") if mean[s]["ref_volume_mm3"] == 0) / 1000
             print(f"| {variant} | {spacing} | {' | '.join(dice)} | {mean['all_bones']['dice']:.3f} | "
-                  f"{mean['all_bones']['hd95']:.2f} | {false_ml:.2f} | {kept} | {anatomy_ok(pred, pred_geometry)} | {unsure} | {seconds:.1f} |", flush=True)
+                  f"{mean['all_bones']['hd95']:.2f} | {false_ml:.2f} | {kept} | {anatomy_ok(pred, pred_geometry)} | {unsure} | "
+                  f"{seconds:.1f} |", flush=True)
     return 0
 
 

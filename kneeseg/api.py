@@ -13,9 +13,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,10 @@ from kneeseg.dataset.layout import KNEE_LABELS, DatasetJson, channel_files, find
 from kneeseg.errors import KneesegError
 from kneeseg.inference.cases import InputCase, discover_cases, single_output, study_part
 from kneeseg.inference.model import NoModelFound, TrainedModel, find_model, load_model
-from kneeseg.inference.study import PredictionOptions, predict_study
+from kneeseg.inference.study import PredictionOptions, StudyOptions, predict_study
 from kneeseg.io import read_image, refuse_overwriting_inputs
+from kneeseg.io.atomic import remove_stale_temporaries
+from kneeseg.io.protect import check_output_file, check_output_folder, holds_within, refuse_replacing, removed_on_failure, starts_with
 from kneeseg.paths import KneesegPaths
 from kneeseg.planning.machine import MachineProfile, named_profile
 from kneeseg.planning.plans import Plans
@@ -196,21 +199,28 @@ def resolve_model(paths: KneesegPaths | None = None, model_dir: Path | None = No
         return load_model(builtin, folds)
 
 
-def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: Path | None = None,
+def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: Path | None = None, *,
             dataset: str | int | None = None, configuration: str | None = None, folds: list[str] | None = None,
-            device: str = "cpu", tta: bool = True, postprocess: bool = True, save_probabilities: bool = False,
-            overlays: Path | None = None, step: float = 0.5, autocast: str | None = None, progress: bool = True,
-            tta_scales: Sequence[float] = (1.0,), zero_air: bool | None = None, trainer: str | None = None,
-            statistics: bool = False, overwrite: bool = False, num_parts: int = 1, part_id: int = 0,
-            output_type: str = "label-map", stl: Path | None = None, stl_faces: int | None = None) -> list[Path]:
+            trainer: str | None = None, options: PredictionOptions | None = None, study: StudyOptions | None = None) -> list[Path]:
     """Predict a file, a folder of scans, a DICOM series folder or a folder tree of DICOM series
-    (kneeseg.inference.cases); returns the outputs written.
+    (kneeseg.inference.cases) with the model folder ``model_dir`` or the model trained in
+    ``paths.results`` (:func:`resolve_model`: ``dataset``, ``configuration``, ``trainer`` narrow the
+    search, ``folds`` are ensembled); returns the outputs written. ``options`` (PredictionOptions):
+    how each scan is predicted; ``study`` (StudyOptions): what is written besides the label maps and
+    how a folder run is shared and resumed. Neither object is changed.
 
     A folder run is resumable (kneeseg.inference.record): ``study.csv`` in the output folder records
     which input made which output with which model and options, and a rerun skips the cases already
     made by the same model with the same options (``overwrite``: redo them all). ``num_parts``/
     ``part_id``: predict only every ``num_parts``-th case from ``part_id`` on, so that several
-    processes or machines share a study (record ``study_partKofN.csv``).
+    processes or machines share a study (record ``study_partKofN.csv``). One run writes into a study
+    folder at a time (the parts of a shared study together): a second is refused.
+
+    Every output path is checked before the model is read, and every file the run would replace
+    before the networks are loaded (kneeseg.inference.outputs): a file kneeseg has no record of
+    making (a label map drawn by hand, a dataset's labelsTr, an existing single output file) is
+    refused unless ``overwrite``. A failed run leaves nothing new: a case that fails in a study
+    leaves none of its files.
 
     ``output_type`` 'dicom-seg' (or ``out`` ending in ``.dcm``), for DICOM series input: a DICOM SEG
     per series that references its slices (kneeseg.io.dicomseg). ``out`` ending in ``.seg.nrrd``
@@ -222,90 +232,100 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
     folder (``statistics_partKofN.csv`` for a part of a study), with each bone's surface area when
     meshes are made. ``stl``: a folder for checked, printable STL bones (kneeseg.export.stl):
     ``stl/<bone>.stl`` for a single output file, ``stl/<case>/<bone>.stl`` for a folder run; at most
-    ``stl_faces`` triangles each.
+    ``stl_faces`` triangles each. ``overlays``: a folder for one QC PNG per case.
 
     ``tta_scales``: also predict on grids at these multiples of the plan's spacing (0.75-1.3) and
     average the probabilities (one sliding window per scale: slower). ``zero_air``: store each scan's
     air as zeros first (``kneeseg.fingerprint.air.air_mask``): None (default) does so when the model
     was trained on scans whose air was stored as zeros and the scan's is not, saying so on stderr;
-    True always; False never. ``overlays``: a folder for one QC PNG per case."""
-    from kneeseg.export.statistics import StudyStatistics, statistics_path
-    from kneeseg.inference.record import StudyRecord, study_signature
-    from kneeseg.inference.study import probabilities_path
+    True always; False never."""
+    from kneeseg.inference.outputs import StudyLock, check_output_paths
 
-    if output_type not in ("label-map", "dicom-seg"):
-        raise KneesegError(f"--output-type {output_type}: use label-map or dicom-seg")
-    if stl_faces is not None and stl is None:
-        raise KneesegError(f"--stl-faces {stl_faces}: only used with --stl DIR")
-    check_face_budget(stl_faces)
-    model = resolve_model(paths, model_dir, dataset, configuration, folds, device, trainer, builtin_fallback=True)
-    cases = study_part(discover_cases(Path(inp), Path(out), model.ds.num_channels, output_type == "dicom-seg"), num_parts, part_id)
+    inp, out = Path(inp), Path(out)
+    options, study = options or PredictionOptions(), study or StudyOptions()
+    check_face_budget(study.stl_faces)
+    check_output_paths(inp, out, study)
+    model = resolve_model(paths, model_dir, dataset, configuration, folds, options.device, trainer, builtin_fallback=True)
+    cases = study_part(discover_cases(inp, out, model.ds.num_channels, study.output_type == "dicom-seg"), study.num_parts, study.part_id)
     if not cases:
-        print(f"kneeseg: part {part_id} of {num_parts} holds none of the cases of {inp}", file=sys.stderr)
-    single_file = single_output(Path(out))
+        print(f"kneeseg: part {study.part_id} of {study.num_parts} holds none of the cases of {inp}", file=sys.stderr)
+        return []
+    single_file = single_output(out)
+    options = replace(options, label_descriptions="beside" if single_file else "folder")  # a copy: the caller's stays
+    part = "" if study.num_parts == 1 else f"_part{study.part_id}of{study.num_parts}"
+    folders = [out.parent if single_file else out, *(Path(f) for f in (study.overlays, study.stl) if f is not None)]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(removed_on_failure(folders))  # the folders this run made, when it fails and leaves them empty
+        if not single_file:
+            stack.enter_context(StudyLock(out, part))
+        return _predict_cases(model, cases, out, options, study, part, folders)
+
+
+def _predict_cases(model: TrainedModel, cases: list[InputCase], out: Path, options: PredictionOptions, study: StudyOptions,
+                   part: str, folders: list[Path]) -> list[Path]:
+    """:func:`predict` once its output folder is held: the record read, the cases done skipped, the
+    files to replace checked, the others predicted."""
+    from kneeseg.export.statistics import StudyStatistics
+    from kneeseg.inference.outputs import PredictionFiles
+    from kneeseg.inference.record import StudyRecord, study_signature
+
+    single_file = single_output(out)
     inputs = [path for c in cases for path in c.channels]
-    if Path(inp).is_dir():  # nothing goes into the folder given: a later run over it would take outputs for scans
-        refuse_overwriting_inputs([Path(f) for f in (out, overlays, stl) if f is not None], [inp])
-    options = PredictionOptions(device=device, tta=tta, tta_scales=tta_scales, step=step, autocast=autocast,
-                                postprocess=postprocess, zero_air=zero_air, save_probabilities=save_probabilities,
-                                progress=progress, label_descriptions="beside" if single_file else "folder")
-
-    meshes = None
-    if stl is not None:
-        from kneeseg.export.stl import StudyMeshes
-
-        meshes = StudyMeshes(Path(stl), model.ds.foreground, not single_file, stl_faces)
-
-    def files_of(case: InputCase) -> list[Path]:  # every file this run writes for a case (each written whole)
-        return [case.output, *([probabilities_path(case.output)] if save_probabilities else []),
-                *([statistics_path(case.output)] if statistics else []),
-                *([Path(overlays) / f"{case.case_id}.png"] if overlays else []),
-                *([meshes.folder_of(case)] if meshes else [])]
-
-    part = "" if num_parts == 1 else f"_part{part_id}of{num_parts}"
-    record, done = None, []
+    record = None
     if not single_file:
         signature = study_signature(model, {"options": {k: v for k, v in vars(options).items() if k != "progress"},
-                                            "statistics": statistics, "overlays": overlays is not None,
-                                            "stl": None if stl is None else str(Path(stl).resolve()), "stl_faces": stl_faces})
-        record = StudyRecord(Path(out), f"study{part}.csv", signature, cases)
-        refuse_overwriting_inputs([record.path], inputs)
-        done = [] if overwrite else [c for c in cases if record.done(c, files_of(c))]
-        record.keep(done)
-        if done:
-            print(f"kneeseg: {len(done)} of {len(cases)} case(s) already made by this model with these options in {out}: "
-                  "skipped (--overwrite redoes them)", file=sys.stderr)
+                                            "statistics": study.statistics, "overlays": study.overlays is not None,
+                                            "stl": None if study.stl is None else str(Path(study.stl).resolve()),
+                                            "stl_faces": study.stl_faces})
+        record = StudyRecord(out, f"study{part}.csv", signature, cases)
+    files = PredictionFiles(study, list(model.ds.foreground), options.save_probabilities, options.label_descriptions,
+                            out / f"statistics{part}.csv" if study.statistics and not single_file else None, record)
+    done = [] if record is None or study.overwrite else [c for c in cases if record.done(c, files.made(c))]
     skipped = {c.case_id for c in done}
     todo = [c for c in cases if c.case_id not in skipped]
+    refuse_overwriting_inputs([*(p for c in todo for p in files.written(c)), *files.of_study(todo)], inputs)
+    files.refuse_replacing(todo)
+    for folder in [*folders, *(files.mesh_folder(c) for c in todo if study.stl)]:
+        remove_stale_temporaries(folder)  # of a run killed before it could remove them
+    if done:
+        print(f"kneeseg: {len(done)} of {len(cases)} case(s) already made by this model with these options in {out}: "
+              "skipped (--overwrite redoes them)", file=sys.stderr)
     hooks: list = []
-    if overlays is not None:
+    if study.overlays is not None:
         from kneeseg.export.overlays import save_overlay
 
+        overlays = Path(study.overlays)
         hooks.append(lambda case, image, labels, geometry, warnings: save_overlay(
-            image, labels, geometry.spacing_zyx, Path(overlays) / f"{case.case_id}.png", case.case_id))
-    if meshes is not None:
+            image, labels, geometry.spacing_zyx, overlays / f"{case.case_id}.png", case.case_id))
+    meshes = None
+    if study.stl is not None:
+        from kneeseg.export.stl import StudyMeshes
+
+        meshes = StudyMeshes(Path(study.stl), model.ds.foreground, not single_file, study.stl_faces)
         hooks.append(meshes)  # before the statistics: they take its surface areas and warnings
     table = None
-    if statistics:
-        table = StudyStatistics(model.folder, model.ds.foreground, None if single_file else Path(out) / f"statistics{part}.csv", done,
-                                meshes.areas if meshes else None)
-        refuse_overwriting_inputs(table.outputs(todo), inputs)
+    if study.statistics:
+        table = StudyStatistics(model.folder, model.ds.foreground, files.statistics_csv, done, meshes.areas if meshes else None)
         hooks.append(table)
     if record is not None:
+        record.keep(done)
+        record.begin(todo)  # a run killed midway leaves rows that say these cases' files are kneeseg's
         hooks.append(lambda case, *_: record.add(case))  # last: a case is recorded once all its files are written
 
     def after_case(case, image, labels, geometry, warnings):
         for hook in hooks:
             hook(case, image, labels, geometry, warnings)
 
-    folders = [Path(f) for f in (overlays, stl) if f is not None]
     try:
         if not todo:
             return []
-        return predict_study(model, todo, options, after_case if hooks else None, folders) + (meshes.written if meshes else [])
+        written = predict_study(model, todo, options, after_case if hooks else None, folders[1:], files.written)
+        return written + ([p for p in meshes.written if p.exists()] if meshes else [])
     finally:
         if table is not None:
             table.finish()
+        if record is not None:
+            record.end()
 
 
 def check_face_budget(faces: int | None) -> None:
@@ -332,35 +352,63 @@ def find_postprocessing(paths: KneesegPaths, dataset=None, configuration: str | 
 
 
 def evaluate(ref: Path, pred: Path, output: Path | None = None, labels: dict[str, int] | None = None,
-             overlays: Path | None = None, images: Path | None = None, progress: bool = True) -> dict:
-    """Metrics per case and bone (+ all bones); QC overlays in ``overlays``, drawn on ``images``
-    (CASE_0000.*) when given."""
+             overlays: Path | None = None, images: Path | None = None, progress: bool = True, *,
+             dataset_json: Path | None = None, overwrite: bool = False) -> dict:
+    """Metrics per case and bone (+ all bones) in ``output`` (JSON) and the same name ending in
+    .csv; QC overlays in ``overlays``, drawn on ``images`` (CASE_0000.*) when given. ``labels`` (else
+    those of ``dataset_json``, else femur, tibia, patella): the structures evaluated.
+
+    Every output is checked before anything is computed: none may be an input (``dataset_json``
+    included), and a file that a previous kneeseg_evaluate did not write is not replaced unless
+    ``overwrite``. The summary is written after the overlays, and a failure leaves nothing new."""
     from kneeseg.evaluation.evaluate import evaluate as evaluate_folders
+    from kneeseg.evaluation.evaluate import is_summary, pair_files, summary_files, write_summary
 
     if images is not None and overlays is None:
         raise KneesegError(f"--images {images}: the scans are only used to draw overlays; give --overlays DIR too")
-    outputs = [Path(output), Path(output).with_suffix(".csv")] if output else []
-    refuse_overwriting_inputs([*outputs, *([Path(overlays)] if overlays else [])], [p for p in (ref, pred, images) if p])
-    summary = evaluate_folders(Path(ref), Path(pred), labels or foreground_labels(KNEE_LABELS), output, progress)
+    outputs = summary_files(Path(output)) if output else []
+    refuse_overwriting_inputs([*outputs, *([Path(overlays)] if overlays else [])], [p for p in (ref, pred, images, dataset_json) if p])
+    for path in outputs:
+        check_output_file(path)
+    if labels is None and dataset_json is not None:
+        labels = DatasetJson.load(Path(dataset_json)).foreground
+    pictures: list[Path] = []
     if overlays:
-        from kneeseg.export.overlays import save_evaluation_overlays
+        from kneeseg.export.overlays import OVERLAY_MARK, evaluation_overlay_paths
 
-        save_evaluation_overlays(summary, Path(overlays), images)
+        check_output_folder(Path(overlays))
+        pictures = [p for case, _, _ in pair_files(Path(ref), Path(pred)) for p in evaluation_overlay_paths(Path(overlays), case)]
+        refuse_replacing(pictures, lambda path: holds_within(path, OVERLAY_MARK), overwrite)
+    refuse_replacing(outputs, is_summary, overwrite)
+    summary = evaluate_folders(Path(ref), Path(pred), labels or foreground_labels(KNEE_LABELS), None, progress)
+    with removed_on_failure([*pictures, *([Path(overlays)] if overlays else []), *outputs]):
+        for folder in {*(p.parent for p in outputs), *([Path(overlays)] if overlays else [])}:
+            remove_stale_temporaries(folder)  # of a run killed before it could remove them
+        if overlays:
+            from kneeseg.export.overlays import save_evaluation_overlays
+
+            save_evaluation_overlays(summary, Path(overlays), images)
+        if output:
+            write_summary(Path(output), summary)
     return summary
 
 
 def export_stl(segmentation: Path, out_dir: Path, labels: dict[str, int] | None = None, smoothing_iterations: int = 20,
-               max_faces: int | None = None) -> list[MeshReport]:
+               max_faces: int | None = None, overwrite: bool = False) -> list[MeshReport]:
     """One watertight, smoothed STL per bone of a label image (``out_dir/<bone>.stl``), in scanner LPS
     millimetres, as 3D Slicer reads STL by default. Each mesh is checked with trimesh (edge-manifold,
     watertight, consistent winding, positive volume, one shell per piece) and repaired where needed;
     stray pieces under 1% of the largest are left out; at most ``max_faces`` triangles each. See
-    kneeseg.export.stl."""
+    kneeseg.export.stl. An STL file kneeseg did not write is not replaced unless ``overwrite``; a
+    failure leaves nothing new."""
+    from kneeseg.export.stl import STL_MARK
     from kneeseg.export.stl import export_stl as export_meshes
 
     check_face_budget(max_faces)
     labels = labels or foreground_labels(KNEE_LABELS)
-    refuse_overwriting_inputs([Path(out_dir) / f"{name}.stl" for name in labels], [segmentation])
+    out_dir = Path(out_dir)
+    refuse_overwriting_inputs([out_dir / f"{name}.stl" for name in labels], [segmentation])
+    check_output_folder(out_dir)
     seg, geometry = read_image(segmentation)
     unknown = sorted(v.item() for v in np.unique(seg) if v != 0 and v not in labels.values())
     if unknown:  # a mesh per named bone would leave these voxels out without a word
@@ -370,7 +418,11 @@ def export_stl(segmentation: Path, out_dir: Path, labels: dict[str, int] | None 
                            f"(give --dataset-json with this segmentation's labels{'; is it a scan?' if many else ''})")
     if not np.any(np.isin(seg, list(labels.values()))):
         raise KneesegError(f"{segmentation}: contains none of the labels {labels}")
-    return export_meshes(seg, geometry, Path(out_dir), labels, smoothing_iterations, max_faces)
+    meshes = [out_dir / f"{name}.stl" for name, value in labels.items() if value != 0 and np.any(seg == value)]
+    refuse_replacing(meshes, lambda path: starts_with(path, STL_MARK), overwrite)
+    with removed_on_failure([*meshes, out_dir]):
+        remove_stale_temporaries(out_dir)  # of a run killed before it could remove them
+        return export_meshes(seg, geometry, out_dir, labels, smoothing_iterations, max_faces)
 
 
 def export_model(model_dir: Path, output: Path, folds: list[str] | None = None, half: bool = True,

@@ -27,6 +27,7 @@ from kneeseg.dataset.kneebones3dify import import_kneebones3dify
 from kneeseg.dataset.layout import dataset_folder_name
 from kneeseg.errors import KneesegError, cli_entry
 from kneeseg.inference.predictor import checked_scales
+from kneeseg.inference.study import PredictionOptions, StudyOptions
 from kneeseg.io import atomic_write_text
 from kneeseg.paths import KneesegPaths
 from kneeseg.planning.machine import PROFILES
@@ -86,8 +87,9 @@ def run_demo(output: Path, train_minutes: float = 9.0, seed: int = 0, progress: 
     options = TrainOptions(time_budget_min=train_minutes, seed=seed, device="cpu", progress=progress)
     trained = step("train fold 0", api.train, paths, "0", dataset, options=options)
     post = step("choose post-processing", api.find_postprocessing, paths, dataset, progress=progress)
-    predictions = step("predict held-out knees", api.predict, test_images, output / "predictions", paths,
-                       dataset=dataset, overlays=output / "overlays", progress=progress, tta_scales=tta_scales)
+    predictions = step("predict held-out knees", api.predict, test_images, output / "predictions", paths, dataset=dataset,
+                       options=PredictionOptions(progress=progress, tta_scales=tuple(tta_scales)),
+                       study=StudyOptions(overlays=output / "overlays"))
     summary = step("evaluate", api.evaluate, test_labels, output / "predictions", output / "evaluation" / "summary.json",
                    overlays=output / "evaluation" / "overlays", images=test_images, progress=progress)
     meshes = step("export STL bones", api.export_stl, predictions[0], output / "stl")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 
 class KneesegError(Exception):
@@ -16,14 +20,44 @@ class KneesegError(Exception):
     """
 
 
+class Terminated(BaseException):
+    """SIGTERM received (a ``kill``, a scheduler's time limit): raised so that cleanups run, as for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def terminated_as_exception() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` in this process (its ``finally``
+    blocks run: temporary files go), as Ctrl-C raises KeyboardInterrupt. A child forked meanwhile
+    (a data loader's worker) dies of it as before. Only in the main thread, where Python handles signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:  # a forked child inherited this handler: die as it would have
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cli_entry(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., int]]:
-    """Decorate a CLI ``main``: a KneesegError becomes ``prog: error: message`` and exit code 2."""
+    """Decorate a CLI ``main``: a KneesegError becomes ``prog: error: message`` and exit code 2;
+    Ctrl-C (130) and SIGTERM (143) end it with one line, after its cleanups ran."""
 
     def wrap(main: Callable[..., int | None]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(argv: list[str] | None = None) -> int:
             try:
-                return int(main(argv) or 0)
+                with terminated_as_exception():
+                    return int(main(argv) or 0)
             except KneesegError as exc:
                 for line in str(exc).splitlines() or [""]:  # several problems: one line each
                     print(f"{prog}: error: {line}", file=sys.stderr)
@@ -31,6 +65,9 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., 
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 return 130
+            except Terminated:
+                print(f"{prog}: terminated", file=sys.stderr)
+                return 143
 
         return run
 

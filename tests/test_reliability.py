@@ -232,5 +232,6 @@ def test_a_fold_all_model_gets_its_post_processing_from_a_cross_validation_fold(
     assert findpp_main(["--device", "cpu", "--no-progress", *path_flags(paths)]) == 0
     assert (paths.results / MODEL_DIR / "postprocessing.json").exists()
     capsys.readouterr()
-    assert predict_main(["-i", str(scan), "-o", str(out), "-f", "all", "--device", "cpu", "--no-progress", *path_flags(paths)]) == 0
+    assert predict_main(["-i", str(scan), "-o", str(out), "-f", "all", "--overwrite", "--device", "cpu", "--no-progress",
+                         *path_flags(paths)]) == 0  # its own earlier output: replaced as asked
     assert "postprocessing.json" not in capsys.readouterr().err

@@ -7,7 +7,9 @@ model), a DICOM series folder, or a folder tree of DICOM series (one output per 
 label description and a Slicer colour table beside them. A folder run records its cases in
 study.csv and, run again, skips those made by the same model with the same options (--overwrite:
 redo); --num-parts/--part-id share it between processes or machines (so does torchrun:
-torchrun --nproc_per_node 4 -m kneeseg.cli.predict ...).
+torchrun --nproc_per_node 4 -m kneeseg.cli.predict ...); one run writes into a folder at a time.
+A file kneeseg has no record of making (a hand-drawn label map, an existing -o FILE) is never
+replaced without --overwrite; every output is checked before the model is loaded.
 With no -d/-c/-f it uses the one trained dataset in the results folder, the configuration the
 plans recommend for the device, and every fold trained so far; -m takes a model folder copied
 elsewhere. Default when the results folder holds no trained model and no -m, -d, -c or -tr is
@@ -27,6 +29,7 @@ from kneeseg.api import predict
 from kneeseg.cli.common import add_path_flags, parser, paths_from, positive_int
 from kneeseg.errors import KneesegError, cli_entry
 from kneeseg.hardware import resolve_device
+from kneeseg.inference.study import PredictionOptions, StudyOptions
 
 
 @cli_entry("kneeseg_predict")
@@ -64,7 +67,8 @@ def main(argv=None):
                    help="dicom-seg: a DICOM SEG per DICOM series input (CASE.dcm), for a PACS (default: a label map "
                         "in the input's format, NIfTI for DICOM)")
     p.add_argument("--overwrite", action="store_true", help="redo every case of a folder run (default: skip the cases "
-                   "study.csv records as made by this model with these options)")
+                   "study.csv records as made by this model with these options), and replace files kneeseg has no record "
+                   "of making (default: refused, e.g. a hand-drawn label map or an existing -o FILE)")
     p.add_argument("--num-parts", type=positive_int, help="share a study: predict every N-th case "
                    "(default: torchrun's WORLD_SIZE, else 1)")
     p.add_argument("--part-id", type=int, help="which part, 0..N-1 (default: torchrun's RANK, else 0)")
@@ -81,11 +85,13 @@ def main(argv=None):
         num_parts, part_id = int(os.environ["WORLD_SIZE"]), int(os.environ.get("RANK", 0))
         if device in ("cuda", "auto") and torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    outputs = predict(Path(args.input), Path(args.output), paths_from(args), args.model_dir, args.dataset,
-                      args.configuration, args.folds, resolve_device(device), args.tta == "mirror",
-                      args.postprocess, args.save_probabilities, args.overlays, args.step, args.autocast, args.progress,
-                      args.tta_scales, args.zero_air, args.trainer, args.statistics, args.overwrite, num_parts or 1,
-                      part_id or 0, args.output_type, args.stl, args.stl_faces)
+    options = PredictionOptions(device=resolve_device(device), tta=args.tta == "mirror", tta_scales=tuple(args.tta_scales),
+                                step=args.step, autocast=args.autocast, postprocess=args.postprocess, zero_air=args.zero_air,
+                                save_probabilities=args.save_probabilities, progress=args.progress)
+    study = StudyOptions(output_type=args.output_type, statistics=args.statistics, overlays=args.overlays, stl=args.stl,
+                         stl_faces=args.stl_faces, overwrite=args.overwrite, num_parts=num_parts or 1, part_id=part_id or 0)
+    outputs = predict(Path(args.input), Path(args.output), paths_from(args), args.model_dir, dataset=args.dataset,
+                      configuration=args.configuration, folds=args.folds, trainer=args.trainer, options=options, study=study)
     for path in outputs:
         print(f"wrote {path}")
     return 0

@@ -10,7 +10,9 @@ import numpy as np
 
 from kneeseg.errors import KneesegError
 from kneeseg.evaluation.metrics import METRICS, label_metrics
-from kneeseg.io import atomic_write_json, atomic_write_text, file_ending, read_image, strip_ending
+from kneeseg.io import atomic_path, file_ending, read_image, strip_ending
+from kneeseg.io.atomic import to_json_text
+from kneeseg.io.protect import holds_within, starts_with
 
 
 def pair_files(ref: Path, pred: Path) -> list[tuple[str, Path, Path]]:
@@ -66,16 +68,35 @@ def evaluate(ref: Path, pred: Path, labels: dict[str, int], output: Path | None 
     per_case = [{"case": case, "reference": str(r), "prediction": str(p), "metrics": evaluate_pair(r, p, labels)}
                 for case, r, p in tqdm(pairs, desc="evaluating", disable=not progress)]
     mean, std = summarize(per_case)
-    summary = {"labels": labels, "definitions": "see kneeseg/evaluation/metrics.py (distances in mm)",
-               "mean": mean, "std": std, "per_case": per_case}
+    summary = {"labels": labels, "definitions": DEFINITIONS, "mean": mean, "std": std, "per_case": per_case}
     if output is not None:
-        output = Path(output)
-        atomic_write_json(output, summary)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["case", "structure", *METRICS])
-        for c in per_case:
-            for s, values in c["metrics"].items():
-                writer.writerow([c["case"], s, *(f"{values[m]:.6g}" for m in METRICS)])
-        atomic_write_text(output.with_suffix(".csv"), buffer.getvalue())
+        write_summary(Path(output), summary)
     return summary
+
+
+DEFINITIONS = "see kneeseg/evaluation/metrics.py (distances in mm)"
+CSV_HEADER = ",".join(["case", "structure", *METRICS])
+
+
+def summary_files(output: Path) -> list[Path]:
+    """The summary JSON ``output`` and its CSV, the same name ending in .csv."""
+    return [Path(output), Path(output).with_suffix(".csv")]
+
+
+def is_summary(path: Path) -> bool:
+    """Whether ``path`` is a summary JSON or CSV that kneeseg_evaluate wrote (its first lines say so)."""
+    return holds_within(path, f'"definitions": "{DEFINITIONS}"'.encode(), 4096) or starts_with(path, CSV_HEADER.encode())
+
+
+def write_summary(output: Path, summary: dict) -> None:
+    """The summary JSON and its CSV (one row per case and structure), both or neither."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["case", "structure", *METRICS])
+    for c in summary["per_case"]:
+        for s, values in c["metrics"].items():
+            writer.writerow([c["case"], s, *(f"{values[m]:.6g}" for m in METRICS)])
+    json_path, csv_path = summary_files(output)
+    with atomic_path(json_path) as json_tmp, atomic_path(csv_path) as csv_tmp:  # renamed once both are written
+        json_tmp.write_text(to_json_text(summary), encoding="utf-8")
+        csv_tmp.write_text(buffer.getvalue(), encoding="utf-8")

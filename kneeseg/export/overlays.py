@@ -6,9 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from kneeseg import __version__
 from kneeseg.io import atomic_path
 
 COLOURS = {1: "#e6194b", 2: "#3cb44b", 3: "#4363d8"}
+# The PNG's Software text (before its image data): a picture kneeseg may replace.
+OVERLAY_MARK = b"tEXtSoftware\x00kneeseg"
 
 
 def save_overlay(image: np.ndarray, labels: np.ndarray, spacing_zyx, path: Path, title: str = "",
@@ -44,8 +47,13 @@ def save_overlay(image: np.ndarray, labels: np.ndarray, spacing_zyx, path: Path,
     fig.suptitle(title + "   (red femur, green tibia, blue patella" + (", dashed: reference)" if reference is not None else ")"))
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=70)
+        fig.savefig(tmp, dpi=70, metadata={"Software": f"kneeseg {__version__} (matplotlib)"})
     plt.close(fig)
+
+
+def evaluation_overlay_paths(folder: Path, case: str) -> tuple[Path, Path]:
+    """Where :func:`save_evaluation_overlays` draws a case: through the bones, and through the largest error."""
+    return Path(folder) / f"{case}.png", Path(folder) / f"{case}_largest_error.png"
 
 
 def save_evaluation_overlays(summary: dict, folder: Path, images: Path | None = None) -> None:
@@ -64,12 +72,13 @@ def save_evaluation_overlays(summary: dict, folder: Path, images: Path | None = 
             found = sorted(Path(images).glob(f"{case['case']}_0000.*"))
             if found:
                 background = read_image(found[0], np.float32)[0]
-        save_overlay(background, predicted, geometry.spacing_zyx, Path(folder) / f"{case['case']}.png",
+        through_bones, through_error = evaluation_overlay_paths(folder, case["case"])
+        save_overlay(background, predicted, geometry.spacing_zyx, through_bones,
                      f"{case['case']}: Dice " + ", ".join(f"{k} {v['dice']:.3f}" for k, v in case["metrics"].items()),
                      reference=reference)
         worst = largest_disagreement(reference, predicted)
         if worst is not None:
             (z, y, x), size = worst
-            save_overlay(background, predicted, geometry.spacing_zyx, Path(folder) / f"{case['case']}_largest_error.png",
+            save_overlay(background, predicted, geometry.spacing_zyx, through_error,
                          f"{case['case']}: largest disagreement, {size * np.prod(geometry.spacing_zyx):.0f} mm³ "
                          f"around voxel (x {x}, y {y}, z {z})", reference=reference, centre=(z, y, x))

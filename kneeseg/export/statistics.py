@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from kneeseg.io import Geometry, atomic_write_json, atomic_write_text, read_json, strip_ending
+from kneeseg.io.protect import starts_with
 
 CSV_COLUMNS = ("case", "bone", "label", "voxels", "volume_mm3", "volume_ml", "components",
                "bbox_min_x_mm", "bbox_min_y_mm", "bbox_min_z_mm", "bbox_max_x_mm", "bbox_max_y_mm", "bbox_max_z_mm",
@@ -103,6 +104,12 @@ def csv_rows(case_id: str, bones: list[dict]) -> list[dict]:
     return rows
 
 
+def is_statistics_table(path: Path) -> bool:
+    """Whether ``path`` is a statistics table kneeseg wrote (its header line; that of tables written
+    before surface areas were added included)."""
+    return starts_with(path, ",".join(CSV_COLUMNS[:-1]).encode())
+
+
 def write_statistics_csv(path: Path, rows: list[dict]) -> None:
     """One CSV row per case and bone (rows from :func:`csv_rows`), atomically."""
     text = io.StringIO()
@@ -127,9 +134,6 @@ class StudyStatistics:
             path = statistics_path(case.output)
             if path.exists():
                 self.rows.extend(csv_rows(case.case_id, read_json(path)["bones"]))
-
-    def outputs(self, cases: Sequence) -> list[Path]:
-        return [*(statistics_path(c.output) for c in cases), *([self.csv_path] if self.csv_path else [])]
 
     def __call__(self, case, image: np.ndarray, labels: np.ndarray, geometry: Geometry, warnings: list[str]) -> None:
         bones = bone_statistics(labels, geometry, self.bones, self.surface_areas.get(case.case_id))

@@ -117,6 +117,9 @@ def surface_area(vertices: np.ndarray, faces: np.ndarray) -> float:
     return float(np.linalg.norm(np.cross(b - a, c - a), axis=1).sum() / 2.0)
 
 
+STL_MARK = b"SPACE=LPS kneeseg "  # how the 80-byte header of kneeseg's meshes begins: a file kneeseg may replace
+
+
 def write_binary_stl(path: Path, vertices: np.ndarray, faces: np.ndarray, name: str = "kneeseg") -> None:
     tri = vertices[faces].astype(np.float32)
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
@@ -341,7 +344,7 @@ def export_stl(labels: np.ndarray, geometry: Geometry, out_dir: Path, names: dic
             notes.append(f"mesh volume {volume:.3g} mm3 is {100 * volume / meshed:.0f}% of the {meshed:.3g} mm3 of voxels "
                          "meshed: the mesh does not follow them (a bone this small or thin is not meshed faithfully)")
         path = Path(out_dir) / f"{name}.stl"
-        write_binary_stl(path, verts, faces, f"SPACE=LPS kneeseg {name}")  # 3D Slicer reads the coordinates' space here
+        write_binary_stl(path, verts, faces, STL_MARK.decode() + name)  # 3D Slicer reads the coordinates' space here
         report = MeshReport(name, path, len(verts), len(faces), volume, float(mask.sum()) * voxel,
                             surface_area(verts, faces), shells, dropped, dropped_voxels * voxel, problems, notes)
         if shells > 1:

@@ -7,8 +7,8 @@ and written with the input's geometry (a ``.seg.nrrd`` output as a 3D Slicer seg
 model's label names). Beside plain label maps, on request, an ITK-SNAP label description and a 3D
 Slicer colour table (kneeseg.io.labelfiles) once per output folder. Before the first case: outputs that would replace an input
 are refused and the output folders checked. Outputs are written atomically. In a study of several
-cases a case that fails is reported and skipped; the others are written, and the failures are
-listed at the end (a KneesegError, so the command exits non-zero).
+cases a case that fails is reported and skipped (whatever of it was written is removed); the others
+are written, and the failures are listed at the end (a KneesegError, so the command exits non-zero).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from kneeseg.io.dicomseg import DICOM_SEG_ENDING, write_dicom_seg
 from kneeseg.io.image import SEGMENTATION_ENDING, file_ending
 from kneeseg.io.labelfiles import label_description_paths, write_label_descriptions
 from kneeseg.io.nifti import has_nonfinite
+from kneeseg.io.protect import removed_on_failure
 from kneeseg.postprocessing.operations import apply_postprocessing, checked_steps
 
 
@@ -64,6 +65,23 @@ class PredictionOptions:
     # QC warnings on stderr and to the after-case hook (kneeseg.inference.qc); off for a training's
     # validation predictions, whose labels the user has
     qc: bool = True
+
+
+@dataclass
+class StudyOptions:
+    """What a prediction writes besides the label maps, and how a folder run is shared and resumed
+    (``kneeseg_predict``'s other flags; kneeseg.api.predict)."""
+
+    output_type: str = "label-map"  # or "dicom-seg": a DICOM SEG per DICOM series input
+    statistics: bool = False  # CASE.statistics.json per case and, for a folder, statistics.csv
+    overlays: Path | None = None  # a folder for one QC PNG per case
+    stl: Path | None = None  # a folder for checked STL bones
+    stl_faces: int | None = None  # at most this many triangles per bone
+    # Redo every case of a folder run, and replace files kneeseg has no record of making (a label map
+    # drawn by hand, a file of that name from elsewhere); without it they are refused.
+    overwrite: bool = False
+    num_parts: int = 1  # share a study: predict every num_parts-th case from part_id on
+    part_id: int = 0
 
 
 # Called after each case with the case, its first channel and the labels written (QC overlays, say).
@@ -114,9 +132,12 @@ def label_description_files(cases: Sequence[InputCase], how: str | None) -> list
 
 
 def predict_study(model: TrainedModel, cases: list[InputCase], options: PredictionOptions,
-                  after_case: AfterCase | None = None, extra_folders: Sequence[Path] = ()) -> list[Path]:
+                  after_case: AfterCase | None = None, extra_folders: Sequence[Path] = (),
+                  case_files: Callable[[InputCase], Sequence[Path]] | None = None) -> list[Path]:
     """Predict ``cases`` with ``model``; returns the outputs written. ``extra_folders`` (e.g. for
-    overlays) are checked with the output folders, before any prediction."""
+    overlays) are checked with the output folders, before any prediction. ``case_files``: every file
+    (or folder) written for a case, ``after_case``'s included (default: the label map and its
+    probabilities): a case that fails leaves none of them."""
     from tqdm import tqdm
 
     o = options
@@ -132,8 +153,10 @@ def predict_study(model: TrainedModel, cases: list[InputCase], options: Predicti
     if o.progress:
         print(f"kneeseg: predicting {len(cases)} case(s) on {predictor.describe()}", file=sys.stderr)
     for case in tqdm(cases, desc="predicting", unit="case", disable=not o.progress or len(cases) < 2):
+        files = case_files(case) if case_files else [case.output, probabilities_path(case.output)]
         try:
-            _predict_case(model, predictor, case, steps, o, after_case)
+            with removed_on_failure(files):
+                _predict_case(model, predictor, case, steps, o, after_case)
         except KneesegError as exc:
             if len(cases) == 1:
                 raise

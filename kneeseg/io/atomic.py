@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,20 +41,58 @@ def refuse_overwriting_inputs(outputs: Iterable[str | os.PathLike], inputs: Iter
                                    "choose another output")
 
 
-@contextlib.contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` if the block succeeds.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname().split(".")[0])[:16] or "host"
+TEMPORARY_MARK = ".kneeseg-tmp-"
+_TEMPORARY = re.compile(r"^\.(?P<stem>.*)" + re.escape(TEMPORARY_MARK) + r"(?P<host>[A-Za-z0-9-]*)-(?P<pid>\d+)(\..*)?$")
 
-    The temporary name keeps the target's ending (``x.nii.gz`` -> ``.x.tmp123.nii.gz``) so that
-    writers which choose the format by extension still work.
-    """
+
+def temporary_path(target: str | os.PathLike) -> Path:
+    """Where ``target`` is written before it is renamed: a hidden name beside it that says whose it
+    is, ``x.NII.GZ`` -> ``.x.kneeseg-tmp-HOST-PID.nii.gz``. The ending is kept, in lower case, for
+    the writers that choose the format by it (SimpleITK knows ``.nii.gz``, not ``.NII.GZ``)."""
     target = Path(target)
-    parent = target.parent
-    ensure_writable_folder(parent)
     name = target.name
     dot = name.find(".")
     stem, ending = (name, "") if dot <= 0 else (name[:dot], name[dot:])
-    tmp = parent / f".{stem}.tmp{os.getpid()}{ending}"
+    return target.parent / f".{stem}{TEMPORARY_MARK}{_HOST}-{os.getpid()}{ending.lower()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files (:func:`temporary_path`) that a process of this machine, killed
+    before it could clean up (SIGKILL, power loss), left in ``folder``; those of a live process
+    or of another machine stay. Returns the files removed."""
+    removed = []
+    try:
+        names = [p for p in Path(folder).iterdir() if p.name.startswith(".") and TEMPORARY_MARK in p.name]
+    except OSError:
+        return []
+    for path in names:
+        match = _TEMPORARY.match(path.name)
+        if match and match["host"] == _HOST and not _alive(int(match["pid"])) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` (:func:`temporary_path`); rename it onto ``target``
+    if the block succeeds. On any exception, KeyboardInterrupt included (and SIGTERM, which
+    kneeseg's commands turn into an exception: kneeseg.errors.cli_entry), the temporary file is
+    removed; one left by a killed process is removed by the next command writing there."""
+    target = Path(target)
+    ensure_writable_folder(target.parent)
+    tmp = temporary_path(target)
     try:
         yield tmp
         os.replace(tmp, target)

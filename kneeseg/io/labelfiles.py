@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from kneeseg.io.atomic import atomic_write_text
+from kneeseg.io.protect import holds_within
 
 RGB = tuple[int, int, int]
 BONE_COLOURS: dict[str, RGB] = {
@@ -29,6 +30,7 @@ BONE_COLOURS: dict[str, RGB] = {
 }
 _OTHER_COLOURS: tuple[RGB, ...] = ((128, 174, 128), (216, 101, 79), (111, 184, 210), (220, 130, 190), (144, 238, 144))
 BACKGROUND_COLOUR: RGB = (0, 0, 0)
+_WRITTEN_BY = b"written by kneeseg"  # in the first lines of both files: files kneeseg may replace
 
 
 def label_colours(labels: dict[str, int]) -> dict[str, RGB]:
@@ -50,7 +52,7 @@ def itksnap_label_text(labels: dict[str, int]) -> str:
     """The ITK-SNAP label description file for ``labels`` (name -> value, background included)."""
     colours = label_colours(labels)
     lines = ["################################################",
-             "# ITK-SnAP Label Description File (written by kneeseg)",
+             f"# ITK-SnAP Label Description File ({_WRITTEN_BY.decode()})",
              "# File format:",
              "# IDX   -R-  -G-  -B-  -A--  VIS MSH  LABEL",
              "# Fields:",
@@ -74,7 +76,7 @@ def itksnap_label_text(labels: dict[str, int]) -> str:
 def slicer_colour_table_text(labels: dict[str, int]) -> str:
     """The 3D Slicer colour table (.ctbl) for ``labels`` (name -> value, background included)."""
     colours = label_colours(labels)
-    lines = ["# Color table file written by kneeseg", f"# {len(labels)} values"]
+    lines = [f"# Color table file {_WRITTEN_BY.decode()}", f"# {len(labels)} values"]
     for name, value in sorted(labels.items(), key=lambda kv: kv[1]):
         r, g, b = colours[name]
         alpha = 0 if value == 0 else 255
@@ -92,6 +94,12 @@ def label_description_paths(output: str | os.PathLike, single_file: bool, stem: 
     folder = Path(output).parent
     base = stem if single_file else "labels"
     return folder / f"{base}{ITKSNAP_SUFFIX}", folder / f"{base}{SLICER_SUFFIX}"
+
+
+def is_label_description(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a label description or colour table kneeseg wrote (its first lines say so)."""
+    name = Path(path).name.lower()
+    return name.endswith((ITKSNAP_SUFFIX, SLICER_SUFFIX)) and holds_within(path, _WRITTEN_BY, 200)
 
 
 def write_label_descriptions(paths: tuple[Path, Path], labels: dict[str, int]) -> None:

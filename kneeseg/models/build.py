@@ -37,6 +37,7 @@ from kneeseg.api import evaluate, export_model, find_postprocessing, install_mod
 from kneeseg.dataset.kneebones3dify import import_kneebones3dify
 from kneeseg.errors import KneesegError, cli_entry
 from kneeseg.hardware import precision_name
+from kneeseg.inference.study import PredictionOptions
 from kneeseg.models import BUILTIN_MODEL_DIR
 from kneeseg.paths import KneesegPaths
 from kneeseg.planning.machine import PROFILES, MachineProfile
@@ -136,7 +137,7 @@ def build(shared: Path, out: Path, minutes: float, seed: int, holdout_summary: P
         result = train(paths, "0", dataset.name, options=TrainOptions(time_budget_min=minutes, seed=seed, device="cpu", progress=progress))
         find_postprocessing(paths, dataset.name, progress=progress)
         scan, labels = dataset / "imagesTr" / "knee_0000.nii.gz", dataset / "labelsTr" / "knee.nii.gz"
-        predict(scan, Path(tmp, "self.nii.gz"), model_dir=result.model_dir, progress=progress)
+        predict(scan, Path(tmp, "self.nii.gz"), model_dir=result.model_dir, options=PredictionOptions(progress=progress))
         own = evaluate(labels, Path(tmp, "self.nii.gz"), Path(tmp, "self.json"), progress=False)["mean"]
         card = model_card(machine, plans.configuration("3d_cpu"), list(plans.labels)[1:], result.epochs, own["all_bones"]["dice"],
                           minutes, seed, holdout_summary, machine_from)
