@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -17,7 +18,10 @@ class KneesegError(Exception):
 
 
 def cli_entry(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., int]]:
-    """Decorate a CLI ``main``: a KneesegError becomes ``prog: error: message`` and exit code 2."""
+    """Decorate a CLI ``main``: a KneesegError becomes ``prog: error: message`` and exit code 2, and so
+    does a path the file system refuses as too long (it refuses it the first time the path is looked
+    at, before anything is written; a name that fits, but not with its temporary name, is refused by
+    kneeseg.io.atomic)."""
 
     def wrap(main: Callable[..., int | None]) -> Callable[..., int]:
         @functools.wraps(main)
@@ -27,6 +31,11 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., 
             except KneesegError as exc:
                 for line in str(exc).splitlines() or [""]:  # several problems: one line each
                     print(f"{prog}: error: {line}", file=sys.stderr)
+                return 2
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG:
+                    raise
+                print(f"{prog}: error: {exc.filename}: name too long for the file system; choose a shorter one", file=sys.stderr)
                 return 2
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
