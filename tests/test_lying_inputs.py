@@ -31,6 +31,7 @@ from kneeseg.cli.synth import main as synth_main
 from kneeseg.errors import KneesegError
 from kneeseg.inference.cases import discover_cases
 from kneeseg.io import Geometry, read_image, write_image
+from kneeseg.io.atomic import _TEMPORARY_EXTRA
 from kneeseg.io.dicomseg import LEFT_EMPTY, NEEDED, write_dicom_seg
 
 SPACING, ORIGIN = (0.8, 0.7, 3.0), (-10.0, 5.0, 20.0)
@@ -369,7 +370,8 @@ def test_an_output_name_too_long_for_its_folder_is_refused_up_front(small_model,
     for length in (limit - 10, limit + 20):  # fits the folder, but not its temporary name; does not fit at all
         out = tmp_path / ("k" * (length - len(".nii.gz")) + ".nii.gz")
         code = predict_main(["-i", str(scan), "-o", str(out), "--device", "cpu", "--no-progress", *path_flags(small_model)])
-        _one_line(code, capfd, f"{out}: file name too long: {length} bytes, where at most {limit - 12 - 9} fit")
+        room = limit - _TEMPORARY_EXTRA - len(".statistics.json") + len(".nii.gz")  # its temporary name, its statistics beside it
+        _one_line(code, capfd, f"{out}: file name too long: {length} bytes, where at most {room} fit")
         assert list(tmp_path.iterdir()) == []
     folder = tmp_path / ("k" * (limit + 1))
     code = predict_main(["-i", str(scan), "-o", str(folder), "--device", "cpu", "--no-progress", *path_flags(small_model)])

@@ -300,7 +300,7 @@ def test_outputs_are_checked_before_the_model_is_loaded(small_model, tmp_path, c
     before = tree_snapshot(tmp_path)
     for out, flags, message in ((tmp_path / "blocker" / "x.nii.gz", [], "cannot create output folder"),
                                 (tmp_path / "folder.nii.gz", [], "is a folder; give a file name"),
-                                (long_name, [], "file name too long for this file system"),
+                                (long_name, [], "file name too long: 247 bytes, where at most"),
                                 (tmp_path / "bones.stl", [], "cannot write a label map as '.stl'"),
                                 (tmp_path / "ok.nii.gz", ["--overlays", str(tmp_path / "blocker")], "cannot create output folder"),
                                 (tmp_path / "ok.nii.gz", ["--stl", str(tmp_path / "blocker" / "stl")], "cannot create output folder"),

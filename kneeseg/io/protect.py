@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from kneeseg.errors import KneesegError
-from kneeseg.io.atomic import temporary_path
+from kneeseg.io.atomic import check_name_length
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -44,14 +44,7 @@ def check_output_file(path: str | os.PathLike) -> None:
     if path.is_dir():
         raise KneesegError(f"{path}: is a folder; give a file name")
     check_output_folder(path.parent, path)
-    try:
-        limit = os.pathconf(_nearest_existing(path.parent), "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    longest = max(len(path.name.encode()), len(temporary_path(path).name.encode()))
-    if longest > limit:
-        raise KneesegError(f"{path}: file name too long for this file system ({longest} bytes with kneeseg's temporary "
-                           f"name; at most {limit})")
+    check_name_length(path)
 
 
 def starts_with(path: str | os.PathLike, prefix: bytes) -> bool:
