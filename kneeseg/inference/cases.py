@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kneeseg.errors import KneesegError
 from kneeseg.io import OUTPUT_ENDINGS, SUPPORTED_ENDINGS, file_ending, strip_ending
-from kneeseg.io.atomic import check_name_length, name_limit, refuse_special_file
+from kneeseg.io.atomic import check_name_length, refuse_special_file
 from kneeseg.io.dicomseg import DICOM_SEG_ENDING
 from kneeseg.io.image import itk_quiet
 
@@ -78,23 +78,14 @@ def discover_cases(inp: Path, out: Path, num_channels: int, dicom_seg: bool = Fa
     inp, out = Path(inp), Path(out)
     if not inp.exists():
         raise KneesegError(f"{inp}: input not found")
-    refuse_special_file(inp)
-    refuse_special_file(out)
-    if single_output(out):
-        check_name_length(out, _beside(out))  # first: the file system would answer a longer name with an OSError
-    elif len(os.fsencode(out.name)) > name_limit(out.parent):
-        raise KneesegError(f"{out}: folder name too long: {len(os.fsencode(out.name))} bytes, where this folder takes at most "
-                           f"{name_limit(out.parent)}; choose a shorter name")
-    if dicom_seg and single_output(out) and file_ending(out) != DICOM_SEG_ENDING:
-        raise KneesegError(f"{out}: --output-type dicom-seg writes a DICOM SEG, CASE{DICOM_SEG_ENDING}, and this output "
-                           f"ends in {file_ending(out)}; give -o ending in {DICOM_SEG_ENDING} or a folder, or leave out --output-type")
+    refuse_special_file(inp)  # ``out`` is checked before (kneeseg.inference.outputs.check_output_paths)
     cases = _cases(inp, out, num_channels, dicom_seg or file_ending(out) == DICOM_SEG_ENDING)
     for case in cases:
-        check_name_length(case.output, _beside(case.output))
+        check_name_length(case.output, beside(case.output))
     return cases
 
 
-def _beside(output: Path) -> int:
+def beside(output: Path) -> int:
     """How much longer than ``output``'s name the longest file named after it is (CASE.statistics.json)."""
     return max(0, len(_LONGEST_BESIDE) - len(file_ending(output)))
 
@@ -103,13 +94,7 @@ def _cases(inp: Path, out: Path, num_channels: int, dicom_seg: bool) -> list[Inp
     if dicom_seg and inp.is_file():
         raise KneesegError(f"{inp}: a DICOM SEG is written for a DICOM series input only (it references the series' "
                            f"slices); this is an image file (give an output ending in one of {', '.join(OUTPUT_ENDINGS)})")
-    single_out = single_output(out)
-    if single_out and out.is_dir():  # the label map would be written in its place only after the prediction
-        raise KneesegError(f"{out}: is a folder, and its name ends like an output file; give a file name, or a folder "
-                           f"whose name does not end in {file_ending(out)}")
-    if not single_out and out.suffix and not out.is_dir():  # e.g. bones.stl: an image that cannot be written
-        raise KneesegError(f"{out}: cannot write a label map as '{out.suffix}' (use {', '.join(OUTPUT_ENDINGS)}, "
-                           "or a folder; a folder whose name has a dot must exist already)")
+    single_out = single_output(out)  # its name, folder and ending: checked before (kneeseg.inference.outputs)
     if inp.is_file():
         case_id = _case_id(inp)
         target = out if single_out else out / f"{case_id}{_output_ending(inp)}"
