@@ -1,5 +1,6 @@
 """The Python API behind the commands: each function composes stages; the CLIs only parse arguments.
 
+    add_case(paths, dataset, images, label)       a corrected scan into a raw dataset (made from a model's labels if new)
     machine_profile()                             this machine, measured, for planning (or a named profile)
     plan_and_preprocess(paths, datasets)          plans for the chosen machine, and the preprocessed cache
     train(paths, fold)                            train one fold, then predict its validation cases in full
@@ -38,6 +39,7 @@ from kneeseg.training.layout import TRAINER_NAME
 # The training stack (batchgenerators, scipy.signal), matplotlib and scikit-image take seconds to
 # import; the everyday command, kneeseg_predict, needs none of them, so they are imported where used.
 if TYPE_CHECKING:
+    from kneeseg.dataset.add_case import AddedCase
     from kneeseg.export.stl import MeshReport
     from kneeseg.preprocessing.pipeline import PlanAndPreprocessResult
     from kneeseg.training.trainer import TrainingResult, TrainOptions
@@ -51,6 +53,24 @@ def load_plans(paths: KneesegPaths, dataset: str | int | None, plans_name: str =
     if not plans_path.exists():
         raise KneesegError(f"{plans_path}: plans not found; run kneeseg_plan_and_preprocess first")
     return name, Plans.load(plans_path), DatasetJson.load(folder / "dataset.json")
+
+
+def add_case(paths: KneesegPaths, dataset: str | int, images: Sequence[Path], label: Path, model_dir: Path | str | None = None,
+             name: str = "MyScanner", case_id: str | None = None, overwrite: bool = False) -> AddedCase:
+    """Add a scan (``images``: one file per channel, or a DICOM series folder) and its corrected
+    ``label`` (a 3D Slicer ``.seg.nrrd``, a DICOM SEG or a label map on the scan's grid) to the raw
+    dataset ``dataset`` as a training case (kneeseg.dataset.add_case). A dataset that does not exist
+    is created as ``DatasetNNN_<name>`` with the channels and labels of the model ``model_dir``
+    (a model folder; default and 'builtin': the built-in model), the model whose predictions were
+    corrected. ``case_id``: default the next free ``case_NNN``; an existing case is replaced only
+    with ``overwrite``. Nothing is half-added: a failure leaves the dataset as it was."""
+    from kneeseg.dataset.add_case import add_case as add_to_dataset
+    from kneeseg.dataset.add_case import existing_dataset
+
+    template = None
+    if existing_dataset(paths.raw, dataset) is None:
+        template = resolve_model(model_dir=Path(str(model_dir or "builtin"))).ds
+    return add_to_dataset(paths.raw, dataset, [Path(p) for p in images], Path(label), template, name, case_id, overwrite)
 
 
 def machine_profile(machine: str = "measure", cpu_threads: int | None = None, cpu_gflops: float | None = None,
