@@ -67,6 +67,16 @@ def test_a_parent_that_does_not_fit_is_refused_in_one_line(tmp_path, capsys):
     assert train_main(["all", "--pretrained", str(tmp_path / "nothing"), *FAST, *path_flags(paths)]) == 2
     assert "not a trained model folder (no plans.json)" in capsys.readouterr().err
 
+    # planned --plans-from it, the dataset takes its configuration, and (its air being noise while the
+    # shipped model normalises inside the nonzero region) its cases are cached with their air as zeros
+    assert plan_main(["--plans-from", "builtin", *FAST, *path_flags(paths)]) == 0
+    shipped = json.loads((kneeseg.models.BUILTIN_MODEL_DIR / "plans.json").read_text())["configurations"]["3d_cpu"]
+    plans = json.loads((paths.preprocessed / DS / "kneesegPlans.json").read_text())
+    assert plans["configurations"]["3d_cpu"]["network"] == shipped["network"] and shipped["use_mask_for_norm"] == [True]
+    raw_scan = read_image(folder / "imagesTr" / "phantom_000_0000.nii.gz")[0]
+    cached = np.load(paths.preprocessed / DS / plans["configurations"]["3d_cpu"]["data_identifier"] / "phantom_000.npy")
+    assert np.mean(raw_scan == 0) < 0.01 < 0.1 < np.mean(cached == 0)
+
 
 def _sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

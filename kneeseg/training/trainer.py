@@ -88,6 +88,7 @@ class TrainOptions:
     # Fine-tune from this trained model ('builtin' or a model folder) with the fine-tuning schedule
     # (kneeseg.training.finetune); the dataset must be planned with --plans-from it
     pretrained: str | None = None
+    fine_tune: FineTuneSchedule | None = None  # with pretrained: another schedule than the default (experiments)
 
 
 @dataclass
@@ -140,7 +141,7 @@ class Trainer:
             self.parent_record = self.resume_from["parent"]
         elif options.pretrained is not None:
             self.parent = load_parent(options.pretrained, plans, config, ds)
-            self.fine_tune, self.parent_record = FineTuneSchedule(), self.parent.record
+            self.fine_tune, self.parent_record = options.fine_tune or FineTuneSchedule(), self.parent.record
         if self.fine_tune is not None and options.epochs is None and options.time_budget_min is None:
             self.options = replace(self.options, time_budget_min=self.fine_tune.budget_min)
         self.lock = FoldLock(self.fold_dir)  # taken by rank 0 when the training starts
