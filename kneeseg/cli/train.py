@@ -5,9 +5,9 @@ configuration the plans recommend for the device (3d_cpu without a GPU). Runs un
 `torchrun --nproc_per_node N` as DistributedDataParallel (gloo on CPU, nccl on GPUs).
 
 --pretrained builtin|MODEL_DIR fine-tunes that model: its weights are the start (the dataset must be
-planned with kneeseg_plan_and_preprocess --plans-from the same model), with a lower learning rate,
-a warm-up and, unless --epochs or --time-budget-min say otherwise, a budget of minutes
-(docs/finetuning.md). The new model records its parent in model.json and README.md.
+planned with kneeseg_plan_and_preprocess --plans-from the same model), with a warm-up and, unless
+--epochs or --time-budget-min say otherwise, a budget of 10 minutes (docs/finetuning.md). The new
+model records its parent in model.json and README.md.
 """
 
 from __future__ import annotations
