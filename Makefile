@@ -37,11 +37,12 @@ plans: venv
 
 # Train the built-in model on the whole scan (kneeseg/models/build.py); HOLDOUT: the summary JSON
 # of a holdout benchmark run of the same recipe, budget and seed, for the model card's held-out figures;
-# MACHINE_FROM: that run's kneesegPlans.json, to plan for the machine profile it recorded.
+# MACHINE_FROM: that run's kneesegPlans.json, to plan for the machine profile it recorded;
+# ROBUSTNESS: that run's table of benchmarks/robustness_real.py --table, for the card's robustness section.
 MODEL_MINUTES ?= 60
 MODEL_SEED ?= 0
 model: venv
-	$(PY) -m kneeseg.models.build --shared $(SHARED) --train-minutes $(MODEL_MINUTES) --seed $(MODEL_SEED) $(if $(HOLDOUT),--holdout-summary $(HOLDOUT)) $(if $(MACHINE_FROM),--machine-from $(MACHINE_FROM))
+	$(PY) -m kneeseg.models.build --shared $(SHARED) --train-minutes $(MODEL_MINUTES) --seed $(MODEL_SEED) $(if $(HOLDOUT),--holdout-summary $(HOLDOUT)) $(if $(MACHINE_FROM),--machine-from $(MACHINE_FROM)) $(if $(ROBUSTNESS),--robustness $(ROBUSTNESS))
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)_real kneeseg_data .pytest_cache .mypy_cache .ruff_cache

@@ -160,6 +160,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--versions", nargs="+", metavar="TEXT",
                    help="only the versions whose name contains one of these (e.g. 'as stored' shading); default all")
+    p.add_argument("--table", type=Path, metavar="FILE",
+                   help="also write the last half's table to FILE as Markdown (make model ROBUSTNESS=FILE puts it in the model card)")
     args = p.parse_args()
     flags = ["--raw", str(args.workdir / "raw"), "--preprocessed", str(args.workdir / "pre"), "--results", str(args.workdir / "res")]
     model_number = str(REAL_HALVES[args.train_half][0])
@@ -171,9 +173,9 @@ def main() -> int:
         seen = "training half" if half == args.train_half else "held out"
         print(f"\n== model trained on half {args.train_half}; versions of half {half} ({seen}); "
               f"noise sigma of the scan {noise_sigma(image):.1f} ==")
-        print("| version | spacing (mm) | femur | tibia | patella | all bones | HD95 all (mm) | false bone (ml) | geometry kept "
-              "| anatomy | QC: unsure | predict (s) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        table = ["| version | spacing (mm) | femur | tibia | patella | all bones | HD95 all (mm) | false bone (ml) | geometry kept "
+                 "| anatomy | QC: unsure | predict (s) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        print("\n".join(table))
         versions = list(variants(image, labels, geometry, args.seed))
         unmatched = [text for text in args.versions or [] if not any(text in name for name, _ in versions)]
         if unmatched:
@@ -199,13 +201,16 @@ def main() -> int:
             kept = "yes" if geom.matches(pred_geometry, tol=1e-6) is None else "NO"
             dice = [f"{mean[s]['dice']:.3f}" if mean[s]["ref_volume_mm3"] > 0 else "–" for s in ("femur", "tibia", "patella")]
             spacing = "×".join(f"{s:.2f}" for s in geom.spacing)
-            # Voxels of a bone that the reference does not hold (half B's patella): invented bone.
             qc = json.loads((folder / "pred" / "knee.statistics.json").read_text())["qc_warnings"]
             unsure = next((w.split(" of ")[1].split(" ")[0] + " %" for w in qc if w.startswith("the model is unsure")), "no")
+            # Voxels of a bone that the reference does not hold (half B's patella): invented bone.
             false_ml = sum(mean[s]["pred_volume_mm3"] for s in ("femur", "tibia", "patella") if mean[s]["ref_volume_mm3"] == 0) / 1000
-            print(f"| {variant} | {spacing} | {' | '.join(dice)} | {mean['all_bones']['dice']:.3f} | "
-                  f"{mean['all_bones']['hd95']:.2f} | {false_ml:.2f} | {kept} | {anatomy_ok(pred, pred_geometry)} | {unsure} | "
-                  f"{seconds:.1f} |", flush=True)
+            table.append(f"| {variant} | {spacing} | {' | '.join(dice)} | {mean['all_bones']['dice']:.3f} | "
+                         f"{mean['all_bones']['hd95']:.2f} | {false_ml:.2f} | {kept} | {anatomy_ok(pred, pred_geometry)} | {unsure} | "
+                         f"{seconds:.1f} |")
+            print(table[-1], flush=True)
+        if args.table:
+            args.table.write_text("\n".join(table) + "\n", encoding="utf-8")
     return 0
 
 

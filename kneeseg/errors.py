@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import signal
@@ -49,8 +50,10 @@ def terminated_as_exception() -> Iterator[None]:
 
 
 def cli_entry(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., int]]:
-    """Decorate a CLI ``main``: a KneesegError becomes ``prog: error: message`` and exit code 2;
-    Ctrl-C (130) and SIGTERM (143) end it with one line, after its cleanups ran."""
+    """Decorate a CLI ``main``: a KneesegError becomes ``prog: error: message`` and exit code 2, and so
+    does a path the file system refuses as too long (it refuses it the first time the path is looked
+    at, before anything is written; a name that fits, but not with its temporary name, is refused by
+    kneeseg.io.atomic); Ctrl-C (130) and SIGTERM (143) end it with one line, after its cleanups ran."""
 
     def wrap(main: Callable[..., int | None]) -> Callable[..., int]:
         @functools.wraps(main)
@@ -61,6 +64,11 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., 
             except KneesegError as exc:
                 for line in str(exc).splitlines() or [""]:  # several problems: one line each
                     print(f"{prog}: error: {line}", file=sys.stderr)
+                return 2
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG:
+                    raise
+                print(f"{prog}: error: {exc.filename}: name too long for the file system; choose a shorter one", file=sys.stderr)
                 return 2
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)

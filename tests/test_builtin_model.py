@@ -206,10 +206,14 @@ def test_the_model_card_names_commands_not_the_building_machines_paths(tmp_path)
     holdout = workdir / "summary_A_to_B.json"
     holdout.write_text(json.dumps({"mean": {"femur": figures, "tibia": figures, "all_bones": figures}}))
     plans = Plans.load(machine_from)
-    card = model_card(plans.hardware.machine, plans.configuration("3d_cpu"), list(BONES), 12, 0.9842, 60, 3, holdout, machine_from)
+    table = workdir / "robustness_B.md"
+    table.write_text("| version | all bones |\n| --- | --- |\n| inverted contrast | 0.951 |\n")
+    card = model_card(plans.hardware.machine, plans.configuration("3d_cpu"), list(BONES), 12, 0.9842, 60, 3, holdout, machine_from, table)
     assert str(tmp_path) not in card and not ABSOLUTE_PATH.search(card), ABSOLUTE_PATH.search(card)
     assert ("`make model MODEL_MINUTES=60 MODEL_SEED=3 HOLDOUT=WORKDIR/summary_A_to_B.json "
-            "MACHINE_FROM=WORKDIR/pre/Dataset902_KneeHalfA/kneesegPlans.json`") in card
+            "MACHINE_FROM=WORKDIR/pre/Dataset902_KneeHalfA/kneesegPlans.json ROBUSTNESS=WORKDIR/robustness_B.md`") in card
+    assert "`python benchmarks/robustness_real.py --workdir WORKDIR --eval-half B --table WORKDIR/robustness_B.md`" in card
+    assert "| inverted contrast | 0.951 |" in card
     assert ("`python benchmarks/kneebones3dify_holdout.py --budget-min 60 --seed 3 --machine reference --workdir WORKDIR`, "
             "in its `WORKDIR/summary_A_to_B.json`") in card  # the committed plans are for the reference profile
     assert "| femur | 0.9732 | 1.05 | 0.337 |" in card and "all-bone Dice 0.9842 (the build command above" in card

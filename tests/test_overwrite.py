@@ -299,10 +299,10 @@ def test_outputs_are_checked_before_the_model_is_loaded(small_model, tmp_path, c
     long_name = tmp_path / ("k" * 240 + ".nii.gz")
     before = tree_snapshot(tmp_path)
     for out, flags, message in ((tmp_path / "blocker" / "x.nii.gz", [], "cannot create output folder"),
-                                (tmp_path / "folder.nii.gz", [], "is a folder; give a file name"),
-                                (long_name, [], "file name too long for this file system"),
+                                (tmp_path / "folder.nii.gz", [], "is a folder, and its name ends like an output file"),
+                                (long_name, [], "file name too long: 247 bytes, where at most"),
                                 (tmp_path / "bones.stl", [], "cannot write a label map as '.stl'"),
-                                (tmp_path / "ok.nii.gz", ["--overlays", str(tmp_path / "blocker")], "cannot create output folder"),
+                                (tmp_path / "ok.nii.gz", ["--overlays", str(tmp_path / "blocker")], "exists and is not a folder"),
                                 (tmp_path / "ok.nii.gz", ["--stl", str(tmp_path / "blocker" / "stl")], "cannot create output folder"),
                                 (scan, [], "would replace the input")):
         code = predict_main(["-i", str(scan), "-o", str(out), "-m", str(tmp_path / "no_model"), *QUICK, *flags])

@@ -27,6 +27,8 @@ from kneeseg.dataset.layout import KNEE_LABELS, foreground_labels
 from kneeseg.errors import KneesegError
 from kneeseg.export.statistics import bone_statistics
 from kneeseg.inference.cases import discover_cases
+from kneeseg.inference.outputs import check_output_paths
+from kneeseg.inference.study import StudyOptions
 from kneeseg.io import Geometry, file_ending, read_image, strip_ending, write_image
 from kneeseg.io.labelfiles import BONE_COLOURS, itksnap_label_text, slicer_colour_table_text
 
@@ -63,8 +65,8 @@ def test_seg_nrrd_is_one_ending_and_a_single_output(tmp_path):
     write_image(np.zeros((2, 2, 2), np.int16), Geometry((2, 2, 2), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1)), scan)
     [case] = discover_cases(scan, tmp_path / "out" / "knee.seg.nrrd", 1)
     assert case.case_id == "knee" and case.output.name == "knee.seg.nrrd"
-    with pytest.raises(KneesegError, match=r"\.seg\.nrrd"):
-        discover_cases(scan, tmp_path / "bones.stl", 1)
+    with pytest.raises(KneesegError, match=r"\.seg\.nrrd"):  # an ending that is no label map's, checked before the model is read
+        check_output_paths(scan, tmp_path / "bones.stl", StudyOptions())
 
 
 def test_seg_nrrd_reads_back_with_names_colours_and_the_niftis_geometry(tmp_path):

@@ -19,6 +19,9 @@ from kneeseg.io import Geometry, read_image, write_image
 from kneeseg.training.checkpoint import load_checkpoint, save_checkpoint
 
 DS = "Dataset900_KneePhantom"
+# The test model (100 iterations) is unsure of most of the bone it finds, and says so: tested in
+# test_builtin_model.py; the tests here look at the other warnings.
+UNSURE = "the model is unsure of"
 
 
 def test_thick_slices_keep_the_extent_and_the_anatomy_in_space():
@@ -113,7 +116,7 @@ def test_a_thick_slice_scan_gets_its_bones_in_place_with_its_geometry(small_mode
     write_image(thick_labels, grid, tmp_path / "ref" / "thick.nii.gz")
     assert predict_main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "pred"), "--device", "cpu", "--no-progress",
                          *path_flags(paths)]) == 0
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line and UNSURE not in line]
     assert len(warnings) == 1 and "thick_0000.nii.gz" in warnings[0] and "superior-inferior" in warnings[0]
     pred, pred_geometry = read_image(tmp_path / "pred" / "thick.nii.gz")
     assert grid.matches(pred_geometry, tol=1e-6) is None
@@ -210,7 +213,8 @@ def test_a_model_trained_on_zeroed_air_gets_noisy_air_zeroed_by_default(small_mo
     def predict(folder, *flags):
         assert predict_main(["-i", str(tmp_path / folder), "-o", str(tmp_path / f"pred_{folder}{''.join(flags)}"), "-m",
                              str(model), "--device", "cpu", "--no-progress", *flags]) == 0
-        return read_image(tmp_path / f"pred_{folder}{''.join(flags)}" / "knee.nii.gz"), capsys.readouterr().err
+        err = "".join(line + "\n" for line in capsys.readouterr().err.splitlines() if UNSURE not in line)
+        return read_image(tmp_path / f"pred_{folder}{''.join(flags)}" / "knee.nii.gz"), err
 
     (auto, auto_geometry), err = predict("in")
     assert "storing this scan's air as zeros first" in err and "warning" not in err

@@ -22,6 +22,8 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     args = p.parse_args(argv)
     out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise KneesegError(f"{out}: exists and is not a folder; give a folder for the dataset")
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise KneesegError(f"{out}: already exists and is not empty (use --overwrite)")
     if args.num_test < 0:

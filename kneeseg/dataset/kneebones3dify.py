@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from kneeseg.dataset.bones import split_bones
 from kneeseg.dataset.layout import KNEE_LABELS, DatasetJson, dataset_folder_name, foreground_labels
 from kneeseg.errors import KneesegError
-from kneeseg.io import Geometry, read_image, write_image
+from kneeseg.io import Geometry, read_image, refuse_special_file, write_image
 
 _MASK_RE = re.compile(r"^Mask_(\d+)\.png$", re.IGNORECASE)
 INSTANCE_NUMBER_TAG = "0020|0013"
@@ -109,6 +109,7 @@ def import_kneebones3dify(
     HALF_COLUMN, labelled before the cut (so half B, which holds no patella, keeps femur and tibia
     named by the whole knee's anatomy), with the origin moved so that every voxel stays in place."""
     source = Path(source)
+    refuse_special_file(source)
     if source.is_dir() and mask is None:
         image, geometry, binary_mask, report = read_zenodo_layout(source)
     elif mask is not None:

@@ -10,13 +10,15 @@ import numpy as np
 
 from kneeseg.errors import KneesegError
 from kneeseg.evaluation.metrics import METRICS, label_metrics
-from kneeseg.io import atomic_path, file_ending, read_image, strip_ending
+from kneeseg.io import atomic_path, file_ending, read_image, refuse_special_file, strip_ending
 from kneeseg.io.atomic import to_json_text
 from kneeseg.io.protect import holds_within, starts_with
 
 
 def pair_files(ref: Path, pred: Path) -> list[tuple[str, Path, Path]]:
     """(case id, reference, prediction) pairs; every reference needs its prediction."""
+    refuse_special_file(ref)
+    refuse_special_file(pred)
     if ref.is_file() or pred.is_file():
         if not (ref.is_file() and pred.is_file()):
             raise KneesegError(f"{pred if ref.is_file() else ref}: give two files or two folders")

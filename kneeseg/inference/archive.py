@@ -33,7 +33,7 @@ from kneeseg import __version__
 from kneeseg.dataset.layout import DatasetJson
 from kneeseg.errors import KneesegError
 from kneeseg.inference.model import CHECKPOINT, float32_weights, load_model, trained_folds
-from kneeseg.io import atomic_path, ensure_writable_folder, read_json, refuse_overwriting_inputs
+from kneeseg.io import atomic_path, ensure_writable_folder, read_json, refuse_overwriting_inputs, refuse_special_file
 from kneeseg.planning.plans import ConfigurationPlan, Plans
 from kneeseg.postprocessing.operations import checked_steps
 from kneeseg.training.checkpoint import load_checkpoint
@@ -122,6 +122,7 @@ def install_model(archive: Path, results: Path, overwrite: bool = False) -> Path
 
 def _verified_members(archive: Path) -> dict[str, bytes]:
     """The archive's files by name, each matching the manifest's sha256; the manifest left out."""
+    refuse_special_file(archive)
     if not archive.is_file():
         raise KneesegError(f"{archive}: {'is a folder' if archive.is_dir() else 'file not found'}")
     try:

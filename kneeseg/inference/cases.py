@@ -1,21 +1,29 @@
 """What -i and -o name: a file, a folder of scans, a DICOM series folder, or a folder tree of DICOM series.
 
 A folder of scans follows nnU-Net (CASE_0000.<ext>, CASE_0001.<ext>, ... per channel); for a
-one-channel model, a folder without any ``_0000`` file takes every image file as one case, named
-by its file name (TotalSegmentator users' folders). A folder holding neither images nor a series is
-searched for DICOM series below it (a PACS export, a DICOMDIR tree): each series is a case named by
-its folder's path under the input, ``/`` becoming ``__``.
+one-channel model, every image file without a channel suffix is a case too, named by its file name
+(TotalSegmentator users' folders). DICOM series below the input folder (a PACS export, a DICOMDIR
+tree) are cases too, each named by its folder's path under the input, ``/`` becoming ``__``; the
+input folder's own series, if it holds one, is named by the folder. Nothing in the folder is left
+out without a word: an image file that belongs to no case is refused.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from kneeseg.errors import KneesegError
 from kneeseg.io import OUTPUT_ENDINGS, SUPPORTED_ENDINGS, file_ending, strip_ending
+from kneeseg.io.atomic import check_name_length, refuse_special_file
 from kneeseg.io.dicomseg import DICOM_SEG_ENDING
+from kneeseg.io.image import itk_quiet
+
+# The longest name kneeseg_predict writes beside an output CASE.<ext> is CASE.statistics.json.
+_LONGEST_BESIDE = ".statistics.json"
+_CHANNEL = re.compile(r"_\d{4}$")  # CASE_0001: a channel file
 
 
 @dataclass(frozen=True)
@@ -28,12 +36,8 @@ class InputCase:
 def _is_dicom_folder(folder: Path) -> bool:
     import SimpleITK as sitk
 
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on every folder without DICOM
-    try:
+    with itk_quiet():  # GDCM warns on every folder without DICOM
         return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _channels_of(first: Path, num_channels: int) -> tuple[Path, ...]:
@@ -69,37 +73,46 @@ def _case_id(first: Path) -> str:
 
 def discover_cases(inp: Path, out: Path, num_channels: int, dicom_seg: bool = False) -> list[InputCase]:
     """Cases to predict and where each output goes (the input's format; NIfTI for DICOM input; with
-    ``dicom_seg``, or an ``out`` ending in .dcm, a DICOM SEG per DICOM series, CASE.dcm)."""
+    ``dicom_seg``, or an ``out`` ending in .dcm, a DICOM SEG per DICOM series, CASE.dcm). Every output
+    name is checked against the output folder's name length before anything is predicted."""
     inp, out = Path(inp), Path(out)
     if not inp.exists():
         raise KneesegError(f"{inp}: input not found")
-    dicom_seg = dicom_seg or file_ending(out) == DICOM_SEG_ENDING
+    refuse_special_file(inp)  # ``out`` is checked before (kneeseg.inference.outputs.check_output_paths)
+    cases = _cases(inp, out, num_channels, dicom_seg or file_ending(out) == DICOM_SEG_ENDING)
+    for case in cases:
+        check_name_length(case.output, beside(case.output))
+    return cases
+
+
+def beside(output: Path) -> int:
+    """How much longer than ``output``'s name the longest file named after it is (CASE.statistics.json)."""
+    return max(0, len(_LONGEST_BESIDE) - len(file_ending(output)))
+
+
+def _cases(inp: Path, out: Path, num_channels: int, dicom_seg: bool) -> list[InputCase]:
     if dicom_seg and inp.is_file():
         raise KneesegError(f"{inp}: a DICOM SEG is written for a DICOM series input only (it references the series' "
                            f"slices); this is an image file (give an output ending in one of {', '.join(OUTPUT_ENDINGS)})")
-    single_out = single_output(out)
-    if not single_out and out.suffix and not out.is_dir():  # e.g. bones.stl: an image that cannot be written
-        raise KneesegError(f"{out}: cannot write a label map as '{out.suffix}' (use {', '.join(OUTPUT_ENDINGS)}, "
-                           "or a folder; a folder whose name has a dot must exist already)")
+    single_out = single_output(out)  # its name, folder and ending: checked before (kneeseg.inference.outputs)
     if inp.is_file():
         case_id = _case_id(inp)
         target = out if single_out else out / f"{case_id}{_output_ending(inp)}"
         return [InputCase(case_id, _channels_of(inp, num_channels), target)]
     series_ending = DICOM_SEG_ENDING if dicom_seg else ".nii.gz"
-    if _is_dicom_folder(inp):
+    images = sorted(p for p in inp.iterdir() if p.is_file() and file_ending(p) and file_ending(p) != ".dcm")
+    series = ([inp] if _is_dicom_folder(inp) else []) + _dicom_series_below(inp)
+    if series == [inp] and not images:  # one series: -o may name its output
         target = out if single_out else out / f"{inp.name}{series_ending}"
         return [InputCase(inp.name, (inp,), target)]
-    images = sorted(p for p in inp.iterdir() if p.is_file() and file_ending(p) and file_ending(p) != ".dcm")
-    firsts = [p for p in images if strip_ending(p).endswith("_0000")]
-    if not firsts and num_channels == 1:
-        firsts = images  # one file per case, any name
-    series = [] if images else _dicom_series_below(inp)
+    firsts = _first_channels(images, num_channels)
     if dicom_seg and firsts:
         raise KneesegError(f"{inp}: a DICOM SEG is written for DICOM series only, and this folder holds image files")
     if not firsts and not series:
         raise KneesegError(f"{inp}: no CASE_0000.<ext> images, no DICOM series in this folder or below it")
     if single_out:
-        raise KneesegError(f"{out}: input is a folder, so the output must be a folder, not an image file")
+        raise KneesegError(f"{out}: input is a folder of {len(firsts) + len(series)} cases ({_what(firsts, series)}), "
+                           "so the output must be a folder, not an image file")
     if out.exists() and out.resolve() == inp.resolve():
         raise KneesegError(f"{out}: is the input folder; write the predictions to another folder")
     cases = []
@@ -107,7 +120,7 @@ def discover_cases(inp: Path, out: Path, num_channels: int, dicom_seg: bool = Fa
         case_id = _case_id(first)
         cases.append(InputCase(case_id, _channels_of(first, num_channels), out / f"{case_id}{_output_ending(first)}"))
     for folder in series:
-        case_id = "__".join(folder.relative_to(inp).parts)
+        case_id = "__".join(folder.relative_to(inp).parts) or inp.name  # the input's own series: named by its folder
         cases.append(InputCase(case_id, (folder,), out / f"{case_id}{series_ending}"))
     seen: dict[str, InputCase] = {}
     for case in cases:  # two inputs, one output: the second would replace the first
@@ -116,6 +129,31 @@ def discover_cases(inp: Path, out: Path, num_channels: int, dicom_seg: bool = Fa
                                "rename one of them")
         seen[case.case_id] = case
     return cases
+
+
+def _first_channels(images: list[Path], num_channels: int) -> list[Path]:
+    """The first channel file of each case among a folder's image files; a file that belongs to no case is
+    refused (it would be left out without a word)."""
+    if num_channels == 1 and not any(strip_ending(p).endswith("_0000") for p in images):
+        return images  # one file per case, any name
+    firsts = [p for p in images if strip_ending(p).endswith("_0000")]
+    channels = {f for first in firsts for f in _channels_of(first, num_channels)}
+    for p in images:
+        if p in channels:
+            continue
+        if num_channels == 1 and not _CHANNEL.search(strip_ending(p)):
+            firsts.append(p)  # a file named without a channel suffix: a case of its own
+            continue
+        ending = file_ending(p)
+        names = f"CASE_0000{ending}" + (f" to CASE_{num_channels - 1:04d}{ending}" if num_channels > 1 else "")
+        raise KneesegError(f"{p}: belongs to no case: the model takes {num_channels} channel(s), {names} per case; "
+                           "move or rename it")
+    return sorted(firsts)
+
+
+def _what(firsts: list[Path], series: list[Path]) -> str:
+    parts = [f"{len(firsts)} image case(s)"] if firsts else []
+    return ", ".join(parts + ([f"{len(series)} DICOM series"] if series else []))
 
 
 def study_part(cases: list[InputCase], num_parts: int = 1, part_id: int = 0) -> list[InputCase]:

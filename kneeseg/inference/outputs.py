@@ -12,14 +12,18 @@ name from elsewhere. A folder run holds :class:`StudyLock` while it writes.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from kneeseg.errors import KneesegError
-from kneeseg.inference.cases import InputCase, single_output
+from kneeseg.inference.cases import InputCase, beside, single_output
 from kneeseg.inference.record import StudyRecord, is_study_record
 from kneeseg.inference.study import StudyOptions, label_description_files, probabilities_path
 from kneeseg.io import OUTPUT_ENDINGS, refuse_overwriting_inputs
+from kneeseg.io.atomic import check_name_length, name_limit, refuse_special_file
+from kneeseg.io.dicomseg import DICOM_SEG_ENDING
+from kneeseg.io.image import file_ending
 from kneeseg.io.labelfiles import is_label_description
 from kneeseg.io.lock import FileLock
 from kneeseg.io.protect import check_output_file, check_output_folder, holds_within, refuse_replacing, starts_with
@@ -35,7 +39,17 @@ def check_output_paths(inp: Path, out: Path, study: StudyOptions) -> None:
         raise KneesegError(f"--stl-faces {study.stl_faces}: only used with --stl DIR")
     if inp.is_dir() and out.exists() and out.resolve() == inp.resolve():
         raise KneesegError(f"{out}: is the input folder; write the predictions to another folder")
+    if single_output(out):  # first: the file system answers any look at a longer name with an OSError
+        check_name_length(out, beside(out))
+    elif len(os.fsencode(out.name)) > name_limit(out.parent):
+        raise KneesegError(f"{out}: folder name too long: {len(os.fsencode(out.name))} bytes, where this folder takes at most "
+                           f"{name_limit(out.parent)}; choose a shorter name")
+    if study.output_type == "dicom-seg" and single_output(out) and file_ending(out) != DICOM_SEG_ENDING:
+        raise KneesegError(f"{out}: --output-type dicom-seg writes a DICOM SEG, CASE{DICOM_SEG_ENDING}, and this output "
+                           f"ends in {file_ending(out)}; give -o ending in {DICOM_SEG_ENDING} or a folder, or leave out --output-type")
     folders = [Path(f) for f in (study.overlays, study.stl) if f is not None]
+    for path in (out, *folders):
+        refuse_special_file(path)  # a named pipe or a device is no file or folder to write to
     refuse_overwriting_inputs([out, *folders], [inp])
     if single_output(out):
         check_output_file(out)

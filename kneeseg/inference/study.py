@@ -36,7 +36,7 @@ from kneeseg.io import (
     strip_ending,
     write_image,
 )
-from kneeseg.io.dicomseg import DICOM_SEG_ENDING, write_dicom_seg
+from kneeseg.io.dicomseg import DICOM_SEG_ENDING, dicom_seg_sources, write_dicom_seg
 from kneeseg.io.image import SEGMENTATION_ENDING, file_ending
 from kneeseg.io.labelfiles import label_description_paths, write_label_descriptions
 from kneeseg.io.nifti import has_nonfinite
@@ -182,6 +182,8 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
     from tqdm import tqdm
 
     images, geometry = read_case(case)
+    dicom_seg = file_ending(case.output) == DICOM_SEG_ENDING  # a DICOM series in, a SEG referencing its slices out
+    sources = dicom_seg_sources(case.channels[0]) if dicom_seg else None  # what the SEG needs, checked before predicting
     if o.zero_air or (o.zero_air is None and needs_zeroed_air(model.config, images[0])):
         if o.zero_air is None:
             tqdm.write(f"kneeseg: {case.channels[0]}: the model was trained on scans whose air was stored as zeros; "
@@ -197,8 +199,8 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
     for warning in found:
         tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
     warnings += found
-    if file_ending(case.output) == DICOM_SEG_ENDING:  # a DICOM series in, a SEG referencing its slices out
-        write_dicom_seg(case.output, labels, case.channels[0], model.ds.labels)
+    if dicom_seg:
+        write_dicom_seg(case.output, labels, case.channels[0], model.ds.labels, sources)
     else:
         write_image(labels, geometry, case.output, labels=model.ds.labels)
     if o.save_probabilities:

@@ -7,6 +7,7 @@ from kneeseg.io.atomic import (
     ensure_writable_folder,
     read_json,
     refuse_overwriting_inputs,
+    refuse_special_file,
 )
 from kneeseg.io.image import (
     OUTPUT_ENDINGS,
@@ -30,6 +31,7 @@ __all__ = [
     "read_image",
     "read_json",
     "refuse_overwriting_inputs",
+    "refuse_special_file",
     "strip_ending",
     "write_image",
 ]

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,62 @@ from typing import Any
 from kneeseg.errors import KneesegError
 
 
+def special_file_kind(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it exists but is neither a regular file nor a folder ('a character device'
+    for /dev/null, 'a named pipe (FIFO)', ...), else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
+
+
+def refuse_special_file(path: str | os.PathLike) -> None:
+    """A KneesegError for a path that is neither a regular file nor a folder: kneeseg reads and writes only
+    those (reading a named pipe would wait forever, replacing /dev/null would break the system)."""
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise KneesegError(f"{path}: is {kind}, not a file or folder")
+
+
+# atomic_path's temporary name adds a leading dot, '.tmp' and the process id (up to 7 digits) to a name.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname().split(".")[0])[:16] or "host"
+TEMPORARY_MARK = ".kneeseg-tmp-"
+_TEMPORARY_EXTRA = len(".") + len(TEMPORARY_MARK) + len(_HOST) + len("-") + 7  # temporary_path's additions (a pid of <= 7 digits)
+
+
+def name_limit(folder: Path) -> int:
+    """The longest file name (bytes) that ``folder``'s file system takes (NAME_MAX; 255 where it cannot be asked)."""
+    folder = Path(os.path.abspath(folder))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # a folder not made yet: its file system is its nearest existing ancestor's
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def check_name_length(target: str | os.PathLike, beside: int = 0) -> None:
+    """A KneesegError when ``target``'s name is too long for its folder once kneeseg writes it through a
+    temporary name (and, with ``beside``, a file named after it that is that many bytes longer)."""
+    target = Path(target)
+    length = len(os.fsencode(target.name))
+    room = name_limit(target.parent) - _TEMPORARY_EXTRA - beside
+    if length > room:
+        also = " and files named after it" if beside else ""
+        raise KneesegError(f"{target}: file name too long: {length} bytes, where at most {room} fit (this folder takes "
+                           f"names of {room + _TEMPORARY_EXTRA + beside} bytes, and kneeseg writes it{also} through "
+                           "a temporary name); choose a shorter name")
+
+
 def ensure_writable_folder(folder: Path) -> None:
     """Create ``folder`` if needed; a folder that cannot be made or written is a KneesegError."""
+    if folder.exists() and not folder.is_dir():
+        raise KneesegError(f"{folder}: exists and is not a folder; give a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -41,8 +96,6 @@ def refuse_overwriting_inputs(outputs: Iterable[str | os.PathLike], inputs: Iter
                                    "choose another output")
 
 
-_HOST = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname().split(".")[0])[:16] or "host"
-TEMPORARY_MARK = ".kneeseg-tmp-"
 _TEMPORARY = re.compile(r"^\.(?P<stem>.*)" + re.escape(TEMPORARY_MARK) + r"(?P<host>[A-Za-z0-9-]*)-(?P<pid>\d+)(\..*)?$")
 
 
@@ -91,6 +144,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     kneeseg's commands turn into an exception: kneeseg.errors.cli_entry), the temporary file is
     removed; one left by a killed process is removed by the next command writing there."""
     target = Path(target)
+    refuse_special_file(target)
+    if target.is_dir():
+        raise KneesegError(f"{target}: is a folder; give a file name")
+    check_name_length(target)
     ensure_writable_folder(target.parent)
     tmp = temporary_path(target)
     try:
@@ -125,6 +182,7 @@ def atomic_write_json(target: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file; a missing or malformed file is a one-line KneesegError."""
     path = Path(path)
+    refuse_special_file(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -12,7 +12,9 @@ Conventions used everywhere in kneeseg:
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,9 +22,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from kneeseg.errors import KneesegError
-from kneeseg.io.atomic import atomic_path
+from kneeseg.io.atomic import atomic_path, refuse_special_file
+from kneeseg.io.headers import spacing_problem
 from kneeseg.io.segmentation import SEGMENTATION_ENDING, write_seg_nrrd
-from kneeseg.io.truncation import data_shortfall
+from kneeseg.io.truncation import Shortfall, data_shortfall, dicom_shortfall, is_dicom_file
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 OUTPUT_ENDINGS = SUPPORTED_ENDINGS + (SEGMENTATION_ENDING,)
@@ -107,24 +110,82 @@ def strip_ending(path: str | os.PathLike) -> str:
     return name[: len(name) - len(ending)] if ending else name
 
 
+@contextlib.contextmanager
+def itk_quiet() -> Iterator[None]:
+    """No ITK warnings on stderr: what they would say (a substituted spacing, a folder without DICOM) is
+    judged by kneeseg and said in its own words, or refused."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
 def dicom_series_files(folder: Path) -> tuple[str, ...]:
     """The files of the one DICOM series in ``folder``, in slice order (GDCM: by position along the normal)."""
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    with itk_quiet():
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise KneesegError(f"{folder}: folder holds no DICOM series")
     if len(series) > 1:
         raise KneesegError(f"{folder}: folder holds {len(series)} DICOM series; give one series per folder")
-    return tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    with itk_quiet():
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     names = dicom_series_files(folder)
-    _check_slice_spacing(folder, names)
+    _check_slice_files(folder, names)
+    _check_slice_geometry(folder, names)
     reader.SetFileNames(names)
     if hasattr(reader, "SetSpacingWarningRelThreshold"):  # judged above, in kneeseg's words: no raw ITK warning
         reader.SetSpacingWarningRelThreshold(1.0)
-    return reader.Execute()
+    with itk_quiet():
+        return reader.Execute()
+
+
+def _short_slice(folder: Path, name: str, short: Shortfall) -> KneesegError:
+    return KneesegError(f"{folder}: DICOM slice {Path(name).name} is cut short: its header describes {short.expected} bytes of "
+                        f"pixel data, the file holds {short.found}, {100 * short.found // max(1, short.expected)}%")
+
+
+def _check_slice_files(folder: Path, names: tuple[str, ...]) -> None:
+    """Refuse a series with a slice whose pixel data is cut short: GDCM reads a short pixel data element
+    as zeros, and leaves a file cut short out of the series without a word (the first or last slice
+    then goes missing unnoticed), so the folder's other DICOM files are measured too."""
+    listed = {os.path.abspath(n) for n in names}
+    for name in names:
+        short = dicom_shortfall(name, force=True)  # GDCM took it for DICOM, preamble or not
+        if short is not None:
+            raise _short_slice(folder, name, short)
+    for other in sorted(folder.iterdir()):
+        if os.path.abspath(other) not in listed and other.is_file() and is_dicom_file(other):
+            short = dicom_shortfall(other)
+            if short is not None:
+                raise _short_slice(folder, str(other), short)
+
+
+# Where a slice lies and how big its pixels are; without them ITK guesses (what it would do, in the message).
+_SLICE_GEOMETRY = (("0020|0032", "ImagePositionPatient (0020,0032)", 3, "ITK would stack the slices 1 mm apart"),
+                   ("0020|0037", "ImageOrientationPatient (0020,0037)", 6, "ITK would take the slices as axial"),
+                   ("0028|0030", "PixelSpacing (0028,0030)", 2, "ITK would read 1 mm pixels"))
+
+
+def _usable(text: str, count: int, key: str) -> bool:
+    """Whether a slice's header value (DICOM's backslash-separated numbers) is the geometry it should be."""
+    try:
+        values = [float(v) for v in text.split("\\")]
+    except ValueError:
+        return False
+    if len(values) != count or not np.all(np.isfinite(values)):
+        return False
+    if key == "0028|0030":
+        return min(values) > 0
+    if key == "0020|0037":
+        return bool(np.linalg.norm(np.cross(values[:3], values[3:])) > 1e-3)  # two directions, not parallel
+    return True
 
 
 # Slice gaps may differ from the series' typical gap by this share (or _SLICE_GAP_ABS_TOL mm, the rounding of
@@ -133,26 +194,37 @@ _SLICE_GAP_REL_TOL = 0.01
 _SLICE_GAP_ABS_TOL = 0.01
 
 
-def _check_slice_spacing(folder: Path, names: tuple[str, ...]) -> None:
-    """Refuse a series whose slices are not evenly spaced (a missing slice, uneven or repeated positions):
-    ITK would lay them on an evenly spaced grid, putting the voxels near the gap up to half a gap off."""
-    if len(names) < 3:
+def _check_slice_geometry(folder: Path, names: tuple[str, ...]) -> None:
+    """Refuse a series of single-frame slices whose geometry ITK would guess (a slice without a usable
+    position, orientation or pixel spacing), or whose slices are not evenly spaced (a missing slice, uneven
+    or repeated positions): ITK would lay them on an evenly spaced grid, putting the voxels near the gap up
+    to half a gap off."""
+    if len(names) < 2:
         return
     header = sitk.ImageFileReader()
-    positions, orientation = [], None
+    values: dict[str, list[str]] = {key: [] for key, *_ in _SLICE_GEOMETRY}
     for name in names:
         header.SetFileName(name)
         try:
-            header.ReadImageInformation()
-            if not header.HasMetaDataKey("0020|0032"):
-                return  # no slice positions (e.g. secondary capture): nothing to check against
-            positions.append([float(v) for v in header.GetMetaData("0020|0032").split("\\")])
-            if orientation is None and header.HasMetaDataKey("0020|0037"):
-                orientation = [float(v) for v in header.GetMetaData("0020|0037").split("\\")]
-        except (RuntimeError, ValueError):
+            with itk_quiet():
+                header.ReadImageInformation()
+        except RuntimeError:
             return  # an unreadable header: ITK's reader says what is wrong with it
-    if orientation is None or len(orientation) != 6 or any(len(p) != 3 for p in positions):
+        if header.HasMetaDataKey("0028|0008") and header.GetMetaData("0028|0008").strip() not in ("", "1"):
+            return  # multi-frame files: their geometry is per frame, in functional groups GDCM reads
+        for key in values:
+            values[key].append(header.GetMetaData(key) if header.HasMetaDataKey(key) else "")
+    for key, what, count, guess in _SLICE_GEOMETRY:
+        lacking = [Path(name).name for name, text in zip(names, values[key]) if not _usable(text, count, key)]
+        if lacking:
+            who = "its slices have" if len(lacking) == len(names) else \
+                f"slice {lacking[0]}{f' (and {len(lacking) - 1} more)' if len(lacking) > 1 else ''} has"
+            raise KneesegError(f"{folder}: DICOM series without its geometry: {who} no usable {what}, and without it "
+                               f"{guess}; kneeseg does not guess it")
+    if len(names) < 3:
         return
+    positions = [[float(v) for v in text.split("\\")] for text in values["0020|0032"]]
+    orientation = [float(v) for v in values["0020|0037"][0].split("\\")]
     normal = np.cross(orientation[:3], orientation[3:])
     along = np.asarray(positions) @ normal
     order = np.argsort(along, kind="stable")
@@ -181,20 +253,28 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
     """Read a file or DICOM folder as a SimpleITK image; any failure is a one-line KneesegError.
 
     A file shorter than its header says is an error (ITK's NIfTI reader fills the rest with zeros
-    silently; its NRRD and MetaImage readers fail), and so is a DICOM series with a missing slice or
-    uneven slice spacing (ITK reads it onto an evenly spaced grid with only a warning).
+    silently; its NRRD and MetaImage readers fail), and so is a DICOM series with a slice cut short, a
+    missing slice or uneven slice spacing (ITK reads it onto an evenly spaced grid with only a warning),
+    a header whose voxel spacing is zero, negative or not a number (kneeseg.io.headers; ITK reads 1 mm),
+    and a path that is neither a file nor a folder (/dev/null, a named pipe). ITK's warnings are not
+    shown: what they say is judged here.
     """
     path = Path(path)
     if not path.exists():
         raise KneesegError(f"{path}: file not found")
+    refuse_special_file(path)  # /dev/null, a named pipe (reading it would wait forever), ...
     if path.is_file():
         short = data_shortfall(path)  # ITK's NIfTI reader would fill the missing voxels with zeros
         if short is not None:
             raise KneesegError(f"{path}: {short.describe(path)}")
+        problem = spacing_problem(path)  # ITK would read a zero or NaN spacing as 1 mm
+        if problem is not None:
+            raise KneesegError(f"{path}: {problem}")
     try:
         if path.is_dir():
             return _read_dicom_series(path)
-        image = sitk.ReadImage(str(path))
+        with itk_quiet():
+            image = sitk.ReadImage(str(path))
     except KneesegError:
         raise
     except (RuntimeError, OSError) as exc:

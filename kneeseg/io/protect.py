@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from kneeseg.errors import KneesegError
-from kneeseg.io.atomic import temporary_path
+from kneeseg.io.atomic import check_name_length
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -30,6 +30,8 @@ def check_output_folder(folder: str | os.PathLike, named: str | os.PathLike | No
     folder = Path(folder)
     name = named if named is not None else folder
     existing = _nearest_existing(folder)
+    if not existing.is_dir() and existing == Path(os.path.abspath(folder)) and named is None:
+        raise KneesegError(f"{folder}: exists and is not a folder; give a folder")
     if not existing.is_dir():
         raise KneesegError(f"{name}: cannot create output folder ({existing} is a file)")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -41,17 +43,11 @@ def check_output_file(path: str | os.PathLike) -> None:
     """A KneesegError unless ``path`` can be written as a file: not a folder, its folder writable or
     creatable, its name (and the temporary name it is written under first) not too long here."""
     path = Path(path)
-    if path.is_dir():
-        raise KneesegError(f"{path}: is a folder; give a file name")
+    check_name_length(path)  # first: a name too long for the file system fails any look at the path
+    if path.is_dir():  # the file would be written in its place only after the work
+        raise KneesegError(f"{path}: is a folder, and its name ends like an output file; give a file name, or a folder "
+                           "whose name does not end like one")
     check_output_folder(path.parent, path)
-    try:
-        limit = os.pathconf(_nearest_existing(path.parent), "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    longest = max(len(path.name.encode()), len(temporary_path(path).name.encode()))
-    if longest > limit:
-        raise KneesegError(f"{path}: file name too long for this file system ({longest} bytes with kneeseg's temporary "
-                           f"name; at most {limit})")
 
 
 def starts_with(path: str | os.PathLike, prefix: bytes) -> bool:

@@ -2,8 +2,10 @@
 
 ITK's NIfTI reader reads such a file without a word and fills the missing voxels with zeros; its
 MetaImage reader fails with a misleading reason ("No such file or directory") and prints to the
-console, its NRRD reader with a long one. This measures the data against the header for NIfTI-1/2
-(.nii, .nii.gz), NRRD with attached raw or gzip data and MetaImage (.mha, .mhd with one data file),
+console, its NRRD reader with a long one; GDCM reads a DICOM slice whose pixel data element is
+shorter than its rows and columns as zeros (or leaves a slice cut short out of its series without a
+word). This measures the data against the header for NIfTI-1/2 (.nii, .nii.gz), NRRD with attached
+raw or gzip data, MetaImage (.mha, .mhd with one data file) and DICOM with uncompressed pixel data,
 so that every command refuses a cut-short file in the same words. Anything it cannot parse is left
 to ITK's reader.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import gzip
 import re
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +207,50 @@ def _metaimage(path: Path) -> Shortfall | None:
     return Shortfall(expected, found, data_file, False) if found < expected else None
 
 
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` starts as a DICOM file does (a 128-byte preamble, then 'DICM')."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_shortfall(path: str | Path, force: bool = False) -> Shortfall | None:
+    """How much of a DICOM file's uncompressed pixel data is missing (Rows x Columns x SamplesPerPixel x
+    NumberOfFrames x BitsAllocated), from the pixel data element's length and from the file's own length
+    (a file cut short); None for complete, compressed or unparsable files. ``force``: also a file
+    without the DICOM preamble (one that GDCM already took for DICOM)."""
+    import pydicom
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # judged here: pydicom's remarks on odd values are not the user's concern
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, defer_size=1024, force=force)  # the pixel data is not read, only its length
+            syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+            if syntax is not None and (syntax.is_encapsulated or syntax.is_deflated):
+                return None  # encapsulated or deflated: no length to compare with
+            rows, columns, bits = (int(ds.get(k) or 0) for k in ("Rows", "Columns", "BitsAllocated"))
+            samples, frames = int(ds.get("SamplesPerPixel") or 1), int(ds.get("NumberOfFrames") or 1)
+            element = ds.get_item("PixelData") if "PixelData" in ds else None
+    except Exception:  # noqa: BLE001 (not DICOM, or broken in a way pydicom names: ITK's reader says what it says)
+        return None
+    expected = (rows * columns * samples * frames * bits + 7) // 8
+    if not expected or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        return None
+    length, start = getattr(element, "length", None), getattr(element, "value_tell", None)  # of a deferred value
+    if element is None:
+        found = 0  # cut before its pixel data
+    elif element.value is not None:
+        found = len(element.value)
+    elif length is None or start is None or length == 0xFFFFFFFF:
+        return None  # undefined length: encapsulated frames
+    else:
+        found = min(int(length), path.stat().st_size - int(start))
+    return Shortfall(expected, found, path, False) if found < expected else None
+
+
 def data_shortfall(path: str | Path) -> Shortfall | None:
     """How much voxel data a file lacks against its header, or None (complete, or not a format checked here)."""
     path = Path(path)
@@ -215,6 +262,8 @@ def data_shortfall(path: str | Path) -> Shortfall | None:
             return _nrrd(path)
         if name.endswith((".mha", ".mhd")):
             return _metaimage(path)
+        if name.endswith(".dcm") or is_dicom_file(path):
+            return dicom_shortfall(path, force=name.endswith(".dcm"))
     except OSError:
         return None  # unreadable: ITK's reader says why
     return None

@@ -83,14 +83,29 @@ def _workdir_path(path: Path, parts: int) -> str:
     return "/".join(("WORKDIR", *path.parts[-parts:]))
 
 
-def build_command(minutes: float, seed: int, holdout_summary: Path | None, machine_from: Path | None) -> str:
+def build_command(minutes: float, seed: int, holdout_summary: Path | None, machine_from: Path | None,
+                  robustness: Path | None = None) -> str:
     """The ``make model`` line that builds this model again."""
     line = f"make model MODEL_MINUTES={minutes:g} MODEL_SEED={seed}"
     if holdout_summary is not None:
         line += f" HOLDOUT={_workdir_path(holdout_summary, 1)}"
     if machine_from is not None:  # WORKDIR/pre/DatasetNNN_Name/kneesegPlans.json
         line += f" MACHINE_FROM={_workdir_path(machine_from, 3)}"
+    if robustness is not None:
+        line += f" ROBUSTNESS={_workdir_path(robustness, 1)}"
     return line
+
+
+ROBUSTNESS_COMMAND = "python benchmarks/robustness_real.py --workdir WORKDIR --eval-half B --table WORKDIR/{name}"
+
+
+def _robustness(table: Path | None) -> str:
+    """The card's section on half B as other protocols would record it: the robustness benchmark's table."""
+    if table is None:
+        return "(not given to this build: see benchmarks/RESULTS.md)"
+    return (f"`{ROBUSTNESS_COMMAND.format(name=table.name)}` predicts versions of half B made as other acquisitions "
+            f"would record it and counts the bone invented where the reference has none (half B has no patella):\n\n"
+            + table.read_text(encoding="utf-8").strip())
 
 
 def holdout_command(minutes: float, seed: int, machine: MachineProfile | None) -> str:
@@ -100,7 +115,8 @@ def holdout_command(minutes: float, seed: int, machine: MachineProfile | None) -
 
 
 def model_card(machine: MachineProfile, config: ConfigurationPlan, bones: list[str], epochs: int, own_dice: float,
-               minutes: float, seed: int, holdout_summary: Path | None = None, machine_from: Path | None = None) -> str:
+               minutes: float, seed: int, holdout_summary: Path | None = None, machine_from: Path | None = None,
+               robustness: Path | None = None) -> str:
     """MODEL_CARD.md of a model built with these settings (the template filled in)."""
     held_out = json.loads(holdout_summary.read_text(encoding="utf-8")) if holdout_summary else None
     recorded = Plans.load(machine_from).hardware.machine if machine_from else None
@@ -111,21 +127,21 @@ def model_card(machine: MachineProfile, config: ConfigurationPlan, bones: list[s
         epochs=epochs, spacing=config.spacing[0], patch="x".join(map(str, config.patch_size)),
         widths=f"{config.network.features_per_stage[0]}-{config.network.features_per_stage[-1]}",
         own_dice=own_dice, python=platform.python_version(),
-        build_command=build_command(minutes, seed, holdout_summary, machine_from),
+        build_command=build_command(minutes, seed, holdout_summary, machine_from, robustness),
         holdout_command=holdout_command(minutes, seed, recorded),
         held_out_file=_workdir_path(holdout_summary, 1) if holdout_summary else "WORKDIR/summary_A_to_B.json",
         held_out=_figures(held_out, bones) if held_out else "(not given to this build: see benchmarks/RESULTS.md)",
-        holdout_plan=_holdout_plan(machine_from),
+        holdout_plan=_holdout_plan(machine_from), robustness=_robustness(robustness),
     )
 
 
 def build(shared: Path, out: Path, minutes: float, seed: int, holdout_summary: Path | None, progress: bool = True,
-          machine_from: Path | None = None) -> Path:
-    extra = [f for f in (holdout_summary, machine_from) if f is not None]
+          machine_from: Path | None = None, robustness: Path | None = None) -> Path:
+    extra = [f for f in (holdout_summary, machine_from, robustness) if f is not None]
     for needed in (shared / "knee_0000.nii.gz", shared / "knee_bone.nii.gz", *extra):
         if not needed.is_file():  # refused now, not after an hour of training
             raise KneesegError(f"{needed}: not found (--shared: the KneeBones3Dify scan and mask; --holdout-summary, "
-                               "--machine-from: JSON files)")
+                               "--machine-from: JSON files; --robustness: a Markdown table)")
     if minutes <= 0:
         raise KneesegError(f"--train-minutes {minutes:g}: must be positive")
     recorded = Plans.load(machine_from).hardware.machine if machine_from else None  # unreadable: refused now
@@ -140,7 +156,7 @@ def build(shared: Path, out: Path, minutes: float, seed: int, holdout_summary: P
         predict(scan, Path(tmp, "self.nii.gz"), model_dir=result.model_dir, options=PredictionOptions(progress=progress))
         own = evaluate(labels, Path(tmp, "self.nii.gz"), Path(tmp, "self.json"), progress=False)["mean"]
         card = model_card(machine, plans.configuration("3d_cpu"), list(plans.labels)[1:], result.epochs, own["all_bones"]["dice"],
-                          minutes, seed, holdout_summary, machine_from)
+                          minutes, seed, holdout_summary, machine_from, robustness)
         (result.model_dir / "MODEL_CARD.md").write_text(card, encoding="utf-8")
         archive = Path(tmp, "model.zip")
         export_model(result.model_dir, archive, ["0"], half=True)
@@ -166,10 +182,13 @@ def main(argv=None) -> int:
     p.add_argument("--holdout-summary", type=Path, help="summary_A_to_B.json of a holdout benchmark run of this recipe")
     p.add_argument("--machine-from", type=Path, metavar="PLANS",
                    help="plan for the machine recorded in this kneesegPlans.json (the holdout run's) instead of measuring")
+    p.add_argument("--robustness", type=Path, metavar="TABLE",
+                   help="the holdout run's robustness table (benchmarks/robustness_real.py --table) for the model card")
     p.add_argument("--output", type=Path, default=BUILTIN_MODEL_DIR)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
-    build(args.shared, args.output, args.train_minutes, args.seed, args.holdout_summary, args.progress, args.machine_from)
+    build(args.shared, args.output, args.train_minutes, args.seed, args.holdout_summary, args.progress, args.machine_from,
+          args.robustness)
     return 0
 
 
