@@ -1,5 +1,6 @@
 """The Python API behind the commands: each function composes stages; the CLIs only parse arguments.
 
+    add_case(paths, dataset, images, label)       a corrected scan into a raw dataset (made from a model's labels if new)
     machine_profile()                             this machine, measured, for planning (or a named profile)
     plan_and_preprocess(paths, datasets)          plans for the chosen machine, and the preprocessed cache
     train(paths, fold)                            train one fold, then predict its validation cases in full
@@ -38,7 +39,9 @@ from kneeseg.training.layout import TRAINER_NAME
 # The training stack (batchgenerators, scipy.signal), matplotlib and scikit-image take seconds to
 # import; the everyday command, kneeseg_predict, needs none of them, so they are imported where used.
 if TYPE_CHECKING:
+    from kneeseg.dataset.add_case import AddedCase
     from kneeseg.export.stl import MeshReport
+    from kneeseg.planning.inherit import ParentModel
     from kneeseg.preprocessing.pipeline import PlanAndPreprocessResult
     from kneeseg.training.trainer import TrainingResult, TrainOptions
 
@@ -51,6 +54,24 @@ def load_plans(paths: KneesegPaths, dataset: str | int | None, plans_name: str =
     if not plans_path.exists():
         raise KneesegError(f"{plans_path}: plans not found; run kneeseg_plan_and_preprocess first")
     return name, Plans.load(plans_path), DatasetJson.load(folder / "dataset.json")
+
+
+def add_case(paths: KneesegPaths, dataset: str | int, images: Sequence[Path], label: Path, model_dir: Path | str | None = None,
+             name: str = "MyScanner", case_id: str | None = None, overwrite: bool = False) -> AddedCase:
+    """Add a scan (``images``: one file per channel, or a DICOM series folder) and its corrected
+    ``label`` (a 3D Slicer ``.seg.nrrd``, a DICOM SEG or a label map on the scan's grid) to the raw
+    dataset ``dataset`` as a training case (kneeseg.dataset.add_case). A dataset that does not exist
+    is created as ``DatasetNNN_<name>`` with the channels and labels of the model ``model_dir``
+    (a model folder; default and 'builtin': the built-in model), the model whose predictions were
+    corrected. ``case_id``: default the next free ``case_NNN``; an existing case is replaced only
+    with ``overwrite``. Nothing is half-added: a failure leaves the dataset as it was."""
+    from kneeseg.dataset.add_case import add_case as add_to_dataset
+    from kneeseg.dataset.add_case import existing_dataset
+
+    template = None
+    if existing_dataset(paths.raw, dataset) is None:
+        template = resolve_model(model_dir=Path(str(model_dir or "builtin"))).ds
+    return add_to_dataset(paths.raw, dataset, [Path(p) for p in images], Path(label), template, name, case_id, overwrite)
 
 
 def machine_profile(machine: str = "measure", cpu_threads: int | None = None, cpu_gflops: float | None = None,
@@ -99,6 +120,17 @@ class PlanOptions:
     verify: bool = True
     preprocess: bool = True  # False: fingerprint and plans only
     progress: bool = True
+    # A trained model ('builtin' or a model folder) whose configuration the plans take as it is, for
+    # fine-tuning it (kneeseg_train --pretrained): nothing is measured or planned (kneeseg.planning.inherit)
+    plans_from: str | None = None
+
+
+def parent_model(given: str | Path) -> tuple[TrainedModel, ParentModel]:
+    """The model ``given`` ('builtin' or a model folder) as a parent for plans and weights."""
+    from kneeseg.planning.inherit import ParentModel
+
+    model = resolve_model(model_dir=Path(str(given)))
+    return model, ParentModel(str(given), model.plans, model.config.name, model.ds)
 
 
 def plan_and_preprocess(paths: KneesegPaths, datasets: Sequence[str | int | None] | None = None, options: PlanOptions | None = None,
@@ -110,7 +142,9 @@ def plan_and_preprocess(paths: KneesegPaths, datasets: Sequence[str | int | None
     ``options.machine`` is None: planning again (e.g. to preprocess another configuration) must not
     move a borderline plan and orphan its cache and checkpoints. Otherwise for this machine, measured
     once for all datasets, or a named profile. ``on_machine(machine, recorded)`` hears which before a
-    dataset is planned, ``on_planned(result)`` after."""
+    dataset is planned, ``on_planned(result)`` after. With ``options.plans_from`` each dataset takes
+    that model's configuration as it is (its machine record included; no machine is measured), and a
+    dataset with other channels or labels than the model's is refused."""
     from kneeseg.planning.plans import HardwareTarget
     from kneeseg.preprocessing import pipeline
 
@@ -118,6 +152,22 @@ def plan_and_preprocess(paths: KneesegPaths, datasets: Sequence[str | int | None
     overrides = (options.cpu_threads, options.cpu_gflops, options.cpu_precision)
     measured: MachineProfile | None = None
     results = []
+    if options.plans_from is not None:
+        ignored = [flag for flag, value in (("--machine", options.machine), ("--cpu-threads", options.cpu_threads),
+                                            ("--cpu-gflops", options.cpu_gflops), ("--cpu-precision", options.cpu_precision),
+                                            ("--cpu-spacing", options.cpu_spacing)) if value is not None]
+        if ignored:
+            raise KneesegError(f"--plans-from {options.plans_from}: the configuration is the model's as it is; "
+                               f"{', '.join(ignored)} would be ignored (give one or the other)")
+        _, parent = parent_model(options.plans_from)
+        for dataset in datasets or [None]:
+            result = pipeline.plan_and_preprocess(
+                paths, dataset, options.configurations, options.device, None, options.plans_name, options.num_processes,
+                options.seed, options.verify, options.preprocess, options.progress, parent=parent)
+            if on_planned is not None:
+                on_planned(result)
+            results.append(result)
+        return results
     for dataset in datasets or [None]:
         machine = recorded_machine(paths, dataset, options.plans_name) if options.machine is None else None
         recorded = machine is not None
@@ -144,7 +194,9 @@ def train(paths: KneesegPaths, fold: str = "0", dataset: str | int | None = None
           trainer: str = TRAINER_NAME) -> TrainingResult:
     """Train one fold with ``trainer`` (the default or a variant, kneeseg.training.variants), then
     (main process) predict its validation cases in full into ``fold_N/validation`` so that
-    kneeseg_find_postprocessing has cross-validation predictions to choose from."""
+    kneeseg_find_postprocessing has cross-validation predictions to choose from. With
+    ``options.pretrained`` ('builtin' or a model folder) the fold is fine-tuned from that model's
+    weights with the fine-tuning schedule (kneeseg.training.finetune; plan with ``plans_from`` first)."""
     from dataclasses import replace
 
     from kneeseg.training.trainer import TrainOptions
@@ -295,7 +347,7 @@ def _predict_cases(model: TrainedModel, cases: list[InputCase], out: Path, optio
         from kneeseg.export.overlays import save_overlay
 
         overlays = Path(study.overlays)
-        hooks.append(lambda case, image, labels, geometry, warnings: save_overlay(
+        hooks.append(lambda case, image, labels, geometry, *_: save_overlay(
             image, labels, geometry.spacing_zyx, overlays / f"{case.case_id}.png", case.case_id))
     meshes = None
     if study.stl is not None:
@@ -312,9 +364,9 @@ def _predict_cases(model: TrainedModel, cases: list[InputCase], out: Path, optio
         record.begin(todo)  # a run killed midway leaves rows that say these cases' files are kneeseg's
         hooks.append(lambda case, *_: record.add(case))  # last: a case is recorded once all its files are written
 
-    def after_case(case, image, labels, geometry, warnings):
+    def after_case(case, image, labels, geometry, warnings, uncertain_share):
         for hook in hooks:
-            hook(case, image, labels, geometry, warnings)
+            hook(case, image, labels, geometry, warnings, uncertain_share)
 
     try:
         if not todo:

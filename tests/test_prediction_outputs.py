@@ -146,7 +146,7 @@ def test_predict_writes_seg_nrrd_label_descriptions_and_statistics(small_model, 
                          "--statistics", *path_flags(paths)]) == 0
     cases = ["phantom_test_000", "phantom_test_001"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["labels.ctbl", "labels.itksnap.txt", "statistics.csv", "study.csv"]
+        ["labels.ctbl", "labels.itksnap.txt", "review_order.csv", "statistics.csv", "study.csv"]
         + [f"{c}{ext}" for c in cases for ext in (".nii.gz", ".statistics.json")])
     table = list(csv.DictReader((out / "statistics.csv").open()))
     assert [(r["case"], r["bone"]) for r in table] == [(c, b) for c in cases for b in ("femur", "tibia", "patella")]
@@ -258,8 +258,8 @@ def test_a_study_of_plain_files_is_shared_and_resumed(small_model, tmp_path, cap
     out = tmp_path / "out"
     common = ["-i", str(scans), "-o", str(out), "--device", "cpu", "--no-progress", "--statistics", *path_flags(small_model)]
     assert predict_main([*common, "--num-parts", "2", "--part-id", "1"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["knee1.nii.gz", "knee1.statistics.json", "labels.ctbl",
-                                                     "labels.itksnap.txt", "statistics_part1of2.csv", "study_part1of2.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["knee1.nii.gz", "knee1.statistics.json", "labels.ctbl", "labels.itksnap.txt",
+                                                     "review_order_part1of2.csv", "statistics_part1of2.csv", "study_part1of2.csv"]
     written = (out / "knee1.nii.gz").stat().st_mtime_ns
     capsys.readouterr()
     assert predict_main(common) == 0

@@ -9,6 +9,10 @@ speed of a real training step in fp32 and bf16 (a few seconds), for --cpu-traini
 --machine reference plans for the project's reference machine instead (the same plans everywhere);
 --cpu-threads, --cpu-gflops and --cpu-precision replace what was measured. A machine measured while
 other work kept its cores busy is recorded as such, with a warning.
+
+--plans-from builtin|MODEL_DIR plans the dataset with that model's configuration as it is (spacing,
+patch, network, normalisation, its machine record), so that kneeseg_train --pretrained can fine-tune
+the model on it; a model with other channels or labels than the dataset's is refused.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ def main(argv=None):
     p.add_argument("--cpu-spacing", type=positive_float, nargs="+", metavar="MM",
                    help="spacing of the 3d_cpu configuration instead of the planner's choice: one value (isotropic) "
                         "or three (z y x, the order of the plans); its patch and widths are still sized for the machine")
+    p.add_argument("--plans-from", metavar="MODEL", help="take the configuration of this model ('builtin' or a model "
+                   "folder) as it is, to fine-tune it on this dataset (kneeseg_train --pretrained)")
     p.add_argument("--plans-name", default="kneesegPlans")
     p.add_argument("-np", "--num-processes", type=positive_int, default=1, help="parallel workers (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed for intensity and foreground-location sampling")
@@ -58,7 +64,7 @@ def main(argv=None):
         cpu_gflops=args.cpu_gflops, cpu_precision={"fp32": "none", "bf16": "bf16", None: None}[args.cpu_precision],
         gpu_memory_gb=args.gpu_memory_gb, cpu_training_hours=args.cpu_training_hours, cpu_spacing=cpu_spacing,
         plans_name=args.plans_name, num_processes=args.num_processes, seed=args.seed, verify=args.verify,
-        preprocess=not args.plan_only, progress=args.progress,
+        preprocess=not args.plan_only, progress=args.progress, plans_from=args.plans_from,
     )
 
     def on_machine(machine: MachineProfile, recorded: bool) -> None:

@@ -3,6 +3,11 @@
 FOLD is 0..k-1 or 'all'. With no -d it takes the one preprocessed dataset; with no -c the
 configuration the plans recommend for the device (3d_cpu without a GPU). Runs under
 `torchrun --nproc_per_node N` as DistributedDataParallel (gloo on CPU, nccl on GPUs).
+
+--pretrained builtin|MODEL_DIR fine-tunes that model: its weights are the start (the dataset must be
+planned with kneeseg_plan_and_preprocess --plans-from the same model), with a warm-up and, unless
+--epochs or --time-budget-min say otherwise, a budget of 10 minutes (docs/finetuning.md). The new
+model records its parent in model.json and README.md.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ def main(argv=None):
     p.add_argument("--val-iters", type=positive_int, help="validation batches per epoch (default: the plan's)")
     p.add_argument("--time-budget-min", type=positive_float,
                    help="wall-clock budget; the schedule is scaled to fit it (never beyond --epochs)")
+    p.add_argument("--pretrained", metavar="MODEL", help="fine-tune this model ('builtin' or a model folder) instead of "
+                   "training from random weights; plan with kneeseg_plan_and_preprocess --plans-from MODEL first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-workers", type=int, help="background augmentation processes (default: 1 on a 2-15-core CPU, "
                    "none on 1 core, cores-1 up to 8 for a GPU; 0: none)")
@@ -49,7 +56,7 @@ def main(argv=None):
         time_budget_min=args.time_budget_min, seed=args.seed, device=resolve_device(args.device),
         num_workers=args.num_workers, resume=args.resume, overwrite=args.overwrite, autocast=args.autocast,
         distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1,  # set by torchrun
-        progress=args.progress,
+        progress=args.progress, pretrained=args.pretrained,
     )
     result = train(paths_from(args), args.fold, args.dataset, args.configuration, args.plans, options, trainer=args.trainer)
     if result.main_process:

@@ -369,7 +369,8 @@ class StudyMeshes:
     def folder_of(self, case) -> Path:
         return self.folder / case.case_id if self.per_case else self.folder
 
-    def __call__(self, case, image: np.ndarray, labels: np.ndarray, geometry: Geometry, warnings: list[str]) -> None:
+    def __call__(self, case, image: np.ndarray, labels: np.ndarray, geometry: Geometry, warnings: list[str],
+                 uncertain_share: float | None = None) -> None:
         folder = self.folder_of(case)
         ensure_writable_folder(folder)  # also for a case without bones: a resumed study finds it done
         try:

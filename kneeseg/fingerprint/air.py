@@ -24,6 +24,7 @@ AIR_MEAN_VOXELS = 5
 AIR_NOISE_SIGMAS = 2.0
 EDGE_NOISE_SIGMAS = 4.0
 MIN_ISLAND_VOXELS = 1000  # brighter specks left in the air join it
+MIN_ZEROED_SHARE = 0.01  # a scanner that zeroes the air leaves ~30 % of a knee scan at exactly 0
 
 
 def noise_sigma(image: np.ndarray) -> float:
@@ -64,3 +65,15 @@ def air_mask(image: np.ndarray) -> np.ndarray:
     small = np.bincount(islands.ravel()) < MIN_ISLAND_VOXELS
     small[0] = False  # label 0 is the air itself
     return air | small[islands]
+
+
+def air_is_zeroed(image: np.ndarray) -> bool:
+    """Whether a scan stores its air as zeros: at least ``MIN_ZEROED_SHARE`` of its voxels are exactly 0."""
+    return bool(np.count_nonzero(image == 0) >= MIN_ZEROED_SHARE * image.size)
+
+
+def with_air_zeroed(images: list[np.ndarray]) -> list[np.ndarray]:
+    """Copies of a case's channels with the air found on the first one (``air_mask``) set to 0 in
+    every channel, as a scanner that zeroes the air would have stored them."""
+    air = air_mask(images[0])
+    return [np.where(air, np.zeros((), image.dtype), image) for image in images]

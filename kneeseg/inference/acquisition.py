@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from kneeseg.fingerprint.air import air_mask
+# air_is_zeroed and with_air_zeroed live with the air (the preprocessing of a fine-tuning dataset uses them too)
+from kneeseg.fingerprint.air import MIN_ZEROED_SHARE, air_is_zeroed, with_air_zeroed  # noqa: F401
 from kneeseg.io import Geometry
 from kneeseg.io.orientation import Orientation
 from kneeseg.planning.plans import ConfigurationPlan
 
 MAX_SPACING_RATIO = 2.0
 MAX_OBLIQUE_DEG = 15.0  # the training augmentation's rotation range
-MIN_ZEROED_SHARE = 0.01  # a scanner that zeroes the air leaves ~30 % of a knee scan at exactly 0
 CANONICAL_AXES = ("superior-inferior", "anterior-posterior", "left-right")
 
 
@@ -32,22 +32,10 @@ def oblique_degrees(direction) -> float:
     return float(np.degrees(np.arccos(np.clip(d.max(axis=0), -1.0, 1.0))).max())
 
 
-def air_is_zeroed(image: np.ndarray) -> bool:
-    """Whether a scan stores its air as zeros: at least ``MIN_ZEROED_SHARE`` of its voxels are exactly 0."""
-    return bool(np.count_nonzero(image == 0) >= MIN_ZEROED_SHARE * image.size)
-
-
 def needs_zeroed_air(config: ConfigurationPlan, image: np.ndarray) -> bool:
     """Whether ``config`` was trained on scans whose air was stored as zeros (plans that normalise
     inside the nonzero region) and ``image`` (a first channel) has its air stored otherwise."""
     return bool(config.use_mask_for_norm[0]) and not air_is_zeroed(image)
-
-
-def with_air_zeroed(images: list[np.ndarray]) -> list[np.ndarray]:
-    """Copies of a case's channels with the air found on the first one (``air_mask``) set to 0 in
-    every channel, as a scanner that zeroes the air would have stored them."""
-    air = air_mask(images[0])
-    return [np.where(air, np.zeros((), image.dtype), image) for image in images]
 
 
 def acquisition_warnings(geometry: Geometry, config: ConfigurationPlan, image: np.ndarray | None = None) -> list[str]:

@@ -4,7 +4,7 @@ Why: a fold's checkpoint_final.pth keeps what continuing a training needs (optim
 last epoch's weights beside their tail average, the history), most of its size. Whoever only
 predicts needs the network's weights, and half precision loses nothing a label map shows (the
 networks compute in float32: ``float32_weights`` casts them back on loading). An archive holds the
-model folder's files (plans.json, dataset.json, model.json, postprocessing.json, MODEL_CARD.md),
+model folder's files (plans.json, dataset.json, model.json, postprocessing.json, MODEL_CARD.md, README.md),
 one weights-only ``fold_N/checkpoint_final.pth`` per fold, and a manifest, kneeseg_model.json,
 with the sha256 of every file.
 
@@ -43,7 +43,7 @@ from kneeseg.training.network import UNet
 MANIFEST = "kneeseg_model.json"
 FORMAT, FORMAT_VERSION = "kneeseg-model", 1
 REQUIRED = ("plans.json", "dataset.json", "model.json")
-OPTIONAL = ("postprocessing.json", "MODEL_CARD.md")
+OPTIONAL = ("postprocessing.json", "MODEL_CARD.md", "README.md")  # README.md: a fine-tuned model's parent
 WEIGHTS = re.compile(r"fold_([A-Za-z0-9]+)/" + re.escape(CHECKPOINT))
 # What the predictor reads of a checkpoint besides the weights (it checks the signature against the plans).
 LOADER_KEYS = ("trainer", "plans_name", "configuration", "fold", "signature")

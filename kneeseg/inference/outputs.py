@@ -92,9 +92,11 @@ class PredictionFiles:
                 *([self.mesh_folder(case)] if self.study.stl else [])]
 
     def of_study(self, cases: Sequence[InputCase]) -> list[Path]:
-        """The files written once for the cases: label descriptions, statistics table, study record."""
+        """The files written once for the cases: label descriptions, statistics table and review order, study record."""
+        from kneeseg.export.statistics import review_order_path
+
         descriptions = [p for pair in label_description_files(cases, self.label_descriptions) for p in pair]
-        return [*descriptions, *([self.statistics_csv] if self.statistics_csv else []),
+        return [*descriptions, *([self.statistics_csv, review_order_path(self.statistics_csv)] if self.statistics_csv else []),
                 *([self.record.path] if self.record is not None else [])]
 
     def refuse_replacing(self, cases: Sequence[InputCase]) -> None:
@@ -115,7 +117,7 @@ class PredictionFiles:
 
 def has_kneeseg_mark(path: Path, statistics_csv: Path | None = None) -> bool:
     """Whether ``path`` is one of kneeseg's own files by what it holds: a label description, a study
-    record, the statistics table, an STL bone or a QC overlay written by kneeseg."""
+    record, the statistics table or its review order, an STL bone or a QC overlay written by kneeseg."""
     name = path.name.lower()
     if is_study_record(path) or is_label_description(path):
         return True
@@ -123,6 +125,11 @@ def has_kneeseg_mark(path: Path, statistics_csv: Path | None = None) -> bool:
         from kneeseg.export.statistics import is_statistics_table
 
         return is_statistics_table(path)
+    if statistics_csv is not None:
+        from kneeseg.export.statistics import is_review_order, review_order_path
+
+        if path == review_order_path(statistics_csv):
+            return is_review_order(path)
     if name.endswith(".stl"):
         from kneeseg.export.stl import STL_MARK
 

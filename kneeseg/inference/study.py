@@ -85,8 +85,9 @@ class StudyOptions:
 
 
 # Called after each case with the case, its first channel and the labels written (QC overlays, say).
-# (case, first channel, labels written, geometry, QC warnings: acquisition and prediction)
-AfterCase = Callable[[InputCase, np.ndarray, np.ndarray, Geometry, list[str]], None]
+# (case, first channel, labels written, geometry, QC warnings: acquisition and prediction, the share of
+# the bone found that the model was unsure of: kneeseg.inference.qc.uncertain_share, None without bone)
+AfterCase = Callable[[InputCase, np.ndarray, np.ndarray, Geometry, list[str], "float | None"], None]
 
 
 def read_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
@@ -209,4 +210,4 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
                 np.savez_compressed(f, probabilities=prediction.probabilities.astype(np.float16),
                                     labels=np.array(sorted(model.ds.labels.values())))
     if after_case is not None:
-        after_case(case, images[0], labels, geometry, warnings)
+        after_case(case, images[0], labels, geometry, warnings, prediction.uncertain_share)

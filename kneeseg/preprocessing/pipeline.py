@@ -5,7 +5,10 @@ Layout written under ``<preprocessed>/DatasetNNN_Name/``:
     <data_identifier>/CASE.npy (float32 C,Z,Y,X), CASE_seg.npy (int8 Z,Y,X), CASE.json (properties),
                       preprocessing.json (plans name, signature, case list)
 Nothing is written before verification passes; each cache folder is built under a temporary name
-and renamed into place when complete.
+and renamed into place when complete. With a parent model (``--plans-from``) the plans are its
+configuration (kneeseg.planning.inherit), and a case whose air is not stored as zeros while the
+parent normalises inside the nonzero region gets its air stored as zeros first: as the fine-tuned
+model's predictor will store the air of every new scan (kneeseg.inference.acquisition).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from kneeseg.dataset.layout import DatasetJson, RawCase, find_dataset, training_
 from kneeseg.dataset.verify import verify_dataset
 from kneeseg.errors import KneesegError
 from kneeseg.fingerprint import extract_fingerprint
+from kneeseg.fingerprint.air import air_is_zeroed, with_air_zeroed
 from kneeseg.io import atomic_write_json, read_image, read_json
 from kneeseg.paths import KneesegPaths
+from kneeseg.planning.inherit import ParentModel, check_fits, plans_from_parent
 from kneeseg.planning.planner import plan_experiment
 from kneeseg.planning.plans import ConfigurationPlan, HardwareTarget, Plans
 from kneeseg.preprocessing.preprocess import preprocess_case
@@ -41,7 +46,7 @@ class PlanAndPreprocessResult:
 
 
 def _preprocess_job(job):
-    case, labels, config, out_dir, seed, threads = job
+    case, labels, config, out_dir, seed, threads, zero_air = job
     import torch
 
     torch.set_num_threads(threads)
@@ -49,6 +54,8 @@ def _preprocess_job(job):
     for path in case.images:
         image, geometry = read_image(path, np.float32)
         images.append(image)
+    if zero_air and not air_is_zeroed(images[0]):
+        images = with_air_zeroed(images)
     seg = read_image(case.label)[0] if case.label is not None else None
     rng = np.random.default_rng(np.random.SeedSequence([seed, sum(map(ord, case.case_id))]))
     result = preprocess_case(images, geometry, config, seg, labels, rng)
@@ -61,9 +68,10 @@ def _preprocess_job(job):
 
 def preprocess_dataset(
     cases: list[RawCase], labels: list[int], plans: Plans, config: ConfigurationPlan, dataset_out: Path,
-    num_processes: int = 1, seed: int = 0, progress: bool = True,
+    num_processes: int = 1, seed: int = 0, progress: bool = True, zero_air: bool = False,
 ) -> Path:
-    """Build ``dataset_out/<config.data_identifier>/`` from the raw cases; replaces an old cache whole."""
+    """Build ``dataset_out/<config.data_identifier>/`` from the raw cases; replaces an old cache whole.
+    ``zero_air``: store the air of a case whose air is not zeros as zeros first."""
     from tqdm import tqdm
 
     final = dataset_out / config.data_identifier
@@ -71,7 +79,7 @@ def preprocess_dataset(
     try:
         workers = max(1, min(num_processes, len(cases)))
         threads = max(1, (os.cpu_count() or 1) // workers)
-        jobs = [(c, labels, config, staging, seed, threads) for c in cases]
+        jobs = [(c, labels, config, staging, seed, threads, zero_air) for c in cases]
         desc = f"preprocessing {config.name}"
         if workers > 1:
             with get_context("spawn").Pool(workers) as pool:
@@ -116,6 +124,7 @@ def plan_and_preprocess(
     preprocess: bool = True,
     progress: bool = True,
     cpu_spacing: list[float] | None = None,
+    parent: ParentModel | None = None,
 ) -> PlanAndPreprocessResult:
     """Fingerprint, plan and preprocess a raw dataset.
 
@@ -124,6 +133,7 @@ def plan_and_preprocess(
     ``cpu_spacing`` (z, y, x mm) replaces the spacing the planner would choose for ``3d_cpu``.
     ``hardware``: what to plan for; by default the named "reference" machine profile, which makes
     the same plans on every machine (kneeseg.api.machine_profile measures this one).
+    ``parent``: take that model's configuration instead of planning (kneeseg.planning.inherit).
     """
     if cpu_spacing is not None and (len(cpu_spacing) != 3 or not min(cpu_spacing) > 0):
         raise KneesegError(f"cpu_spacing {list(cpu_spacing)}: needs three positive spacings in mm (z, y, x)")
@@ -134,11 +144,16 @@ def plan_and_preprocess(
     else:
         ds = DatasetJson.load(raw_dir / "dataset.json")
         cases = training_cases(raw_dir, ds)
+    if parent is not None:
+        check_fits(parent, ds, str(raw_dir))  # before the fingerprint's minutes
     fingerprint = extract_fingerprint(name, cases, ds, num_processes, seed, progress)
     if not any(volume > 0 for case in fingerprint.cases for volume in case.class_volumes_mm3.values()):
         raise KneesegError(f"{raw_dir}: every label map is empty (no voxel of {', '.join(ds.foreground)}): "
                            "nothing to plan or train for")
-    plans = plan_experiment(fingerprint, ds, hardware or HardwareTarget(), plans_name, cpu_spacing)
+    if parent is not None:
+        plans = plans_from_parent(parent, fingerprint, ds, plans_name, str(raw_dir))
+    else:
+        plans = plan_experiment(fingerprint, ds, hardware or HardwareTarget(), plans_name, cpu_spacing)
     wanted = configurations or [plans.recommended_configuration(device)]
     for c in wanted:
         plans.configuration(c)  # unknown configuration: error before anything is written
@@ -153,5 +168,7 @@ def plan_and_preprocess(
     if preprocess:
         for c in wanted:
             config = plans.configuration(c)
-            result.cache_dirs[c] = preprocess_dataset(cases, ds.foreground_labels, plans, config, out, num_processes, seed, progress)
+            zero_air = parent is not None and bool(config.use_mask_for_norm[0])
+            result.cache_dirs[c] = preprocess_dataset(cases, ds.foreground_labels, plans, config, out, num_processes, seed, progress,
+                                                      zero_air)
     return result

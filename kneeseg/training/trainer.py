@@ -9,7 +9,8 @@ Set-up and the epoch are made of named steps, each a method a variant may overri
 Variants are small subclasses in ``kneeseg/training/variants/``, chosen with ``kneeseg_train -tr NAME``.
 
 Output: ``<results>/DatasetNNN_Name/<trainer>__<plans>__<config>/`` with plans.json, dataset.json and
-model.json, and per fold ``fold_N/`` with checkpoint_{latest,best,final}.pth, training_log.txt and
+model.json (and, fine-tuned from a trained model with ``pretrained``, README.md and the parent in
+model.json: kneeseg.training.finetune), and per fold ``fold_N/`` with checkpoint_{latest,best,final}.pth, training_log.txt and
 progress.png. The final checkpoint's weights are the mean over the plan's last share of the epochs
 when it asks for one (``network``; the last epoch's are kept as ``network_last_epoch``).
 Works on cpu, cuda and mps, alone or under ``torchrun`` (DistributedDataParallel: gloo on CPU, nccl
@@ -21,7 +22,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from batchgenerators.transforms.abstract_transforms import AbstractTransform, Co
 from kneeseg.dataset.layout import DatasetJson
 from kneeseg.errors import KneesegError
 from kneeseg.hardware import augmentation_workers, available_cores, usable_autocast, use_cores
-from kneeseg.io import atomic_write_json
+from kneeseg.io import atomic_write_json, atomic_write_text
 from kneeseg.planning.plans import ConfigurationPlan, Plans
 from kneeseg.preprocessing.pipeline import check_cache
 from kneeseg.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
@@ -47,6 +48,7 @@ from kneeseg.training.data import (
     mirror_transforms,
     spatial_transform,
 )
+from kneeseg.training.finetune import FineTuneSchedule, ParentWeights, load_parent, model_readme
 from kneeseg.training.layout import TRAINER_NAME, model_dir
 from kneeseg.training.lock import FoldLock
 from kneeseg.training.loss import DeepSupervisionLoss
@@ -84,6 +86,10 @@ class TrainOptions:
     autocast: str | None = None  # default: the plan's ("none" | "bf16" | "fp16")
     distributed: bool = False
     progress: bool = True
+    # Fine-tune from this trained model ('builtin' or a model folder) with the fine-tuning schedule
+    # (kneeseg.training.finetune); the dataset must be planned with --plans-from it
+    pretrained: str | None = None
+    fine_tune: FineTuneSchedule | None = None  # with pretrained: another schedule than the default (experiments)
 
 
 @dataclass
@@ -125,6 +131,20 @@ class Trainer:
         self.fold_dir = self.model_dir / f"fold_{options.fold}"
         self.resume_from = self._checkpoint_to_resume() if options.resume else None
         self._check_fold_is_free()
+        self.parent: ParentWeights | None = None
+        self.fine_tune: FineTuneSchedule | None = None
+        self.parent_record: dict | None = None
+        if options.pretrained is not None and options.resume:
+            raise KneesegError(f"--pretrained {options.pretrained} starts a training from a model's weights, --continue resumes "
+                               "one (its weights and schedule are in its checkpoint): give one or the other")
+        if self.resume_from is not None and "fine_tune" in self.resume_from:
+            self.fine_tune = FineTuneSchedule(**self.resume_from["fine_tune"])
+            self.parent_record = self.resume_from["parent"]
+        elif options.pretrained is not None:
+            self.parent = load_parent(options.pretrained, plans, config, ds)
+            self.fine_tune, self.parent_record = options.fine_tune or FineTuneSchedule(), self.parent.record
+        if self.fine_tune is not None and options.epochs is None and options.time_budget_min is None:
+            self.options = replace(self.options, time_budget_min=self.fine_tune.budget_min)
         self.lock = FoldLock(self.fold_dir)  # taken by rank 0 when the training starts
         t = config.training
         if t.optimizer not in ("sgd", "adamw"):
@@ -223,6 +243,8 @@ class Trainer:
             self.lock.acquire()
             save_splits(self.dataset_dir / "splits_final.json", self.splits)
         self.network = self.build_network().to(self.device)
+        if self.parent is not None and self.resume_from is None:
+            self.network.load_state_dict(self.parent.weights)  # shapes checked with the plans: they fit
         self.loss = DeepSupervisionLoss(self.config.network.num_stages - 1 if self.config.network.deep_supervision else 1)
         self.optimizer = self.build_optimizer()
         self.model = self.network
@@ -249,8 +271,16 @@ class Trainer:
         self.plans.save(self.model_dir / "plans.json")
         self.ds.save(self.model_dir / "dataset.json")
         # Names the trainer and configuration, so that a model folder copied and renamed still loads.
-        atomic_write_json(self.model_dir / "model.json", {"trainer": self.name, "plans_name": self.plans.plans_name,
-                                                           "configuration": self.config.name})
+        info: dict = {"trainer": self.name, "plans_name": self.plans.plans_name, "configuration": self.config.name}
+        if self.fine_tune is not None and self.parent_record is not None:
+            info["parent"] = {**self.parent_record, "schedule": asdict(self.fine_tune)}
+            atomic_write_text(self.model_dir / "README.md", model_readme(self.plans.dataset_name, self.config.name, self.name,
+                                                                         self.parent_record, self.fine_tune))
+            inherited = self.parent.folder / "postprocessing.json" if self.parent is not None else None
+            if inherited is not None and inherited.exists() and not (self.model_dir / "postprocessing.json").exists():
+                # the parent's choice for the same bones, until kneeseg_find_postprocessing chooses this model's own
+                atomic_write_text(self.model_dir / "postprocessing.json", inherited.read_text(encoding="utf-8"))
+        atomic_write_json(self.model_dir / "model.json", info)
         if not self.options.resume and (self.fold_dir / "training_log.txt").exists():
             (self.fold_dir / "training_log.txt").unlink()
 
@@ -328,7 +358,10 @@ class Trainer:
         losses, wait, start = [], 0.0, time.perf_counter()
         bar = tqdm(range(self.iters), desc=f"epoch {self.epoch + 1}/{self.num_epochs}", leave=False,
                    disable=not self.options.progress or self.rank != 0)
-        for _ in bar:
+        for i in bar:
+            if self.fine_tune is not None:  # the warm-up rises step by step
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.fine_tune.warmed(record.lr, self.epoch + i / self.iters)
             t = time.perf_counter()
             batch = self._next_batch(self.train_batches)
             wait += time.perf_counter() - t
@@ -421,6 +454,8 @@ class Trainer:
             "rng": rng_state(),  # tensors and plain values, as everything here: read back weights-only
             "weight_average": self.tail_average.state_dict(), **(extra or {}),
         }
+        if self.fine_tune is not None:  # plain values: a continued fine-tuning keeps its schedule and parent
+            state.update({"fine_tune": asdict(self.fine_tune), "parent": self.parent_record})
         save_checkpoint(state, self.fold_dir / name)
 
     def _finish_weights(self) -> None:
@@ -440,7 +475,14 @@ class Trainer:
                 f"{self.options.fold} with {self.name} on {self.device} ({torch.get_num_threads()} threads, world {self.world}, "
                 f"{self.num_workers} augmentation workers), {len(self.train_ids)} train / {len(self.val_ids)} val cases, "
                 f"patch {self.config.patch_size}, batch {self.batch_size}/rank, {type(self.optimizer).__name__} lr "
-                f"{self.config.training.initial_lr}, autocast {self.autocast}, augmentation: {augmentation}")
+                f"{self.initial_lr():g}, autocast {self.autocast}, augmentation: {augmentation}"
+                + ("" if self.fine_tune is None or self.parent_record is None else
+                   f"; fine-tuning from {self.parent_record['model']} ({self.parent_record['checkpoint']}): {self.fine_tune.describe()}"))
+
+    def initial_lr(self) -> float:
+        """The plan's initial learning rate; a fine-tuning's share of it."""
+        plan_lr = self.config.training.initial_lr
+        return self.fine_tune.initial_lr(plan_lr) if self.fine_tune is not None else plan_lr
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> TrainingResult:
@@ -449,7 +491,7 @@ class Trainer:
             self._log(self._describe())
             while self.epoch < self.num_epochs:
                 start = time.perf_counter()
-                record = EpochRecord(lr=poly_lr(self.config.training.initial_lr, self.epoch, self.num_epochs))
+                record = EpochRecord(lr=poly_lr(self.initial_lr(), self.epoch, self.num_epochs))
                 self.train_epoch(record)
                 self.validate(record)
                 record.seconds = time.perf_counter() - start
