@@ -57,11 +57,11 @@ def load_plans(paths: KneesegPaths, dataset: str | int | None, plans_name: str =
 
 
 def add_case(paths: KneesegPaths, dataset: str | int, images: Sequence[Path], label: Path, model_dir: Path | str | None = None,
-             name: str = "MyScanner", case_id: str | None = None, overwrite: bool = False) -> AddedCase:
+             name: str | None = None, case_id: str | None = None, overwrite: bool = False) -> AddedCase:
     """Add a scan (``images``: one file per channel, or a DICOM series folder) and its corrected
     ``label`` (a 3D Slicer ``.seg.nrrd``, a DICOM SEG or a label map on the scan's grid) to the raw
     dataset ``dataset`` as a training case (kneeseg.dataset.add_case). A dataset that does not exist
-    is created as ``DatasetNNN_<name>`` with the channels and labels of the model ``model_dir``
+    is created as ``DatasetNNN_<name>`` (default MyScanner) with the channels and labels of the model ``model_dir``
     (a model folder; default and 'builtin': the built-in model), the model whose predictions were
     corrected. ``case_id``: default the next free ``case_NNN``; an existing case is replaced only
     with ``overwrite``. Nothing is half-added: a failure leaves the dataset as it was."""
@@ -153,9 +153,13 @@ def plan_and_preprocess(paths: KneesegPaths, datasets: Sequence[str | int | None
     measured: MachineProfile | None = None
     results = []
     if options.plans_from is not None:
+        sized = PlanOptions()  # sizes other than the defaults would be ignored too
         ignored = [flag for flag, value in (("--machine", options.machine), ("--cpu-threads", options.cpu_threads),
                                             ("--cpu-gflops", options.cpu_gflops), ("--cpu-precision", options.cpu_precision),
                                             ("--cpu-spacing", options.cpu_spacing)) if value is not None]
+        ignored += [flag for flag, value, default in (
+            ("--cpu-training-hours", options.cpu_training_hours, sized.cpu_training_hours),
+            ("--gpu-memory-gb", options.gpu_memory_gb, sized.gpu_memory_gb)) if value != default]
         if ignored:
             raise KneesegError(f"--plans-from {options.plans_from}: the configuration is the model's as it is; "
                                f"{', '.join(ignored)} would be ignored (give one or the other)")

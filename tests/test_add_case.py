@@ -31,9 +31,10 @@ def scan(tmp_path):
 
 
 def write_slicer_segmentation(path, layers: list[np.ndarray], segments: list[tuple[str, int, int]], geometry: Geometry,
-                              space: str = "left-posterior-superior") -> None:
+                              space: str = "left-posterior-superior", layer_keys: bool = True) -> None:
     """A .seg.nrrd as 3D Slicer writes one, made with pynrrd alone: ``layers`` (z, y, x) arrays,
-    ``segments`` (name, layer, label value); several layers make a 4D file (Slicer's overlapping segments)."""
+    ``segments`` (name, layer, label value); several layers make a 4D file (Slicer's overlapping segments).
+    Without ``layer_keys`` no segment names its layer or label value (Slicer before 4.11)."""
     flip = np.array([-1.0, -1.0, 1.0]) if space == "right-anterior-superior" else np.ones(3)
     directions = (np.asarray(geometry.direction).reshape(3, 3) * np.asarray(geometry.spacing)).T * flip
     data = np.stack([layer.transpose(2, 1, 0) for layer in layers]) if len(layers) > 1 else layers[0].transpose(2, 1, 0)
@@ -41,8 +42,9 @@ def write_slicer_segmentation(path, layers: list[np.ndarray], segments: list[tup
               "space directions": directions if len(layers) == 1 else np.vstack([np.full(3, np.nan), directions]),
               "kinds": ["domain"] * 3 if len(layers) == 1 else ["list", "domain", "domain", "domain"]}
     for n, (name, layer, value) in enumerate(segments):
-        header.update({f"Segment{n}_ID": f"Segment_{n + 1}", f"Segment{n}_Name": name, f"Segment{n}_Layer": str(layer),
-                       f"Segment{n}_LabelValue": str(value), f"Segment{n}_Color": "0.5 0.5 0.5"})
+        header.update({f"Segment{n}_ID": f"Segment_{n + 1}", f"Segment{n}_Name": name, f"Segment{n}_Color": "0.5 0.5 0.5"})
+        if layer_keys:
+            header.update({f"Segment{n}_Layer": str(layer), f"Segment{n}_LabelValue": str(value)})
     nrrd.write(str(path), np.ascontiguousarray(data.astype(np.uint8)), header)
 
 
@@ -75,9 +77,18 @@ def test_a_slicer_segmentation_creates_a_dataset_with_the_models_labels(scan, tm
     assert add_main(["-d", "950", "--image", str(image), "--label", str(seg), "--raw", str(paths.raw)]) == 0
     assert (folder / "labelsTr" / "case_001.nii.gz").exists()
     assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 2
+    # a number that is taken names that dataset only: another name with it is refused, nothing made
+    before = tree_snapshot(paths.raw)
+    for refused, what in ((["-d", "Dataset950_Other"], "dataset number 950 is taken"),
+                          (["-d", "950", "--name", "Other"], "-d 950 is this dataset, not one named Other")):
+        capsys.readouterr()
+        assert add_main([*refused, "--image", str(image), "--label", str(seg), "--raw", str(paths.raw)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and what in err[0] and "Dataset950_MyScanner" in err[0], err
+    assert tree_snapshot(paths.raw) == before
 
 
-def test_overlapping_layers_are_read_and_an_overlap_of_two_bones_is_refused(scan, tmp_path, capsys):
+def test_overlapping_layers_are_read_a_boundary_drawn_twice_goes_to_the_later_segment_and_more_is_refused(scan, tmp_path, capsys):
     paths, image, labels, geometry = scan
     first, second = (labels == 1).astype(np.uint8), np.where(labels == 2, 1, 0).astype(np.uint8)
     second[labels == 3] = 2  # the patella beside the tibia, in the second layer
@@ -85,16 +96,41 @@ def test_overlapping_layers_are_read_and_an_overlap_of_two_bones_is_refused(scan
     write_slicer_segmentation(seg, [first, second], [("femur", 0, 1), ("tibia", 1, 1), ("patella", 1, 2)], geometry)
     assert add_main(["-d", DS, "--image", str(image), "--label", str(seg), "--case", "layers", "--raw", str(paths.raw)]) == 0
     assert np.array_equal(read_image(paths.raw / DS / "labelsTr" / "layers.nii.gz")[0], labels)
+    capsys.readouterr()
+
+    # The tibia's top slice drawn once more into the femur: a boundary drawn twice, given to the tibia (listed later)
+    rim = second.copy()
+    z = int(np.nonzero(labels == 2)[0].max())
+    rim[z + 1][first[z + 1].astype(bool)] = 1
+    count = int(np.count_nonzero(first.astype(bool) & (rim == 1)))
+    assert 0 < count <= 0.05 * np.count_nonzero(labels == 2)
+    write_slicer_segmentation(seg, [first, rim], [("femur", 0, 1), ("tibia", 1, 1), ("patella", 1, 2)], geometry)
+    assert add_main(["-d", DS, "--image", str(image), "--label", str(seg), "--case", "rim", "--raw", str(paths.raw)]) == 0
+    added = read_image(paths.raw / DS / "labelsTr" / "rim.nii.gz")[0]
+    expected = labels.copy()
+    expected[(first.astype(bool)) & (rim == 1)] = 2
+    assert np.array_equal(added, expected)
+    assert f"segments 'femur' and 'tibia' overlap in {count} voxel(s); given to 'tibia'" in capsys.readouterr().err
+
     overlap = second.copy()
-    overlap[first.astype(bool) & np.roll(labels == 2, -3, axis=0)] = 1  # the tibia drawn into the femur, in its own layer
+    overlap[first.astype(bool) & np.roll(labels == 2, -3, axis=0)] = 1  # the tibia drawn far into the femur, in its own layer
     count = int(np.count_nonzero(first.astype(bool) & (overlap == 1)))
-    assert count > 0
+    assert count > 0.05 * np.count_nonzero(labels == 2)
     write_slicer_segmentation(seg, [first, overlap], [("femur", 0, 1), ("tibia", 1, 1), ("patella", 1, 2)], geometry)
     before = tree_snapshot(paths.raw)
     assert add_main(["-d", DS, "--image", str(image), "--label", str(seg), "--raw", str(paths.raw)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"segments 'femur' and 'tibia' overlap in {count} voxel(s)" in err[0] and str(seg) in err[0]
     assert tree_snapshot(paths.raw) == before
+
+
+def test_a_segmentation_of_slicer_before_4_11_holds_one_segment_per_layer(scan, tmp_path):
+    paths, image, labels, geometry = scan
+    seg = tmp_path / "old.seg.nrrd"
+    layers = [(labels == value).astype(np.uint8) for value in (1, 2, 3)]
+    write_slicer_segmentation(seg, layers, [("Femur", 0, 1), ("Tibia", 1, 1), ("Patella", 2, 1)], geometry, layer_keys=False)
+    assert add_main(["-d", DS, "--image", str(image), "--label", str(seg), "--case", "old", "--raw", str(paths.raw)]) == 0
+    assert np.array_equal(read_image(paths.raw / DS / "labelsTr" / "old.nii.gz")[0], labels)
 
 
 def test_unknown_segment_names_are_refused_listing_the_known_ones(scan, tmp_path, capsys):

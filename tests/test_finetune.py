@@ -138,3 +138,19 @@ def test_the_correction_loop_through_the_commands(phantom_builtin, small_model, 
         series = read_image(dicom / case)[1]
         assert np.allclose(image.GetOrigin(), series.origin) and np.allclose(image.GetSpacing(), series.spacing)
         assert np.allclose(image.GetDirection(), series.direction) and image.GetSize() == series.size
+
+    # 7. a fold from random weights beside the fine-tuned one is refused: model.json speaks for all folds
+    capsys.readouterr()
+    assert train_main(["0", "-d", "950", "--epochs", "1", "--iters-per-epoch", "1", "--val-iters", "1", *FAST, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "started from builtin" in err[0] and "would start from random weights" in err[0], err
+    assert not (model / "fold_0").exists() and "parent" in json.loads((model / "model.json").read_text())
+
+
+def test_the_review_order_puts_no_bone_first_and_statistics_without_a_share_last():
+    from kneeseg.export.statistics import review_rows
+
+    cases = [{"case": "sure", "uncertain_share": 0.02}, {"case": "unsure", "uncertain_share": 0.4},
+             {"case": "empty", "uncertain_share": None}, {"case": "old", "uncertain_share": None, "unrecorded": True}]
+    rows = review_rows([{**c, "qc_warnings": [], "label_map": f"{c['case']}.nii.gz"} for c in cases])
+    assert [r["case"] for r in rows] == ["empty", "unsure", "sure", "old"] and [r["rank"] for r in rows] == [1, 2, 3, 4]

@@ -24,7 +24,7 @@ def main(argv=None):
     p.add_argument("--image", required=True, nargs="+", type=Path, help="the scan: a file or DICOM series folder per channel")
     p.add_argument("--label", required=True, type=Path, help="its corrected label: .seg.nrrd, DICOM SEG (.dcm) or label map")
     p.add_argument("--case", dest="case_id", help="case id (default: the next free case_NNN)")
-    p.add_argument("--name", default="MyScanner", help="name of a dataset this command creates (default MyScanner)")
+    p.add_argument("--name", help="name of a dataset this command creates (default MyScanner)")
     p.add_argument("-m", "--model-dir", help="model whose labels a new dataset takes: a model folder or 'builtin' (default)")
     p.add_argument("--overwrite", action="store_true", help="replace a case of the same id")
     add_path_flags(p)

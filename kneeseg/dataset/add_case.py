@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from kneeseg.dataset.label_sources import read_label_source
-from kneeseg.dataset.layout import DatasetJson, channel_files, dataset_folder_name, list_cases, list_datasets
+from kneeseg.dataset.layout import DatasetJson, channel_files, dataset_folder_name, find_dataset, list_cases, matching_datasets
 from kneeseg.errors import KneesegError
 from kneeseg.io import Geometry, read_image, refuse_overwriting_inputs, write_image
 from kneeseg.io.lock import FileLock
@@ -33,6 +33,7 @@ from kneeseg.io.nifti import has_nonfinite
 from kneeseg.io.protect import removed_on_failure
 
 CASE_PREFIX = "case_"  # automatic case ids: case_000, case_001, ...
+DEFAULT_NAME = "MyScanner"  # of a dataset created without --name
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _DATASET = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_\-]+)$")
 
@@ -50,27 +51,22 @@ class AddedCase:
 
 def existing_dataset(raw: Path, dataset: str | int) -> str | None:
     """The folder name of the dataset ``dataset`` (an id, a short or a full name) in ``raw``, or None."""
-    text = str(dataset)
-    matches = []
-    for name in list_datasets(raw):
-        number, short = _DATASET.match(name).groups()  # type: ignore[union-attr]  # listed names match
-        if text in (name, short) or (text.isdigit() and int(text) == int(number)):
-            matches.append(name)
-    if len(matches) > 1:
-        raise KneesegError(f"{raw}: dataset '{dataset}' is ambiguous ({', '.join(matches)}); give the full folder name with -d")
-    return matches[0] if matches else None
+    return find_dataset(raw, dataset) if matching_datasets(raw, dataset) else None
 
 
-def new_dataset_name(dataset: str | int, name: str) -> str:
-    """The folder name for a dataset to create: ``-d 950 --name X`` or ``-d Dataset950_X``."""
+def new_dataset_name(raw: Path, dataset: str | int, name: str | None) -> str:
+    """The folder name for a dataset to create: ``-d 950 [--name X]`` or ``-d Dataset950_X``; a number
+    another dataset in ``raw`` has is refused (a later ``-d 950`` would not know which one)."""
     text = str(dataset)
     full = _DATASET.match(text)
-    if full:
-        return text
-    if not text.isdigit():
+    if not full and not text.isdigit():
         raise KneesegError(f"dataset '{dataset}': not found; to create it give its number (-d 950) or its folder name "
                            "(-d Dataset950_MyScanner)")
-    return dataset_folder_name(int(text), name)
+    number = int(full.group(1)) if full else int(text)
+    if taken := matching_datasets(raw, number):
+        raise KneesegError(f"{raw / taken[0]}: dataset number {number} is taken; give -d {taken[0]} to add to it, "
+                           "or another number")
+    return text if full else dataset_folder_name(number, name or DEFAULT_NAME)
 
 
 def next_case_id(images_dir: Path, file_ending: str) -> str:
@@ -98,17 +94,21 @@ def _read_channels(images: Sequence[Path], ds: DatasetJson, where: str) -> tuple
 
 
 def add_case(raw: Path, dataset: str | int, images: Sequence[Path], label: Path, template: DatasetJson | None = None,
-             name: str = "MyScanner", case_id: str | None = None, overwrite: bool = False) -> AddedCase:
+             name: str | None = None, case_id: str | None = None, overwrite: bool = False) -> AddedCase:
     """Add the scan ``images`` (one per channel) with its corrected ``label`` to ``dataset`` in the raw
     folder ``raw``; a dataset that does not exist is created (``DatasetNNN_<name>``) with the channels
-    and labels of ``template`` (a model's dataset.json). ``case_id``: default the next ``case_NNN``."""
+    and labels of ``template`` (a model's dataset.json; ``name`` default MyScanner). ``case_id``: default
+    the next ``case_NNN``."""
     raw, images, label = Path(raw), [Path(p) for p in images], Path(label)
     if case_id is not None and not _CASE_ID.match(case_id):
         raise KneesegError(f"--case {case_id!r}: use letters, digits, '_' and '-' (starting with a letter or digit)")
     folder = existing_dataset(raw, dataset)
     created = folder is None
+    if folder is not None and name is not None and not folder.endswith(f"_{name}"):
+        raise KneesegError(f"{raw / folder}: -d {dataset} is this dataset, not one named {name}; leave out --name to add "
+                           "to it, or give another number to create one")
     if folder is None:
-        folder = new_dataset_name(dataset, name)
+        folder = new_dataset_name(raw, dataset, name)
         if template is None:
             raise KneesegError(f"{raw / folder}: dataset not found, and no model was given whose labels it would take")
         ds = DatasetJson(channel_names=dict(template.channel_names), labels=dict(template.labels), numTraining=0,

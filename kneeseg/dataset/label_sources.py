@@ -4,10 +4,12 @@ Three kinds of file (:func:`read_label_source`):
 
 - a **3D Slicer segmentation** (``.seg.nrrd``, or an ``.nrrd`` with ``SegmentN_*`` keys): read with
   pynrrd. Each segment N is its voxels of value ``SegmentN_LabelValue`` in layer ``SegmentN_Layer``
-  (a 4D array when segments overlap, Slicer's layers) and is matched to the dataset's label of the
-  same name, whatever the case ("Femur" is femur). A voxel claimed by two segments of different
-  labels is refused, naming both and the number of voxels: which bone it belongs to is the
-  correction's to say. Space ``left-posterior-superior`` and ``right-anterior-superior`` are read.
+  (a 4D array when segments overlap, Slicer's layers; files of Slicer before 4.11 name no layers and
+  hold one segment per layer) and is matched to the dataset's label of the same name, whatever the
+  case ("Femur" is femur). A voxel claimed by two segments of different labels goes to the later
+  segment, with a note, while the overlap is a boundary drawn twice (at most 5 % of the smaller
+  segment); a larger overlap is refused, naming both and the number of voxels. Space
+  ``left-posterior-superior`` and ``right-anterior-superior`` are read.
 - a **DICOM SEG**: read with pydicom. Segments are matched by their SegmentLabel, the same way; each
   frame is placed at its ImagePositionPatient (or, without positions, at the slice its
   ReferencedSOPInstanceUID names, where the scan is a DICOM series); frames of a fractional SEG
@@ -24,6 +26,7 @@ refused naming both files: kneeseg never resamples a correction.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,7 @@ from kneeseg.io import Geometry, file_ending, read_image
 from kneeseg.io.image import DICOM_SEG_SOP_CLASS
 from kneeseg.io.nifti import has_nonfinite
 
+OVERLAP_LIMIT = 0.05  # of the smaller segment: more overlap between two bones than this is refused
 GRID_TOLERANCE = 1e-3  # of a voxel: how far a label's corner may lie from a voxel centre of the scan
 _SPACES = {  # NRRD space -> sign of x and y in LPS (3D Slicer works in RAS, its files usually in LPS)
     "left-posterior-superior": (1.0, 1.0), "lps": (1.0, 1.0),
@@ -114,17 +118,23 @@ def _match_names(label: Path, names: dict[int, str], labels: dict[str, int], wha
 
 
 def _combine(label: Path, masks: list[tuple[str, int, np.ndarray]], shape) -> np.ndarray:
-    """One label map from (segment name, label value, mask) triples; two segments of different labels
-    on the same voxel are refused."""
+    """One label map from (segment name, label value, mask) triples, in order. Where two segments of
+    different labels claim a voxel (3D Slicer keeps overlapping segments in separate layers), the later
+    one wins, with a note on stderr, as long as the overlap is at most ``OVERLAP_LIMIT`` of the smaller
+    segment (a boundary drawn twice); a larger one is a mistake to fix in the editor, refused."""
     out = np.zeros(shape, np.uint8)
     for i, (name, value, mask) in enumerate(masks):
         for other, other_value, other_mask in masks[:i]:
-            if other_value != value:
-                both = int(np.count_nonzero(mask & other_mask))
-                if both:
-                    raise KneesegError(f"{label}: segments '{other}' and '{name}' overlap in {both} voxel(s); a voxel can "
-                                       "belong to one bone only: remove the overlap (3D Slicer's Segment Editor: "
-                                       "Logical operators, Subtract) and save again")
+            both = int(np.count_nonzero(mask & other_mask)) if other_value != value else 0
+            if not both:
+                continue
+            smaller = min(int(np.count_nonzero(mask)), int(np.count_nonzero(other_mask)))
+            if both > OVERLAP_LIMIT * smaller:
+                raise KneesegError(f"{label}: segments '{other}' and '{name}' overlap in {both} voxel(s), "
+                                   f"{100 * both / smaller:.0f} % of the smaller; a voxel can belong to one bone only: remove "
+                                   "the overlap (3D Slicer's Segment Editor: Logical operators, Subtract) and save again")
+            print(f"kneeseg: {label}: segments '{other}' and '{name}' overlap in {both} voxel(s); given to '{name}', "
+                  "the later segment", file=sys.stderr)
         out[mask] = value
     return out
 
@@ -160,10 +170,12 @@ def _read_seg_nrrd(label: Path, image: Path, grid: Geometry, labels: dict[str, i
     values = _match_names(label, names, labels, "segment(s)")
     masks: list[tuple[str, int, np.ndarray]] = []
     claimed: list[set[int]] = [set() for _ in range(layers.shape[0])]
-    for n in segments:
+    # Files of 3D Slicer before 4.11 name no layers and hold one segment per layer, in order
+    layer_each = layers.shape[0] == len(segments) and not any(f"Segment{n}_Layer" in header for n in segments)
+    for i, n in enumerate(segments):
         try:
             value = int(header.get(f"Segment{n}_LabelValue", 1))
-            layer = int(header.get(f"Segment{n}_Layer", 0))
+            layer = int(header.get(f"Segment{n}_Layer", i if layer_each else 0))
         except ValueError:
             raise KneesegError(f"{label}: segment '{names[n]}' has a label value or layer that is not a number") from None
         if not 0 <= layer < layers.shape[0]:

@@ -117,6 +117,16 @@ def list_datasets(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and _DATASET_RE.match(p.name))
 
 
+def matching_datasets(root: Path, dataset: str | int) -> list[str]:
+    """The dataset folders under ``root`` that ``dataset`` names: its full folder name (that one
+    only), its short name or its id (all that have it)."""
+    text, names = str(dataset), list_datasets(root)
+    if text in names:
+        return [text]
+    return [name for name in names if (m := _DATASET_RE.match(name)) is not None
+            and (text == m.group(2) or (text.isdigit() and int(text) == int(m.group(1))))]
+
+
 def find_dataset(root: Path, dataset: str | int | None = None) -> str:
     """Resolve a dataset given as None (the only one), an id (``900``) or a name to its folder name.
 
@@ -130,14 +140,7 @@ def find_dataset(root: Path, dataset: str | int | None = None) -> str:
         if len(names) > 1:
             raise KneesegError(f"{root}: several datasets ({', '.join(names)}); choose one with -d")
         return names[0]
-    text = str(dataset)
-    if text in names:
-        return text
-    matches = []
-    for name in names:
-        number, short = _DATASET_RE.match(name).groups()  # type: ignore[union-attr]  # listed names match
-        if text == short or (text.isdigit() and int(text) == int(number)):
-            matches.append(name)
+    matches = matching_datasets(root, dataset)
     if len(matches) > 1:
         raise KneesegError(f"{root}: dataset '{dataset}' is ambiguous ({', '.join(matches)}); "
                            "give the full folder name with -d")

@@ -121,9 +121,11 @@ def review_order_path(statistics_csv: Path) -> Path:
 
 
 def review_rows(cases: list[dict]) -> list[dict]:
-    """The cases (dicts with case, uncertain_share, qc_warnings, label_map) least sure first: those with
-    no bone found (no share), then by falling share; ties by case id."""
-    ordered = sorted(cases, key=lambda c: (c["uncertain_share"] is not None, -(c["uncertain_share"] or 0.0), c["case"]))
+    """The cases (dicts with case, uncertain_share, qc_warnings, label_map; ``unrecorded`` for those
+    whose statistics predate the share) least sure first: those with no bone found (no share), then by
+    falling share, then those with no share recorded; ties by case id."""
+    ordered = sorted(cases, key=lambda c: (c.get("unrecorded", False), c["uncertain_share"] is not None,
+                                           -(c["uncertain_share"] or 0.0), c["case"]))
     return [{"rank": rank, "case": c["case"], "uncertain_share": "" if c["uncertain_share"] is None else c["uncertain_share"],
              "qc_warnings": len(c["qc_warnings"]), "label_map": c["label_map"]} for rank, c in enumerate(ordered, start=1)]
 
@@ -168,7 +170,7 @@ class StudyStatistics:
                 share = stats.get("uncertain_share")  # absent from statistics written before it was recorded
                 self.rows.extend(csv_rows(case.case_id, stats["bones"], share))
                 self.cases.append({"case": case.case_id, "uncertain_share": share, "qc_warnings": stats.get("qc_warnings", []),
-                                   "label_map": str(case.output)})
+                                   "label_map": str(case.output), "unrecorded": "uncertain_share" not in stats})
 
     def __call__(self, case, image: np.ndarray, labels: np.ndarray, geometry: Geometry, warnings: list[str],
                  uncertain_share: float | None = None) -> None:

@@ -54,9 +54,10 @@ def plans_from_parent(parent: ParentModel, fingerprint: Fingerprint, ds: Dataset
     config.data_identifier = f"{plans_name}_" + "x".join(f"{s:.3f}" for s in config.spacing) + "mm"  # the planner's naming
     spacings, shapes = fingerprint.spacings, fingerprint.shapes_after_crop
     volumes = {}
+    parents = {name.lower(): span for name, span in parent.plans.label_volumes_mm3.items()}  # names match in any case
     for name in ds.foreground:
         found = [c.class_volumes_mm3.get(name, 0.0) for c in fingerprint.cases]
-        low, high = parent.plans.label_volumes_mm3.get(name, [min(found), max(found)])
+        low, high = parents.get(name.lower(), [min(found), max(found)])
         volumes[name] = [round(min(low, *found), 1), round(max(high, *found), 1)]
     return Plans(
         plans_name=plans_name,

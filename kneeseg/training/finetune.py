@@ -106,6 +106,8 @@ def load_parent(given: str, plans: Plans, config: ConfigurationPlan, ds: Dataset
     folder = parent_folder(given)
     parent_plans = Plans.load(folder / "plans.json")
     info = read_json(folder / "model.json")
+    if not isinstance(info, dict) or not isinstance(info.get("configuration"), str):
+        raise KneesegError(f"{folder / 'model.json'}: names no configuration; not a model folder kneeseg wrote")
     parent_config = parent_plans.configuration(info["configuration"])
     check_fits(ParentModel(given, parent_plans, parent_config.name, DatasetJson.load(folder / "dataset.json")), ds,
                plans.dataset_name)

@@ -33,7 +33,7 @@ from batchgenerators.transforms.abstract_transforms import AbstractTransform, Co
 from kneeseg.dataset.layout import DatasetJson
 from kneeseg.errors import KneesegError
 from kneeseg.hardware import augmentation_workers, available_cores, usable_autocast, use_cores
-from kneeseg.io import atomic_write_json, atomic_write_text
+from kneeseg.io import atomic_write_json, atomic_write_text, read_json
 from kneeseg.planning.plans import ConfigurationPlan, Plans
 from kneeseg.preprocessing.pipeline import check_cache
 from kneeseg.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
@@ -143,8 +143,10 @@ class Trainer:
         elif options.pretrained is not None:
             self.parent = load_parent(options.pretrained, plans, config, ds)
             self.fine_tune, self.parent_record = options.fine_tune or FineTuneSchedule(), self.parent.record
-        if self.fine_tune is not None and options.epochs is None and options.time_budget_min is None:
+        # A new fine-tuning's default budget; a continued one keeps its schedule's length (from its checkpoint)
+        if self.fine_tune is not None and self.resume_from is None and options.epochs is None and options.time_budget_min is None:
             self.options = replace(self.options, time_budget_min=self.fine_tune.budget_min)
+        self._check_folds_start_alike()
         self.lock = FoldLock(self.fold_dir)  # taken by rank 0 when the training starts
         t = config.training
         if t.optimizer not in ("sgd", "adamw"):
@@ -175,6 +177,23 @@ class Trainer:
         held = [p for p in ("checkpoint_latest.pth", "checkpoint_final.pth") if (self.fold_dir / p).exists()]
         if held and not (self.options.resume or self.options.overwrite):
             raise KneesegError(f"{self.fold_dir}: already holds a training; use --continue or --overwrite")
+
+    def _check_folds_start_alike(self) -> None:
+        """model.json and README.md speak for every fold of a model folder: its folds all start from
+        random weights or all from the same parent's checkpoint."""
+        others = [d for d in self.model_dir.glob("fold_*") if d != self.fold_dir
+                  and any((d / n).exists() for n in ("checkpoint_latest.pth", "checkpoint_final.pth"))]
+        if not others or not (self.model_dir / "model.json").exists():
+            return
+        before = read_json(self.model_dir / "model.json").get("parent")
+
+        def start(parent: dict | None) -> str:
+            return "random weights" if parent is None else f"{parent.get('model')} ({parent.get('checkpoint_sha256', '')[:12]})"
+
+        if start(before) != start(self.parent_record):
+            raise KneesegError(f"{self.model_dir}: its other folds ({', '.join(d.name for d in sorted(others))}) started from "
+                               f"{start(before)}, this one would start from {start(self.parent_record)}; a model folder's "
+                               "folds start alike: use another dataset or trainer (-tr) for this training")
 
     # ---- set-up steps -------------------------------------------------------------------------
     def build_network(self) -> torch.nn.Module:
