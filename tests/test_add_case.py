@@ -4,6 +4,8 @@ kneeseg's writer), DICOM SEG and label maps into a raw dataset; refusals leave n
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import nrrd
 import numpy as np
@@ -219,6 +221,20 @@ def test_label_maps_are_checked_existing_cases_kept_and_a_failed_write_leaves_no
     assert "would replace the input" in capsys.readouterr().err
     copy = tmp_path / "copy.nii.gz"
     copy.write_bytes(image.read_bytes())
+    replace, failed = os.replace, []
+
+    def failing_replace(source, target):  # the new label cannot be moved in: the old case must come back whole
+        if Path(target).parent.name == "labelsTr" and Path(source).parent.name != "labelsTr" and not failed:
+            failed.append(target)
+            raise kneeseg.errors.KneesegError(f"{target}: disk full")
+        return replace(source, target)
+
+    before = tree_snapshot(paths.raw)
+    monkeypatch.setattr(kneeseg.dataset.add_case.os, "replace", failing_replace)
+    with pytest.raises(kneeseg.errors.KneesegError, match="disk full"):
+        kneeseg.dataset.add_case.add_case(paths.raw, DS, [copy], good, case_id="phantom_000", overwrite=True)
+    monkeypatch.undo()
+    assert tree_snapshot(paths.raw) == before
     assert add_main(["-d", DS, "--image", str(copy), "--label", str(good), "--case", "phantom_000", "--overwrite",
                      "--raw", str(paths.raw)]) == 0
     assert json.loads((paths.raw / DS / "dataset.json").read_text())["numTraining"] == 1

@@ -151,8 +151,17 @@ def _write_case(dataset_dir: Path, ds: DatasetJson, images: list[Path], label: P
             ds.save(staging / "dataset.json")
             images_dir.mkdir(exist_ok=True)
             labels_dir.mkdir(exist_ok=True)
-            for source, target in [*zip(staged, targets), (staging / "dataset.json", json_path)]:
-                os.replace(source, target)
+            kept: list[tuple[Path, Path]] = []  # (the replaced case's file, where it is kept until all is in place)
+            try:
+                for target in existing:
+                    kept.append((target, staging / f"replaced.{target.name}"))
+                    os.replace(target, kept[-1][1])
+                for source, target in [*zip(staged, targets), (staging / "dataset.json", json_path)]:
+                    os.replace(source, target)
+            except BaseException:
+                for target, old in kept:  # the case that was there comes back as it was (same file)
+                    os.replace(old, target)
+                raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     voxels = {name: int(np.count_nonzero(labels == value)) for name, value in ds.labels.items() if value != 0}
