@@ -271,19 +271,11 @@ def test_thick_slice_augmentation_runs_in_a_forked_worker_after_torch_has_run():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
-def _unbuilt(trainer: type, patch: list[int]):
-    """A trainer of class ``trainer`` with only what its augmentation reads (the plan's patch and
-    mirror axes; its class's settings): no dataset, no network."""
-    from types import SimpleNamespace
-
-    obj = trainer.__new__(trainer)
-    obj.config = SimpleNamespace(patch_size=patch, training=SimpleNamespace(mirror_axes=[2]))
-    return obj
-
-
 def test_without_intensity_augmentation_only_geometry_changes():
     """kneesegTrainerNoIntensityAug: patches of a constant image stay that constant inside (rotation
     and scaling move voxels, they do not change values); the default recipe changes some of them."""
+    from types import SimpleNamespace
+
     from batchgenerators.transforms.abstract_transforms import Compose
 
     from kneeseg.training.trainer import Trainer
@@ -291,9 +283,10 @@ def test_without_intensity_augmentation_only_geometry_changes():
 
     np.random.seed(0)
     patch = [16, 16, 16]
+    fake = SimpleNamespace(config=SimpleNamespace(patch_size=patch, training=SimpleNamespace(mirror_axes=[2])))
 
     def centre_values(trainer: type) -> list[float]:
-        transforms = Compose(_unbuilt(trainer, patch).augmentation())
+        transforms = Compose(trainer.augmentation(fake))
         values = []
         for _ in range(40):
             batch = transforms(data=np.full((1, 1, 24, 24, 24), 3.0, np.float32), seg=np.zeros((1, 1, 24, 24, 24), np.float32))
@@ -449,12 +442,11 @@ def test_a_refused_training_leaves_no_splits_or_model_folder(prepared, tmp_path,
     assert not splits.exists() and not paths.results.exists()
 
 
-@pytest.mark.parametrize("name", ["kneesegTrainer", "kneesegTrainerElastic", "kneesegTrainerNoIntensityAug",
-                                  "kneesegTrainerRemoveStructures", "kneesegTrainerNoProtocols",
-                                  "kneesegTrainerNoContrastTransfer", "kneesegTrainerNoTissueContrast",
-                                  "kneesegTrainerNoFieldOfView"])
+@pytest.mark.parametrize("name", ["kneesegTrainerElastic", "kneesegTrainerNoIntensityAug", "kneesegTrainerRemoveStructures"])
 def test_each_variant_augments_a_batch_into_network_patches(name):
     """A variant changes the augmentation only: its transforms take a loader batch to network patches."""
+    from types import SimpleNamespace
+
     from batchgenerators.transforms.abstract_transforms import Compose
 
     from kneeseg.training.data import loader_patch_size
@@ -462,9 +454,12 @@ def test_each_variant_augments_a_batch_into_network_patches(name):
 
     np.random.seed(0)
     patch = [16, 16, 16]
+    fake = SimpleNamespace(config=SimpleNamespace(patch_size=patch, training=SimpleNamespace(mirror_axes=[2])))
     size = loader_patch_size(patch)
     seg = np.zeros((2, 1, *size), np.float32)
     seg[:, :, 6:18, 6:18, 6:18] = 1
-    batch = Compose(_unbuilt(trainer_class(name), patch).augmentation())(data=np.random.rand(2, 1, *size).astype(np.float32), seg=seg)
+    trainer = trainer_class(name)
+    fake.share = getattr(trainer, "share", None)  # a variant's own settings are class attributes
+    batch = Compose(trainer.augmentation(fake))(data=np.random.rand(2, 1, *size).astype(np.float32), seg=seg)
     assert batch["data"].shape == batch["seg"].shape == (2, 1, *patch)
     assert set(np.unique(batch["seg"])) <= {0.0, 1.0}

@@ -54,7 +54,6 @@ from kneeseg.training.lock import FoldLock
 from kneeseg.training.loss import DeepSupervisionLoss
 from kneeseg.training.network import UNet
 from kneeseg.training.progress import plot_progress
-from kneeseg.training.protocols import ContrastTransferTransform, FieldOfViewTransform, TissueContrastTransform
 from kneeseg.training.splits import fold_cases, load_or_make_splits, save_splits
 from kneeseg.training.weight_average import TailAverage
 
@@ -206,23 +205,9 @@ class Trainer:
                                    weight_decay=t.weight_decay)
         return torch.optim.AdamW(self.network.parameters(), t.initial_lr, weight_decay=t.weight_decay)
 
-    # Other protocols (kneeseg/training/protocols.py); the ablation variants switch parts off.
-    contrast_transfer, tissue_contrast, field_of_view = True, True, True
-    p_rotation = 0.3  # orientations scanners store: more often than nnU-Net's 0.2
-
-    def spatial(self) -> AbstractTransform:
-        """The spatial step (rotation, scaling, the network patch cut from the loader's)."""
-        return spatial_transform(self.config.patch_size, p_rot_per_sample=self.p_rotation)
-
     def augmentation(self) -> list[AbstractTransform]:
-        """The training transforms, in order: spatial, the new contrasts, intensity, field of view,
-        mirroring (kneeseg/training/data.py, kneeseg/training/protocols.py). The contrasts come before
-        nnU-Net's intensity steps, so that noise, blur and low resolution act on the new contrast; the
-        field of view after them, as the sliding window pads a real scan with exact zeros."""
-        contrasts = ([ContrastTransferTransform()] if self.contrast_transfer else []) + (
-            [TissueContrastTransform()] if self.tissue_contrast else [])
-        return [self.spatial(), *contrasts,
-                *intensity_transforms(), *([FieldOfViewTransform()] if self.field_of_view else []),
+        """The training transforms, in order: spatial, intensity, mirroring (kneeseg/training/data.py)."""
+        return [spatial_transform(self.config.patch_size), *intensity_transforms(),
                 *mirror_transforms(self.config.training.mirror_axes)]
 
     def build_loaders(self) -> None:

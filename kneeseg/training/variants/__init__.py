@@ -17,8 +17,7 @@ VARIANTS = {
     "kneesegTrainerElastic": "kneeseg.training.variants.elastic",
     "kneesegTrainerNoIntensityAug": "kneeseg.training.variants.no_intensity_aug",
     "kneesegTrainerRemoveStructures": "kneeseg.training.variants.remove_structures",
-    "kneesegTrainerNoProtocols": "kneeseg.training.variants.protocols",
-    "kneesegTrainerNoContrastTransfer": "kneeseg.training.variants.protocols",
+    "kneesegTrainerProtocols": "kneeseg.training.variants.protocols",
     "kneesegTrainerNoTissueContrast": "kneeseg.training.variants.protocols",
     "kneesegTrainerNoFieldOfView": "kneeseg.training.variants.protocols",
 }

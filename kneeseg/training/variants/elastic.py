@@ -6,13 +6,14 @@ default: on the real scan two 60-minute runs scored level with the default recip
 
 from __future__ import annotations
 
-from kneeseg.training.data import spatial_transform
+from kneeseg.training.data import intensity_transforms, mirror_transforms, spatial_transform
 from kneeseg.training.trainer import Trainer
 
 
 class kneesegTrainerElastic(Trainer):
     name = "kneesegTrainerElastic"
 
-    def spatial(self):
-        return spatial_transform(self.config.patch_size, p_rot_per_sample=self.p_rotation, do_elastic_deform=True,
-                                 alpha=(0.0, 900.0), sigma=(9.0, 13.0), p_el_per_sample=0.2)
+    def augmentation(self):
+        elastic = spatial_transform(self.config.patch_size, do_elastic_deform=True, alpha=(0.0, 900.0), sigma=(9.0, 13.0),
+                                    p_el_per_sample=0.2)
+        return [elastic, *intensity_transforms(), *mirror_transforms(self.config.training.mirror_axes)]

@@ -17,6 +17,7 @@ from batchgenerators.transforms.abstract_transforms import AbstractTransform
 from scipy import ndimage
 
 from kneeseg.arrays import bbox_slices
+from kneeseg.training.data import intensity_transforms, mirror_transforms, spatial_transform
 from kneeseg.training.trainer import Trainer
 
 MIN_SHELL_VOXELS = 50  # fewer surrounding voxels than this give no usable tissue to fill with
@@ -85,5 +86,5 @@ class kneesegTrainerRemoveStructures(Trainer):
     def augmentation(self):
         # After the spatial transform (the structure is removed from what the network sees), before
         # the intensity transforms (which then treat the fill like any other tissue).
-        spatial, *rest = super().augmentation()
-        return [spatial, RemoveStructureTransform(self.share), *rest]
+        return [spatial_transform(self.config.patch_size), RemoveStructureTransform(self.share), *intensity_transforms(),
+                *mirror_transforms(self.config.training.mirror_axes)]
