@@ -442,7 +442,9 @@ def test_a_refused_training_leaves_no_splits_or_model_folder(prepared, tmp_path,
     assert not splits.exists() and not paths.results.exists()
 
 
-@pytest.mark.parametrize("name", ["kneesegTrainerElastic", "kneesegTrainerNoIntensityAug", "kneesegTrainerRemoveStructures"])
+@pytest.mark.parametrize("name", ["kneesegTrainerElastic", "kneesegTrainerNoIntensityAug", "kneesegTrainerRemoveStructures",
+                                  "kneesegTrainerProtocols", "kneesegTrainerProtocolsLight", "kneesegTrainerNoTissueContrast",
+                                  "kneesegTrainerNoFieldOfView"])
 def test_each_variant_augments_a_batch_into_network_patches(name):
     """A variant changes the augmentation only: its transforms take a loader batch to network patches."""
     from types import SimpleNamespace
@@ -459,7 +461,8 @@ def test_each_variant_augments_a_batch_into_network_patches(name):
     seg = np.zeros((2, 1, *size), np.float32)
     seg[:, :, 6:18, 6:18, 6:18] = 1
     trainer = trainer_class(name)
-    fake.share = getattr(trainer, "share", None)  # a variant's own settings are class attributes
+    for setting in ("share", "contrast", "tissue", "field_of_view", "p_contrast"):  # a variant's own settings: class attributes
+        setattr(fake, setting, getattr(trainer, setting, None))
     batch = Compose(trainer.augmentation(fake))(data=np.random.rand(2, 1, *size).astype(np.float32), seg=seg)
     assert batch["data"].shape == batch["seg"].shape == (2, 1, *patch)
     assert set(np.unique(batch["seg"])) <= {0.0, 1.0}

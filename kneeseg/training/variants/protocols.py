@@ -1,7 +1,10 @@
-"""Trainers that show the network other low-field protocols (kneeseg/training/protocols.py): the
-ablations behind the default recipe, each leaving one part out.
+"""Trainers that show the network other low-field protocols (kneeseg/training/protocols.py). Not the
+default: in 60 minutes on 2 cores the full dose did not learn the recorded scan well enough
+(benchmarks/RESULTS.md); the others measure lighter doses and what each part buys.
 
-    kneesegTrainerProtocols          contrast transfer functions, tissue contrasts, fields of view
+    kneesegTrainerProtocols          contrast transfer functions, tissue contrasts (each in 3 patches of
+                                     10), fields of view (1 in 5), rotation in 3 patches of 10
+    kneesegTrainerProtocolsLight     the same with half the new contrasts (each in 3 patches of 20)
     kneesegTrainerNoTissueContrast   without the tissue contrasts (transfer functions and fields of view)
     kneesegTrainerNoFieldOfView      without the fields of view (both kinds of contrast)
 """
@@ -16,13 +19,20 @@ from kneeseg.training.trainer import Trainer
 class kneesegTrainerProtocols(Trainer):
     name = "kneesegTrainerProtocols"
     contrast, tissue, field_of_view = True, True, True
+    p_contrast = 0.3  # per patch, for each of the transfer functions and the tissue contrasts
 
     def augmentation(self):
         # Contrasts before nnU-Net's intensity steps (noise, blur, low resolution act on the new contrast);
         # the field of view after them (the sliding window pads a scan with exact zeros).
-        new_contrast = ([ContrastTransferTransform()] if self.contrast else []) + ([TissueContrastTransform()] if self.tissue else [])
+        new_contrast = ([ContrastTransferTransform(self.p_contrast)] if self.contrast else []) + (
+            [TissueContrastTransform(self.p_contrast)] if self.tissue else [])
         return [spatial_transform(self.config.patch_size, p_rot_per_sample=0.3), *new_contrast, *intensity_transforms(),
                 *([FieldOfViewTransform()] if self.field_of_view else []), *mirror_transforms(self.config.training.mirror_axes)]
+
+
+class kneesegTrainerProtocolsLight(kneesegTrainerProtocols):
+    name = "kneesegTrainerProtocolsLight"
+    p_contrast = 0.15
 
 
 class kneesegTrainerNoTissueContrast(kneesegTrainerProtocols):
