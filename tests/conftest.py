@@ -90,12 +90,13 @@ def write_dicom_series(scan, folder):
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()  # the UIDs below, not new ones per file (that would be one series per slice)
     uid = "1.2.826.0.1.3680043.2.1125.77"
+    d = image.GetDirection()  # row-major: the columns are the axes; the first two give the slices' orientation
     for z in range(image.GetDepth()):
         piece = image[:, :, z]
         for key, value in (("0020|0013", str(z + 1)), ("0020|000d", uid), ("0020|000e", uid + ".1"), ("0020|0052", uid + ".2"),
                            ("0008|0018", f"{uid}.1.{z + 1}"), ("0008|0060", "MR"),
                            ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z))))),
-                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0018|0050", str(image.GetSpacing()[2]))):
+                           ("0020|0037", "\\".join(f"{v:g}" for v in (*d[0::3], *d[1::3]))), ("0018|0050", str(image.GetSpacing()[2]))):
             piece.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"slice_{image.GetDepth() - 1 - z:03d}.dcm"))
         writer.Execute(piece)

@@ -25,10 +25,15 @@ BONES = {"femur": 1, "tibia": 2, "patella": 3}
 
 @pytest.fixture
 def scan(tmp_path):
-    """A phantom scan and its label (the 'corrected prediction'), in a raw folder with Dataset900."""
+    """A phantom scan and its label (the 'corrected prediction'), in a raw folder with Dataset900, on a
+    grid of unequal spacings and permuted, flipped axes (so that a transposed or mirrored placement shows)."""
     paths = make_phantom(tmp_path, n=1)
     image = paths.raw / DS / "imagesTr" / "phantom_000_0000.nii.gz"
-    labels, geometry = read_image(paths.raw / DS / "labelsTr" / "phantom_000.nii.gz")
+    label = paths.raw / DS / "labelsTr" / "phantom_000.nii.gz"
+    labels, geometry = read_image(label)
+    geometry = Geometry(geometry.size, (2.0, 2.5, 3.0), (-12.0, 30.0, 4.5), (0.0, 0.0, 1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
+    write_image(read_image(image)[0], geometry, image)
+    write_image(labels, geometry, label)
     return paths, image, labels, geometry
 
 
@@ -157,8 +162,9 @@ def test_a_label_off_the_scans_grid_is_refused_naming_both_files_and_a_cropped_o
     # Slicer may save a segmentation cropped to its extent: a box on the scan's voxels is placed where it lies
     box = np.argwhere(labels > 0)
     low, high = box.min(0), box.max(0) + 1
-    corner = Geometry(tuple(int(v) for v in (high - low)[::-1]), geometry.spacing,
-                      tuple(geometry.origin[a] + low[2 - a] * geometry.spacing[a] for a in range(3)), geometry.direction)
+    corner_mm = np.asarray(geometry.origin) + np.reshape(geometry.direction, (3, 3)) @ (np.asarray(geometry.spacing) * low[::-1])
+    corner = Geometry(tuple(int(v) for v in (high - low)[::-1]), geometry.spacing, tuple(float(v) for v in corner_mm),
+                      geometry.direction)
     cropped = tmp_path / "cropped.seg.nrrd"
     write_slicer_segmentation(cropped, [labels[low[0]:high[0], low[1]:high[1], low[2]:high[2]]],
                               [("femur", 0, 1), ("tibia", 0, 2), ("patella", 0, 3)], corner)
