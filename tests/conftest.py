@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+import kneeseg.models
 from kneeseg.dataset.phantom import PhantomOptions, synthesize_dataset
 from kneeseg.paths import KneesegPaths
 
@@ -80,6 +82,15 @@ def small_model(tmp_path_factory):
 
 
 MODEL_DIR = "Dataset900_KneePhantom/kneesegTrainer__kneesegPlans__3d_cpu"
+
+
+@pytest.fixture
+def phantom_builtin(small_model, tmp_path, monkeypatch):
+    """The small phantom model standing in for the built-in one."""
+    folder = tmp_path / "builtin_model"
+    shutil.copytree(small_model.results / MODEL_DIR, folder)
+    monkeypatch.setattr(kneeseg.models, "BUILTIN_MODEL_DIR", folder)
+    return folder
 
 
 def write_dicom_series(scan, folder):

@@ -26,15 +26,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "KneeBones3Di
 BONES = {"femur": 1, "tibia": 2, "patella": 3}
 
 
-@pytest.fixture
-def phantom_builtin(small_model, tmp_path, monkeypatch):
-    """The small phantom model standing in for the built-in one."""
-    folder = tmp_path / "builtin_model"
-    shutil.copytree(small_model.results / MODEL_DIR, folder)
-    monkeypatch.setattr(kneeseg.models, "BUILTIN_MODEL_DIR", folder)
-    return folder
-
-
 def _scan(paths) -> Path:
     return paths.raw / DS / "imagesTs" / "phantom_test_000_0000.nii.gz"
 

@@ -11,10 +11,9 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import torch
-from conftest import MODEL_DIR, make_phantom, path_flags, write_dicom_series
+from conftest import make_phantom, path_flags, write_dicom_series
 from test_add_case import write_slicer_segmentation
 
 import kneeseg.models
@@ -27,15 +26,6 @@ from kneeseg.training.checkpoint import load_checkpoint
 
 DS = "Dataset900_KneePhantom"
 FAST = ["--device", "cpu", "--no-progress"]
-
-
-@pytest.fixture
-def phantom_builtin(small_model, tmp_path, monkeypatch):
-    """The small phantom model standing in for the built-in one."""
-    folder = tmp_path / "builtin_model"
-    shutil.copytree(small_model.results / MODEL_DIR, folder)
-    monkeypatch.setattr(kneeseg.models, "BUILTIN_MODEL_DIR", folder)
-    return folder
 
 
 def test_a_parent_that_does_not_fit_is_refused_in_one_line(tmp_path, capsys):

@@ -17,11 +17,10 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import numpy as np
-
 from kneeseg.dataset.layout import DatasetJson
 from kneeseg.errors import KneesegError
 from kneeseg.fingerprint import Fingerprint
+from kneeseg.planning.planner import dataset_facts
 from kneeseg.planning.plans import Plans
 
 DEVICES = ("cuda", "mps", "cpu")
@@ -52,7 +51,6 @@ def plans_from_parent(parent: ParentModel, fingerprint: Fingerprint, ds: Dataset
     check_fits(parent, ds, where)
     config = copy.deepcopy(parent.plans.configuration(parent.configuration))
     config.data_identifier = f"{plans_name}_" + "x".join(f"{s:.3f}" for s in config.spacing) + "mm"  # the planner's naming
-    spacings, shapes = fingerprint.spacings, fingerprint.shapes_after_crop
     volumes = {}
     parents = {name.lower(): span for name, span in parent.plans.label_volumes_mm3.items()}  # names match in any case
     for name in ds.foreground:
@@ -60,13 +58,7 @@ def plans_from_parent(parent: ParentModel, fingerprint: Fingerprint, ds: Dataset
         low, high = parents.get(name.lower(), [min(found), max(found)])
         volumes[name] = [round(min(low, *found), 1), round(max(high, *found), 1)]
     return Plans(
-        plans_name=plans_name,
-        dataset_name=fingerprint.dataset_name,
-        channel_names=dict(ds.channel_names),
-        labels=dict(ds.labels),
-        original_median_spacing=[float(v) for v in np.median(spacings, axis=0)],
-        original_median_shape=[int(v) for v in np.median(shapes, axis=0)],
-        foreground_intensity={k: vars(v) for k, v in fingerprint.foreground_intensity.items()},
+        **dataset_facts(fingerprint, ds, plans_name),
         hardware=copy.deepcopy(parent.plans.hardware),
         configurations={config.name: config},
         recommended={device: config.name for device in DEVICES},  # the one configuration with weights to start from

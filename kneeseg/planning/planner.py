@@ -142,6 +142,20 @@ def _coarsen(spacing: list[float], factor: float) -> list[float]:
     return [float(round(max(s, factor * finest), 6)) for s in spacing]
 
 
+def dataset_facts(fingerprint: Fingerprint, ds: DatasetJson, plans_name: str) -> dict:
+    """The fields of a dataset's plans that describe its data (names, channels, labels, median spacing
+    and shape, intensities), whatever configuration they hold."""
+    return dict(
+        plans_name=plans_name,
+        dataset_name=fingerprint.dataset_name,
+        channel_names=dict(ds.channel_names),
+        labels=dict(ds.labels),
+        original_median_spacing=[float(v) for v in np.median(fingerprint.spacings, axis=0)],
+        original_median_shape=[int(v) for v in np.median(fingerprint.shapes_after_crop, axis=0)],
+        foreground_intensity={k: vars(v) for k, v in fingerprint.foreground_intensity.items()},
+    )
+
+
 def plan_experiment(
     fingerprint: Fingerprint, ds: DatasetJson, hardware: HardwareTarget | None = None, plans_name: str = "kneesegPlans",
     cpu_spacing: list[float] | None = None,
@@ -250,13 +264,7 @@ def plan_experiment(
         f"{cpu.training.num_epochs} epochs, {steps} steps in {hardware.cpu_training_hours:g} h"
     )
     return Plans(
-        plans_name=plans_name,
-        dataset_name=fingerprint.dataset_name,
-        channel_names=dict(ds.channel_names),
-        labels=dict(ds.labels),
-        original_median_spacing=[float(v) for v in np.median(spacings, axis=0)],
-        original_median_shape=[int(v) for v in np.median(fingerprint.shapes_after_crop, axis=0)],
-        foreground_intensity={k: vars(v) for k, v in fingerprint.foreground_intensity.items()},
+        **dataset_facts(fingerprint, ds, plans_name),
         label_volumes_mm3={name: [round(min(c.class_volumes_mm3.get(name, 0.0) for c in fingerprint.cases), 1),
                                   round(max(c.class_volumes_mm3.get(name, 0.0) for c in fingerprint.cases), 1)]
                            for name in ds.foreground},
