@@ -87,7 +87,8 @@ def test_a_slicer_segmentation_creates_a_dataset_with_the_models_labels(scan, tm
     # a number that is taken names that dataset only: another name with it is refused, nothing made
     before = tree_snapshot(paths.raw)
     for refused, what in ((["-d", "Dataset950_Other"], "dataset number 950 is taken"),
-                          (["-d", "950", "--name", "Other"], "-d 950 is this dataset, not one named Other")):
+                          (["-d", "950", "--name", "Other"], "-d 950 is this dataset, not one named Other"),
+                          (["-d", "950", "--name", "Scanner"], "-d 950 is this dataset, not one named Scanner")):
         capsys.readouterr()
         assert add_main([*refused, "--image", str(image), "--label", str(seg), "--raw", str(paths.raw)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -234,12 +235,15 @@ def test_label_maps_are_checked_existing_cases_kept_and_a_failed_write_leaves_no
             raise kneeseg.errors.KneesegError(f"{target}: disk full")
         return replace(source, target)
 
+    other = tmp_path / "other.nii.gz"  # another correction: what comes back must be the old case, not this
+    write_image(np.where(labels == 3, 0, labels).astype(np.uint8), geometry, other)
     before = tree_snapshot(paths.raw)
     monkeypatch.setattr(kneeseg.dataset.add_case.os, "replace", failing_replace)
     with pytest.raises(kneeseg.errors.KneesegError, match="disk full"):
-        kneeseg.dataset.add_case.add_case(paths.raw, DS, [copy], good, case_id="phantom_000", overwrite=True)
+        kneeseg.dataset.add_case.add_case(paths.raw, DS, [copy], other, case_id="phantom_000", overwrite=True)
     monkeypatch.undo()
-    assert tree_snapshot(paths.raw) == before
+    assert failed and tree_snapshot(paths.raw) == before
+    assert not [p for p in (paths.raw / DS).iterdir() if p.name.startswith(".")]  # no staging folder left
     assert add_main(["-d", DS, "--image", str(copy), "--label", str(good), "--case", "phantom_000", "--overwrite",
                      "--raw", str(paths.raw)]) == 0
     assert json.loads((paths.raw / DS / "dataset.json").read_text())["numTraining"] == 1

@@ -42,8 +42,10 @@ def test_a_parent_that_does_not_fit_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the model builtin cannot serve this dataset: it has 1 channel(s)" in err[0]
     assert "2 channel(s)" in err[0] and not paths.preprocessed.exists()
-    assert plan_main(["--plans-from", "builtin", "--machine", "reference", *FAST, *path_flags(paths)]) == 2
-    assert "--machine would be ignored" in capsys.readouterr().err
+    for flags, named in ((["--machine", "reference"], "--machine would be ignored"),
+                         (["--cpu-training-hours", "2", "--gpu-memory-gb", "24"], "--cpu-training-hours, --gpu-memory-gb would be ignored")):
+        assert plan_main(["--plans-from", "builtin", *flags, *FAST, *path_flags(paths)]) == 2
+        assert named in capsys.readouterr().err
 
     (folder / "dataset.json").write_text(json.dumps(ds))  # one channel again, planned on its own
     for image in (folder / "imagesTr").glob("*_0001.nii.gz"):

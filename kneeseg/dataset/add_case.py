@@ -62,6 +62,8 @@ def new_dataset_name(raw: Path, dataset: str | int, name: str | None) -> str:
     if not full and not text.isdigit():
         raise KneesegError(f"dataset '{dataset}': not found; to create it give its number (-d 950) or its folder name "
                            "(-d Dataset950_MyScanner)")
+    if full and name is not None and full.group(2) != name:
+        raise KneesegError(f"-d {text} --name {name}: two names for the dataset to create; give one")
     number = int(full.group(1)) if full else int(text)
     if taken := matching_datasets(raw, number):
         raise KneesegError(f"{raw / taken[0]}: dataset number {number} is taken; give -d {taken[0]} to add to it, "
@@ -104,7 +106,7 @@ def add_case(raw: Path, dataset: str | int, images: Sequence[Path], label: Path,
         raise KneesegError(f"--case {case_id!r}: use letters, digits, '_' and '-' (starting with a letter or digit)")
     folder = existing_dataset(raw, dataset)
     created = folder is None
-    if folder is not None and name is not None and not folder.endswith(f"_{name}"):
+    if folder is not None and name is not None and _DATASET.match(folder).group(2) != name:  # type: ignore[union-attr]
         raise KneesegError(f"{raw / folder}: -d {dataset} is this dataset, not one named {name}; leave out --name to add "
                            "to it, or give another number to create one")
     if folder is None:
@@ -151,18 +153,18 @@ def _write_case(dataset_dir: Path, ds: DatasetJson, images: list[Path], label: P
             ds.save(staging / "dataset.json")
             images_dir.mkdir(exist_ok=True)
             labels_dir.mkdir(exist_ok=True)
-            kept: list[tuple[Path, Path]] = []  # (the replaced case's file, where it is kept until all is in place)
             try:
-                for target in existing:
-                    kept.append((target, staging / f"replaced.{target.name}"))
-                    os.replace(target, kept[-1][1])
+                for target in existing:  # the replaced case is kept aside until all of the new one is in place
+                    os.replace(target, staging / f"replaced.{target.name}")
                 for source, target in [*zip(staged, targets), (staging / "dataset.json", json_path)]:
                     os.replace(source, target)
             except BaseException:
-                for target, old in kept:  # the case that was there comes back as it was (same file)
-                    os.replace(old, target)
+                for target in existing:  # the case that was there comes back as it was (the same files)
+                    if (staging / f"replaced.{target.name}").exists():
+                        os.replace(staging / f"replaced.{target.name}", target)
                 raise
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if not any(staging.glob("replaced.*")):  # a replaced file that could not be put back stays there
+                shutil.rmtree(staging, ignore_errors=True)
     voxels = {name: int(np.count_nonzero(labels == value)) for name, value in ds.labels.items() if value != 0}
     return AddedCase(dataset_dir, case_id, targets[:-1], targets[-1], created, ds.numTraining, voxels)

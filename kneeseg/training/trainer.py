@@ -189,7 +189,10 @@ class Trainer:
         def start(parent: dict | None) -> str:
             return "random weights" if parent is None else f"{parent.get('model')} ({parent.get('checkpoint_sha256', '')[:12]})"
 
-        if start(before) != start(self.parent_record):
+        def weights(parent: dict | None) -> str | None:  # the same checkpoint, however the model was named
+            return None if parent is None else parent.get("checkpoint_sha256")
+
+        if weights(before) != weights(self.parent_record):
             raise KneesegError(f"{self.model_dir}: its other folds ({', '.join(d.name for d in sorted(others))}) started from "
                                f"{start(before)}, this one would start from {start(self.parent_record)}; a model folder's "
                                "folds start alike: use another dataset or trainer (-tr) for this training")
