@@ -164,12 +164,13 @@ def test_qc_says_when_the_model_is_unsure_of_the_bone_it_found():
 @pytest.mark.skipif(builtin_model_dir() is None or not (SHARED / "knee_0000.nii.gz").exists(),
                     reason="this install has no built-in model, or ../shared has no KneeBones3Dify scan")
 def test_the_builtin_model_is_sure_of_a_knee_and_unsure_of_what_it_cannot_read(tmp_path, capsys):
-    from scan_variants import thick_slices
+    from scan_variants import inverted, thick_slices
 
     image, geometry = read_image(SHARED / "knee_0000.nii.gz")
     knee, _, grid = thick_slices(image, None, geometry, (1.0, 1.0, 1.0))  # the scan at 1 mm: quick to predict
     rng = np.random.default_rng(0)
-    scans = {"knee": knee, "noise": np.hypot(rng.normal(0, 300, knee.shape), rng.normal(0, 300, knee.shape)).astype(knee.dtype)}
+    scans = {"knee": knee, "noise": np.hypot(rng.normal(0, 300, knee.shape), rng.normal(0, 300, knee.shape)).astype(knee.dtype),
+             "inverted": inverted(knee)}  # dark fat, bright fluid: a contrast the model never learnt
     folder = tmp_path / "scans"
     for name, array in scans.items():
         write_image(array, grid, folder / f"{name}.nii.gz")
@@ -177,7 +178,7 @@ def test_the_builtin_model_is_sure_of_a_knee_and_unsure_of_what_it_cannot_read(t
     assert predict_main(["-i", str(folder), "-o", str(out), "-m", "builtin", "--statistics", "--device", "cpu", "--no-progress"]) == 0
     unsure = {name: [w for w in json.loads((out / f"{name}.statistics.json").read_text())["qc_warnings"] if "unsure" in w]
               for name in scans}
-    assert unsure["knee"] == [] and len(unsure["noise"]) == 1, unsure
+    assert unsure["knee"] == [] and len(unsure["noise"]) == len(unsure["inverted"]) == 1, unsure
     assert "unsure" in capsys.readouterr().err
 
 
