@@ -79,10 +79,14 @@ def test_installed_model_predicts_like_the_original(shared, tmp_path, capsys):
     shared_labels, _ = read_image(tmp_path / "installed.nii.gz")
     bones = [v for v in np.unique(original) if v != 0]
     assert bones, "the original model finds no bone"
+    # Half-precision weights move a few boundary voxels: under 1 % of the bone overall; a small bone's
+    # Dice (the phantom patella has a few hundred voxels) may lose a little more
+    either = (original > 0) | (shared_labels > 0)
+    assert np.count_nonzero(original[either] != shared_labels[either]) < 0.01 * np.count_nonzero(either)
     for value in bones:
         a, b = original == value, shared_labels == value
         dice = 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
-        assert dice > 0.99, (value, dice)
+        assert dice > 0.97, (value, dice)
     # --overwrite replaces the installed model and leaves no temporary folder beside it.
     capsys.readouterr()
     assert install_main([str(archive), "--results", str(results), "--overwrite"]) == 0
