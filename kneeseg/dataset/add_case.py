@@ -25,7 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from kneeseg.dataset.label_sources import read_label_source
-from kneeseg.dataset.layout import DatasetJson, channel_files, dataset_folder_name, find_dataset, list_cases, matching_datasets
+from kneeseg.dataset.layout import (
+    DATASET_FOLDER,
+    DatasetJson,
+    channel_files,
+    dataset_folder_name,
+    find_dataset,
+    list_cases,
+    matching_datasets,
+)
 from kneeseg.errors import KneesegError
 from kneeseg.io import Geometry, read_image, refuse_overwriting_inputs, write_image
 from kneeseg.io.lock import FileLock
@@ -35,7 +43,6 @@ from kneeseg.io.protect import removed_on_failure
 CASE_PREFIX = "case_"  # automatic case ids: case_000, case_001, ...
 DEFAULT_NAME = "MyScanner"  # of a dataset created without --name
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
-_DATASET = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_\-]+)$")
 
 
 @dataclass
@@ -58,7 +65,7 @@ def new_dataset_name(raw: Path, dataset: str | int, name: str | None) -> str:
     """The folder name for a dataset to create: ``-d 950 [--name X]`` or ``-d Dataset950_X``; a number
     another dataset in ``raw`` has is refused (a later ``-d 950`` would not know which one)."""
     text = str(dataset)
-    full = _DATASET.match(text)
+    full = DATASET_FOLDER.match(text)
     if not full and not text.isdigit():
         raise KneesegError(f"dataset '{dataset}': not found; to create it give its number (-d 950) or its folder name "
                            "(-d Dataset950_MyScanner)")
@@ -106,7 +113,7 @@ def add_case(raw: Path, dataset: str | int, images: Sequence[Path], label: Path,
         raise KneesegError(f"--case {case_id!r}: use letters, digits, '_' and '-' (starting with a letter or digit)")
     folder = existing_dataset(raw, dataset)
     created = folder is None
-    if folder is not None and name is not None and _DATASET.match(folder).group(2) != name:  # type: ignore[union-attr]
+    if folder is not None and name is not None and DATASET_FOLDER.match(folder).group(2) != name:  # type: ignore[union-attr]
         raise KneesegError(f"{raw / folder}: -d {dataset} is this dataset, not one named {name}; leave out --name to add "
                            "to it, or give another number to create one")
     if folder is None:

@@ -17,7 +17,7 @@ from kneeseg.errors import KneesegError
 from kneeseg.io import atomic_write_json, read_json
 
 KNEE_LABELS = {"background": 0, "femur": 1, "tibia": 2, "patella": 3}
-_DATASET_RE = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_\-]+)$")
+DATASET_FOLDER = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_\-]+)$")  # DatasetNNN_Name: the id and the name
 
 
 def foreground_labels(labels: dict[str, int]) -> dict[str, int]:
@@ -114,7 +114,7 @@ def list_datasets(root: Path) -> list[str]:
     """Names of the ``DatasetNNN_Name`` folders directly under ``root``, sorted."""
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and _DATASET_RE.match(p.name))
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and DATASET_FOLDER.match(p.name))
 
 
 def matching_datasets(root: Path, dataset: str | int) -> list[str]:
@@ -123,7 +123,7 @@ def matching_datasets(root: Path, dataset: str | int) -> list[str]:
     text, names = str(dataset), list_datasets(root)
     if text in names:
         return [text]
-    return [name for name in names if (m := _DATASET_RE.match(name)) is not None
+    return [name for name in names if (m := DATASET_FOLDER.match(name)) is not None
             and (text == m.group(2) or (text.isdigit() and int(text) == int(m.group(1))))]
 
 
