@@ -30,7 +30,7 @@ from pathlib import Path
 from kneeseg.inference.cases import InputCase
 from kneeseg.inference.model import TrainedModel
 from kneeseg.io import atomic_write_text
-from kneeseg.io.protect import starts_with
+from kneeseg.io.protect import sha256_of, starts_with
 
 COLUMNS = ("case", "inputs", "output", "signature", "inputs_stamp", "output_sha256")
 HEADER = ",".join(COLUMNS[:5])  # a record written before outputs had their sha256 lacks the last column
@@ -61,14 +61,10 @@ def inputs_stamp(case: InputCase) -> str | None:
 
 def file_sha256(path: Path) -> str | None:
     """The sha256 of a file's bytes, or None when it cannot be read."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        return sha256_of(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def is_study_record(path: Path) -> bool:

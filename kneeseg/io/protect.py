@@ -9,6 +9,7 @@ statistics or study table, an evaluation summary; an STL header; a PNG's Softwar
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -105,3 +106,12 @@ def removed_on_failure(paths: Iterable[str | os.PathLike]) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty
         raise
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read a MiB at a time (OSError when it cannot be read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -16,7 +16,6 @@ the plan's, which lower rates did not beat. Its figures were measured on phantom
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from kneeseg.dataset.layout import DatasetJson
 from kneeseg.errors import KneesegError
 from kneeseg.io import read_json
+from kneeseg.io.protect import sha256_of
 from kneeseg.planning.inherit import ParentModel, check_fits
 from kneeseg.planning.plans import ConfigurationPlan, Plans
 from kneeseg.training.checkpoint import load_checkpoint
@@ -93,14 +93,6 @@ def parent_fold(folder: Path) -> str:
     return folds[0]
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_parent(given: str, plans: Plans, config: ConfigurationPlan, ds: DatasetJson) -> ParentWeights:
     """The parent's weights for training ``config`` of ``plans`` on ``ds``; refused in one line when they would not fit."""
     folder = parent_folder(given)
@@ -125,7 +117,7 @@ def load_parent(given: str, plans: Plans, config: ConfigurationPlan, ds: Dataset
                for k, v in state["network"].items()}
     record = {"model": given, "folder": folder.name, "dataset": parent_plans.dataset_name,
               "trainer": info.get("trainer", ""), "configuration": parent_config.name, "fold": fold,
-              "checkpoint": f"fold_{fold}/{CHECKPOINT}", "checkpoint_sha256": sha256(checkpoint)}
+              "checkpoint": f"fold_{fold}/{CHECKPOINT}", "checkpoint_sha256": sha256_of(checkpoint)}
     return ParentWeights(weights, record, folder)
 
 
