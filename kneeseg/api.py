@@ -227,18 +227,13 @@ def resolve_model(paths: KneesegPaths | None = None, model_dir: Path | None = No
     the configuration the plans recommend for ``device`` when several are trained). With
     ``builtin_fallback`` (prediction), a results folder without any model folder gives the built-in
     model when nothing narrows the search (-d, -c, -tr, -f), saying so on stderr."""
-    from kneeseg.models import BUILTIN, MAKE_MODEL_HINT, builtin_model_dir
+    from kneeseg.models import MAKE_MODEL_HINT, builtin_model_dir, model_folder
 
     if model_dir is not None:
         ignored = [flag for flag, value in (("-d", dataset), ("-c", configuration), ("-tr", trainer)) if value is not None]
         if ignored:  # the folder is the model: a dataset, configuration or trainer beside it could not be honoured
             raise KneesegError(f"{model_dir}: -m names the model folder; {', '.join(ignored)} would be ignored (give one or the other)")
-        if str(model_dir) == BUILTIN:
-            builtin = builtin_model_dir()
-            if builtin is None:
-                raise KneesegError(f"-m {BUILTIN}: {MAKE_MODEL_HINT}")
-            return load_model(builtin, folds)
-        return load_model(Path(model_dir), folds)
+        return load_model(model_folder(model_dir, "-m"), folds)
     if paths is None:
         raise KneesegError("give a model folder (-m) or a results folder")
     try:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kneeseg.errors import KneesegError
+
 BUILTIN = "builtin"  # the name -m takes for it
 BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "kneebones3dify"
 MAKE_MODEL_HINT = "this install has no built-in model (make model trains it; see docs/builtin_model.md)"
@@ -20,3 +22,14 @@ MAKE_MODEL_HINT = "this install has no built-in model (make model trains it; see
 def builtin_model_dir() -> Path | None:
     """The built-in model's folder, or None where this install has none."""
     return BUILTIN_MODEL_DIR if (BUILTIN_MODEL_DIR / "model.json").exists() else None
+
+
+def model_folder(given: str | Path, flag: str) -> Path:
+    """The model folder ``given`` names: ``builtin``, the built-in model's (refused in one line naming
+    ``flag`` where this install has none); anything else, that folder (checked by whoever loads it)."""
+    if str(given) != BUILTIN:
+        return Path(given)
+    folder = builtin_model_dir()
+    if folder is None:
+        raise KneesegError(f"{flag} {BUILTIN}: {MAKE_MODEL_HINT}")
+    return folder

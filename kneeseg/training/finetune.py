@@ -69,15 +69,10 @@ class ParentWeights:
 
 
 def parent_folder(given: str) -> Path:
-    """The model folder ``given`` names ('builtin': the model that ships with kneeseg)."""
-    from kneeseg.models import BUILTIN, MAKE_MODEL_HINT, builtin_model_dir
+    """The model folder ``given`` names ('builtin': the model that ships with kneeseg), checked to be one."""
+    from kneeseg.models import model_folder
 
-    if given == BUILTIN:
-        folder = builtin_model_dir()
-        if folder is None:
-            raise KneesegError(f"--pretrained {BUILTIN}: {MAKE_MODEL_HINT}")
-        return folder
-    folder = Path(given)
+    folder = model_folder(given, "--pretrained")
     for name in ("plans.json", "dataset.json", "model.json"):
         if not (folder / name).exists():
             raise KneesegError(f"--pretrained {given}: not a trained model folder (no {name})")
