@@ -4,8 +4,11 @@ Needs a trained model for the imported KneeBones3Dify dataset; --train-minutes M
 full scan's default CPU plan for M minutes first (10 gives a model whose bones are whole; a model of a
 few iterations, --quick-model, predicts noise, and noise makes the restore to the scan's grid take
 ~1.5 s longer: the window passes themselves do not depend on the weights). Prints wall time and peak
-RSS of each kneeseg_predict run, --repeats times. Targets: <= 20 s with mirror TTA on 2 cores,
-<= 3 GB peak RSS.
+RSS of each kneeseg_predict run, --repeats times, where the time went (kneeseg_predict --timings:
+read, preprocess, network, to the scan's grid, post-processing, QC, write) and the network's GFLOP/s
+as a share of what the planner measures this machine to do in the same precision (a training step,
+counted the same way: kneeseg.planning.estimate). Targets (issue 39): <= 20 s with mirror TTA on
+2 cores, <= 1.5 GB peak RSS, the network at >= 0.6 of the planner's GFLOP/s.
 
 --builtin trains nothing: it runs ``kneeseg_predict -i SCAN -o OUT`` with an empty results folder, as
 on a fresh install, so that the built-in model is used (kneeseg/models; issue 27), with its chosen
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import sys
 import tempfile
 from datetime import date
@@ -27,7 +31,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import kneeseg_command, run_measured  # noqa: E402
 
+from kneeseg.api import machine_profile  # noqa: E402
 from kneeseg.cli.common import positive_float, positive_int  # noqa: E402
+
+NETWORK = re.compile(r"network [\d.]+ s \((\w+), ([\d.]+) GFLOP, (\d+) GFLOP/s\)")
 
 
 def main() -> int:
@@ -62,13 +69,26 @@ def main() -> int:
         if any((work / "res").glob("Dataset*")):
             raise SystemExit(f"{work / 'res'}: holds trained models; --builtin needs a results folder without any")
         print("model: the built-in model (nothing in the results folder)")
+    machine = machine_profile()  # what the planner measures here: the yardstick of the network's speed
+    print(f"the planner's measurement of this machine: {machine.describe()}")
     for tta in ("mirror", "none"):
         for _ in range(args.repeats):
+            log = work / f"pred_{tta}.stderr.txt"
             seconds, rss, rc = run_measured(kneeseg_command(
                 "predict", "-i", str(scan), "-o", str(work / f"pred_{tta}.nii.gz"), "--overwrite", "--tta", tta, "--step", str(args.step),
-                "--device", "cpu", *(["--autocast", args.autocast] if args.autocast else []), "--no-progress", *flags))
-            assert rc == 0, "prediction failed"
-            print(f"predict full scan, tta {tta:6s}: {seconds:6.1f} s  peak RSS {rss:6.0f} MB  (targets <= 20 s with mirror, <= 3072 MB)")
+                "--device", "cpu", *(["--autocast", args.autocast] if args.autocast else []), "--timings", "--no-progress", *flags),
+                stderr=log)
+            assert rc == 0, f"prediction failed: {log.read_text()[-2000:]}"
+            print(f"predict full scan, tta {tta:6s}: {seconds:6.1f} s  peak RSS {rss:6.0f} MB  (targets <= 20 s with mirror, <= 1536 MB)")
+            timings = next(line for line in log.read_text().splitlines() if "kneeseg: timings:" in line)
+            print(f"  where the time went: {timings.rsplit('.nii.gz: ', 1)[-1]}")
+            network = NETWORK.search(timings)
+            if network:
+                precision, rate = network.group(1), float(network.group(3))
+                planned = machine.gflops_by_precision.get("none" if precision == "fp32" else precision, 0.0)
+                if planned:
+                    print(f"  network: {rate:.0f} GFLOP/s in {precision}, {rate / planned:.2f} of the planner's {planned:g} GFLOP/s "
+                          "(target >= 0.6)")
     return 0
 
 

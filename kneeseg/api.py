@@ -324,7 +324,7 @@ def _predict_cases(model: TrainedModel, cases: list[InputCase], out: Path, optio
     inputs = [path for c in cases for path in c.channels]
     record = None
     if not single_file:
-        signature = study_signature(model, {"options": {k: v for k, v in vars(options).items() if k != "progress"},
+        signature = study_signature(model, {"options": {k: v for k, v in vars(options).items() if k not in ("progress", "timings")},
                                             "statistics": study.statistics, "overlays": study.overlays is not None,
                                             "stl": None if study.stl is None else str(Path(study.stl).resolve()),
                                             "stl_faces": study.stl_faces})

@@ -159,27 +159,48 @@ def test_qc_says_when_the_model_is_unsure_of_the_bone_it_found():
     loud = prediction_warnings(labels, geometry, {"femur": 1}, {}, unsure=uncertain_share(probs))
     assert not any("unsure" in w for w in quiet)
     assert [w for w in loud if "unsure" in w] == [loud[0]] and "unsure of 50 % of the bone it found" in loud[0]
+    inverted = prediction_warnings(labels, geometry, {"femur": 1}, {}, unsure=0.04, read_inverted=True, unsure_as_recorded=0.64)
+    assert inverted == ["read with its contrast inverted: the model was unsure of 64 % of the bone it found as recorded, "
+                        "and is unsure of 4 % inverted; check every bone"]
+    nothing = prediction_warnings(labels, geometry, {"femur": 1}, {}, unsure=0.04, read_inverted=True)
+    assert nothing[0].startswith("read with its contrast inverted: the model found no bone as recorded,")
 
 
 @pytest.mark.skipif(builtin_model_dir() is None or not (SHARED / "knee_0000.nii.gz").exists(),
                     reason="this install has no built-in model, or ../shared has no KneeBones3Dify scan")
-def test_the_builtin_model_is_sure_of_a_knee_and_unsure_of_what_it_cannot_read(tmp_path, capsys):
+def test_the_builtin_model_is_sure_of_a_knee_reads_an_inverted_one_and_is_unsure_of_noise(tmp_path, capsys):
+    """The knee as recorded: no warning. Its inverted contrast (dark fat, bright fluid, a contrast the
+    model never learnt): read a second time inverted, the same bones as the knee's, and a warning that
+    says so; with --no-inverted-retry the model is unsure of it. Noise: unsure either way."""
     from scan_variants import inverted, thick_slices
 
     image, geometry = read_image(SHARED / "knee_0000.nii.gz")
     knee, _, grid = thick_slices(image, None, geometry, (1.0, 1.0, 1.0))  # the scan at 1 mm: quick to predict
     rng = np.random.default_rng(0)
     scans = {"knee": knee, "noise": np.hypot(rng.normal(0, 300, knee.shape), rng.normal(0, 300, knee.shape)).astype(knee.dtype),
-             "inverted": inverted(knee)}  # dark fat, bright fluid: a contrast the model never learnt
+             "inverted": inverted(knee)}
     folder = tmp_path / "scans"
     for name, array in scans.items():
         write_image(array, grid, folder / f"{name}.nii.gz")
     out = tmp_path / "bones"
     assert predict_main(["-i", str(folder), "-o", str(out), "-m", "builtin", "--statistics", "--device", "cpu", "--no-progress"]) == 0
-    unsure = {name: [w for w in json.loads((out / f"{name}.statistics.json").read_text())["qc_warnings"] if "unsure" in w]
-              for name in scans}
-    assert unsure["knee"] == [] and len(unsure["noise"]) == len(unsure["inverted"]) == 1, unsure
-    assert "unsure" in capsys.readouterr().err
+    warned = {name: json.loads((out / f"{name}.statistics.json").read_text())["qc_warnings"] for name in scans}
+    assert not any("unsure" in w or "inverted" in w for w in warned["knee"]), warned["knee"]
+    assert [w for w in warned["inverted"] if "unsure" in w or "inverted" in w] == [
+        next(w for w in warned["inverted"] if w.startswith("read with its contrast inverted"))], warned["inverted"]
+    assert any("unsure" in w for w in warned["noise"]) and not any("inverted" in w for w in warned["noise"]), warned["noise"]
+    assert "read with its contrast inverted" in capsys.readouterr().err
+    knee_bones, _ = read_image(out / "knee.nii.gz")
+    inverted_bones, _ = read_image(out / "inverted.nii.gz")
+    for value in (1, 2, 3):  # femur, tibia, patella: the bones of the knee as recorded
+        a, b = knee_bones == value, inverted_bones == value
+        assert 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b)) > 0.9, value
+
+    plain = tmp_path / "plain"
+    assert predict_main(["-i", str(folder / "inverted.nii.gz"), "-o", str(plain / "inverted.nii.gz"), "-m", "builtin",
+                         "--statistics", "--no-inverted-retry", "--device", "cpu", "--no-progress"]) == 0
+    warned = json.loads((plain / "inverted.statistics.json").read_text())["qc_warnings"]
+    assert any("unsure" in w for w in warned) and not any("inverted" in w for w in warned), warned
 
 
 ABSOLUTE_PATH = re.compile(r"(?:^|[\s(`'\"=])(?:/|[A-Za-z]:\\)\w")  # /home/..., C:\Users\...

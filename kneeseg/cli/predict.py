@@ -58,6 +58,8 @@ def main(argv=None):
     air.add_argument("--keep-air", dest="zero_air", action="store_false", help="never store the air as zeros")
     p.set_defaults(zero_air=None)
     p.add_argument("--no-postprocessing", dest="postprocess", action="store_false")
+    p.add_argument("--no-inverted-retry", dest="inverted_retry", action="store_false",
+                   help="do not read a scan the model is unsure of a second time with its contrast inverted")
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz with class probabilities")
     p.add_argument("--overlays", type=Path, help="folder for QC PNGs (three planes with contours)")
     p.add_argument("--statistics", action="store_true",
@@ -75,6 +77,8 @@ def main(argv=None):
     p.add_argument("--stl", type=Path, metavar="DIR", help="also write checked STL bones (scanner LPS mm): DIR/<bone>.stl "
                    "for -o FILE, DIR/<case>/<bone>.stl for -o FOLDER")
     p.add_argument("--stl-faces", type=int, metavar="N", help="with --stl: at most N triangles per bone")
+    p.add_argument("--timings", action="store_true", help="print where each case's time went (read, preprocess, network, "
+                   "to the scan's grid, post-processing, write, ...) on stderr")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_path_flags(p)
     args = p.parse_args(argv)
@@ -87,7 +91,8 @@ def main(argv=None):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     options = PredictionOptions(device=resolve_device(device), tta=args.tta == "mirror", tta_scales=tuple(args.tta_scales),
                                 step=args.step, autocast=args.autocast, postprocess=args.postprocess, zero_air=args.zero_air,
-                                save_probabilities=args.save_probabilities, progress=args.progress)
+                                save_probabilities=args.save_probabilities, progress=args.progress,
+                                inverted_retry=args.inverted_retry, timings=args.timings)
     study = StudyOptions(output_type=args.output_type, statistics=args.statistics, overlays=args.overlays, stl=args.stl,
                          stl_faces=args.stl_faces, overwrite=args.overwrite, num_parts=num_parts or 1, part_id=part_id or 0)
     outputs = predict(Path(args.input), Path(args.output), paths_from(args), args.model_dir, dataset=args.dataset,

@@ -5,6 +5,12 @@ sliding window (+ mirror TTA); the folds' softmax outputs are averaged; probabil
 back to the original grid and arg-maxed. With test-time scales the scan is also predicted on grids
 finer or coarser than the plan's (each a multiple of its spacing), and those probabilities are
 averaged on the original grid before the argmax.
+
+A scan the model is unsure of (kneeseg.inference.qc) is read a second time with its contrast inverted
+(the normalised intensities negated inside the body; the air, zero, stays dark): the one MR contrast
+change a network cannot learn from one training scan's augmentation on a CPU budget (bright fat and
+dark fluid against dark fat and bright fluid; benchmarks/RESULTS.md) becomes one test-time reading.
+The inverted reading is kept only where the model is sure of it, and the prediction says so.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import torch
 from kneeseg.errors import KneesegError
 from kneeseg.hardware import precision_name, usable_autocast, use_cores
 from kneeseg.inference.model import TrainedModel
-from kneeseg.inference.qc import uncertain_share
-from kneeseg.inference.sliding_window import predict_sliding_window
+from kneeseg.inference.qc import UNCERTAIN_LIMIT, uncertain_share
+from kneeseg.inference.sliding_window import mirror_combinations, predict_sliding_window, window_count
+from kneeseg.inference.timing import StageClock, timed
 from kneeseg.io import Geometry
+from kneeseg.planning.estimate import count_network
 from kneeseg.preprocessing.preprocess import preprocess_case
 from kneeseg.preprocessing.resampling import resample_channels
 from kneeseg.preprocessing.restore import restore_original
@@ -34,11 +42,16 @@ class Prediction:
     # Share of the voxels found as bone whose winning probability is under CONFIDENT (kneeseg.inference.qc);
     # None where no bone was found
     uncertain_share: float | None = None
+    # Read with its contrast inverted (the model sure of that reading and not of the scan as recorded),
+    # and the share it was unsure of as recorded (None where it found no bone that way)
+    read_inverted: bool = False
+    unsure_as_recorded: float | None = None
 
 
 class Predictor:
     def __init__(self, model: TrainedModel, device: str = "cpu", tta: bool = True, step: float = 0.5,
-                 autocast: str | None = None, progress: bool = False, scales: Sequence[float] = (1.0,)):
+                 autocast: str | None = None, progress: bool = False, scales: Sequence[float] = (1.0,),
+                 inverted_retry: bool = True):
         if not 0.0 < step <= 1.0:
             raise KneesegError(f"sliding-window step {step}: must be a fraction of the patch, more than 0 and at most 1")
         self.model, self.device, self.step, self.progress = model, torch.device(device), step, progress
@@ -50,42 +63,76 @@ class Predictor:
         self.autocast = usable_autocast(autocast or self.config.training.autocast, device)
         self.threads = use_cores() if self.device.type == "cpu" else torch.get_num_threads()
         self.networks = model.load_networks(self.device)
+        # Inverting needs air that stays zero (normalised inside the nonzero mask): elsewhere air would turn bright
+        self.inverted_retry = inverted_retry and all(self.config.use_mask_for_norm)
+        self.clock: StageClock | None = None  # the current prediction's, where one is kept
 
     def describe(self) -> str:
         """What this predictor runs on, for the first line of a prediction's log."""
         return (f"{self.device} ({self.threads} CPU threads), {precision_name(self.autocast)}, {len(self.networks)} fold(s), "
                 f"mirroring {self.mirror_axes or 'off'}, scales {self.scales}")
 
-    def predict(self, images: list[np.ndarray], geometry: Geometry, keep_probabilities: bool = False) -> Prediction:
+    def predict(self, images: list[np.ndarray], geometry: Geometry, keep_probabilities: bool = False,
+                clock: StageClock | None = None) -> Prediction:
+        """Labels (and with ``keep_probabilities`` the probabilities) on the scan's grid; ``clock``:
+        where the time went (preprocess, network, to the scan's grid)."""
         if len(images) != self.model.ds.num_channels:
             raise KneesegError(f"model expects {self.model.ds.num_channels} channel(s), got {len(images)}")
-        if self.scales == [1.0]:
-            case = preprocess_case(images, geometry, self.config)  # converts to float32 after cropping
-            probs = self._fold_mean(case.data)
-        else:  # mean of the scales' probabilities on the cropped original grid (all scales share its crop)
-            on_crop = []
-            for factor in self.scales:
-                config = replace(self.config, spacing=[s * factor for s in self.config.spacing])
-                case = preprocess_case(images, geometry, config)
-                on_crop.append(resample_channels(self._fold_mean(case.data), case.properties["shape_after_crop"],
-                                                 case.properties["separate_z_axis"]))
-                if len(on_crop) == 2:  # summed as they come: at most two float copies of the probabilities
-                    on_crop = [on_crop[0] + on_crop[1]]
-            probs = on_crop[0] / len(self.scales)
+        self.clock = clock
+        probs, properties = self._probabilities(images, geometry, inverted=False)
         share = uncertain_share(probs)  # on the grid the network saw: the mean of folds, mirrors and scales
-        labels, full = restore_original(probs, case.properties, self.label_values, keep_probabilities)
-        return Prediction(labels, full, share)
+        as_recorded = share
+        read_inverted = False
+        if self.inverted_retry and (share is None or share > UNCERTAIN_LIMIT):
+            probs_inverted, properties_inverted = self._probabilities(images, geometry, inverted=True)
+            share_inverted = uncertain_share(probs_inverted)
+            if share_inverted is not None and share_inverted <= UNCERTAIN_LIMIT:  # only a reading the model is sure of
+                read_inverted, share = True, share_inverted
+                probs, properties = probs_inverted, properties_inverted
+            del probs_inverted
+        with timed(clock, "to the scan's grid"):
+            labels, full = restore_original(probs, properties, self.label_values, keep_probabilities)
+        return Prediction(labels, full, share, read_inverted, as_recorded if read_inverted else None)
 
-    def _fold_mean(self, data: np.ndarray) -> np.ndarray:
-        """The folds' mean softmax (K, Z, Y, X) over preprocessed ``data``."""
+    def _probabilities(self, images: list[np.ndarray], geometry: Geometry, inverted: bool) -> tuple[np.ndarray, dict]:
+        """The mean probabilities of folds, mirrors and scales on the plan's grid (one scale) or on the
+        cropped original grid (several), and the case's preprocessing record; ``inverted``: of the
+        scan with its normalised contrast negated."""
+        if self.scales == [1.0]:
+            with timed(self.clock, "preprocess"):
+                case = preprocess_case(images, geometry, self.config)  # converts to float32 after cropping
+            return self._fold_mean(case.data, inverted), case.properties
+        on_crop = []  # the mean of the scales' probabilities on the cropped original grid (all scales share its crop)
+        for factor in self.scales:
+            config = replace(self.config, spacing=[s * factor for s in self.config.spacing])
+            with timed(self.clock, "preprocess"):
+                case = preprocess_case(images, geometry, config)
+            probs = self._fold_mean(case.data, inverted)
+            with timed(self.clock, "to the scan's grid"):
+                on_crop.append(resample_channels(probs, case.properties["shape_after_crop"], case.properties["separate_z_axis"]))
+            if len(on_crop) == 2:  # summed as they come: at most two float copies of the probabilities
+                on_crop = [on_crop[0] + on_crop[1]]
+        return on_crop[0] / len(self.scales), case.properties
+
+    def _fold_mean(self, data: np.ndarray, inverted: bool = False) -> np.ndarray:
+        """The folds' mean softmax (K, Z, Y, X) over preprocessed ``data`` (negated first if ``inverted``)."""
+        if inverted:
+            data = np.negative(data, out=data)  # the preprocessed copy is ours; zeros (air) stay zero
         total: np.ndarray | None = None
-        for net in self.networks:  # summed as they come: one more copy at a time
-            probs = predict_sliding_window(net, data, self.config.patch_size, len(self.label_values), self.step,
-                                           self.mirror_axes, self.device, self.autocast, self.progress)
-            if total is None:
-                total = probs
-            else:
-                total += probs
+        with timed(self.clock, "network"):
+            for net in self.networks:  # summed as they come: one more copy at a time
+                probs = predict_sliding_window(net, data, self.config.patch_size, len(self.label_values), self.step,
+                                               self.mirror_axes, self.device, self.autocast, self.progress)
+                if total is None:
+                    total = probs
+                else:
+                    total += probs
+        if self.clock is not None:  # the work, counted as the planner counts it: forward FLOPs of one patch
+            patch = self.config.patch_size
+            flops = count_network(patch, self.config.network, self.model.ds.num_channels, len(self.label_values))[0]
+            runs = window_count(list(data.shape[1:]), patch, self.step) * len(mirror_combinations(self.mirror_axes))
+            self.clock.network_gflop += flops * runs * len(self.networks) / 1e9
+            self.clock.network_precision = precision_name(self.autocast)
         assert total is not None  # load_networks gives at least one
         return total / len(self.networks)
 

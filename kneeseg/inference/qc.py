@@ -11,7 +11,9 @@ the knee bones the model learnt:
 - the model is unsure of what it found: more than ``UNCERTAIN_LIMIT`` of the voxels it calls bone
   have a winning probability under ``CONFIDENT`` (the mean of the folds, test-time mirrors and
   scales, so members that disagree count as unsure). A model that cannot read a scan (a contrast
-  it never learnt, another joint, noise) still calls voxels bone, but without conviction.
+  it never learnt, another joint, noise) still calls voxels bone, but without conviction;
+- the scan was read with its contrast inverted (kneeseg.inference.predictor): the model was unsure
+  of the scan as recorded and sure of it inverted (a fat-suppressed or inverted protocol, say).
 
 Together with the acquisition warnings (kneeseg.inference.acquisition) they are printed per case and
 recorded in the statistics output (``qc_warnings``).
@@ -45,11 +47,19 @@ def uncertain_share(probabilities: np.ndarray) -> float | None:
 
 
 def prediction_warnings(labels: np.ndarray, geometry: Geometry, bones: dict[str, int],
-                        volume_ranges: dict[str, list[float]], unsure: float | None = None) -> list[str]:
+                        volume_ranges: dict[str, list[float]], unsure: float | None = None,
+                        read_inverted: bool = False, unsure_as_recorded: float | None = None) -> list[str]:
     """What looks wrong in a (z, y, x) label map of ``bones`` (name -> value), given the training
     labels' ``volume_ranges`` (name -> [min, max] mm3, the plans' ``label_volumes_mm3``; a name
-    without a range is not judged) and the prediction's ``unsure`` share (:func:`uncertain_share`)."""
+    without a range is not judged) and the prediction's ``unsure`` share (:func:`uncertain_share`);
+    ``read_inverted``: the scan was read with its contrast inverted, having been ``unsure_as_recorded``
+    of the bone it found as recorded (None: it found none)."""
     warnings, centre = [], {}
+    if read_inverted:
+        before = ("found no bone" if unsure_as_recorded is None
+                  else f"was unsure of {100 * unsure_as_recorded:.0f} % of the bone it found")
+        warnings.append(f"read with its contrast inverted: the model {before} as recorded, and is unsure of "
+                        f"{100 * (unsure or 0.0):.0f} % inverted; check every bone")
     if unsure is not None and unsure > UNCERTAIN_LIMIT:
         warnings.append(f"the model is unsure of {100 * unsure:.0f} % of the bone it found (more than {100 * UNCERTAIN_LIMIT:.0f} %): "
                         "it may not read this scan (another contrast, another joint, no knee); check every bone")

@@ -34,6 +34,11 @@ def window_starts(size: int, patch: int, step: float) -> list[int]:
     return [int(round(i * (size - patch) / (n - 1))) for i in range(n)]
 
 
+def window_count(shape: list[int], patch: list[int], step: float) -> int:
+    """How many tiles cover a (Z, Y, X) volume of ``shape`` (padded to the patch where smaller)."""
+    return int(np.prod([len(window_starts(max(s, p), p, step)) for s, p in zip(shape, patch)]))
+
+
 def mirror_combinations(axes: list[int]) -> list[tuple[int, ...]]:
     """Every subset of the mirror axes (the empty one first), as tensor dims of a (B, C, Z, Y, X) batch."""
     return [tuple(a + 2 for a in combo) for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]

@@ -26,6 +26,7 @@ from kneeseg.inference.cases import InputCase
 from kneeseg.inference.model import TrainedModel
 from kneeseg.inference.predictor import Predictor
 from kneeseg.inference.qc import prediction_warnings
+from kneeseg.inference.timing import StageClock, timed
 from kneeseg.io import (
     Geometry,
     atomic_path,
@@ -65,6 +66,10 @@ class PredictionOptions:
     # QC warnings on stderr and to the after-case hook (kneeseg.inference.qc); off for a training's
     # validation predictions, whose labels the user has
     qc: bool = True
+    # With qc: a scan the model is unsure of is read again with its contrast inverted, kept where the
+    # model is sure of that reading (kneeseg.inference.predictor)
+    inverted_retry: bool = True
+    timings: bool = False  # one line per case on stderr: where the time went (kneeseg.inference.timing)
 
 
 @dataclass
@@ -147,7 +152,8 @@ def predict_study(model: TrainedModel, cases: list[InputCase], options: Predicti
     outputs += [path for pair in descriptions for path in pair]
     refuse_overwriting_inputs([*outputs, *extra_folders], [path for c in cases for path in c.channels])
     steps = postprocessing_steps(model) if o.postprocess else []
-    predictor = Predictor(model, o.device, o.tta, o.step, o.autocast, o.progress, o.tta_scales)  # checks scales, checkpoints
+    predictor = Predictor(model, o.device, o.tta, o.step, o.autocast, o.progress, o.tta_scales,  # checks scales, checkpoints
+                          inverted_retry=o.qc and o.inverted_retry)
     for folder in {c.output.parent for c in cases} | set(extra_folders):
         ensure_writable_folder(folder)  # before any prediction: fail early, write nothing
     written, failed = [], []
@@ -181,33 +187,42 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
                   after_case: AfterCase | None) -> None:
     from tqdm import tqdm
 
-    images, geometry = read_case(case)
-    dicom_seg = file_ending(case.output) == DICOM_SEG_ENDING  # a DICOM series in, a SEG referencing its slices out
-    sources = dicom_seg_sources(case.channels[0]) if dicom_seg else None  # what the SEG needs, checked before predicting
-    if o.zero_air or (o.zero_air is None and needs_zeroed_air(model.config, images[0])):
-        if o.zero_air is None:
-            tqdm.write(f"kneeseg: {case.channels[0]}: the model was trained on scans whose air was stored as zeros; "
-                       f"storing this scan's air as zeros first (--keep-air: as it is)", file=sys.stderr)
-        images = with_air_zeroed(images)  # copies: the input stays
-    warnings = acquisition_warnings(geometry, model.config, images[0])
+    clock = StageClock() if o.timings else None
+    with timed(clock, "read"):
+        images, geometry = read_case(case)
+        dicom_seg = file_ending(case.output) == DICOM_SEG_ENDING  # a DICOM series in, a SEG referencing its slices out
+        sources = dicom_seg_sources(case.channels[0]) if dicom_seg else None  # what the SEG needs, checked before predicting
+        if o.zero_air or (o.zero_air is None and needs_zeroed_air(model.config, images[0])):
+            if o.zero_air is None:
+                tqdm.write(f"kneeseg: {case.channels[0]}: the model was trained on scans whose air was stored as zeros; "
+                           f"storing this scan's air as zeros first (--keep-air: as it is)", file=sys.stderr)
+            images = with_air_zeroed(images)  # copies: the input stays
+        warnings = acquisition_warnings(geometry, model.config, images[0])
     for warning in warnings:
         tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
-    prediction = predictor.predict(images, geometry, keep_probabilities=o.save_probabilities)
-    labels = apply_postprocessing(prediction.labels, steps, geometry.spacing_zyx) if steps else prediction.labels
-    found = prediction_warnings(labels, geometry, model.ds.foreground, model.plans.label_volumes_mm3,
-                                prediction.uncertain_share) if o.qc else []
+    prediction = predictor.predict(images, geometry, keep_probabilities=o.save_probabilities, clock=clock)
+    with timed(clock, "post-processing"):
+        labels = apply_postprocessing(prediction.labels, steps, geometry.spacing_zyx) if steps else prediction.labels
+    with timed(clock, "qc"):
+        found = prediction_warnings(labels, geometry, model.ds.foreground, model.plans.label_volumes_mm3,
+                                    prediction.uncertain_share, prediction.read_inverted,
+                                    prediction.unsure_as_recorded) if o.qc else []
     for warning in found:
         tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
     warnings += found
-    if dicom_seg:
-        write_dicom_seg(case.output, labels, case.channels[0], model.ds.labels, sources)
-    else:
-        write_image(labels, geometry, case.output, labels=model.ds.labels)
-    if o.save_probabilities:
-        assert prediction.probabilities is not None
-        with atomic_path(probabilities_path(case.output)) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, probabilities=prediction.probabilities.astype(np.float16),
-                                    labels=np.array(sorted(model.ds.labels.values())))
+    with timed(clock, "write"):
+        if dicom_seg:
+            write_dicom_seg(case.output, labels, case.channels[0], model.ds.labels, sources)
+        else:
+            write_image(labels, geometry, case.output, labels=model.ds.labels)
+        if o.save_probabilities:
+            assert prediction.probabilities is not None
+            with atomic_path(probabilities_path(case.output)) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, probabilities=prediction.probabilities.astype(np.float16),
+                                        labels=np.array(sorted(model.ds.labels.values())))
     if after_case is not None:
-        after_case(case, images[0], labels, geometry, warnings, prediction.uncertain_share)
+        with timed(clock, "meshes, pictures, statistics"):
+            after_case(case, images[0], labels, geometry, warnings, prediction.uncertain_share)
+    if clock is not None:
+        tqdm.write(f"kneeseg: timings: {case.channels[0]}: {clock.line()}", file=sys.stderr)
