@@ -10,7 +10,8 @@ A scan the model is unsure of (kneeseg.inference.qc) is read a second time with 
 (the normalised intensities negated inside the body; the air, zero, stays dark): the one MR contrast
 change a network cannot learn from one training scan's augmentation on a CPU budget (bright fat and
 dark fluid against dark fat and bright fluid; benchmarks/RESULTS.md) becomes one test-time reading.
-The inverted reading is kept only where the model is sure of it, and the prediction says so.
+The inverted reading is kept only where the model is sure of it and at least twice as sure as of
+the scan as recorded, and the prediction says so.
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ class Predictor:
         if self.inverted_retry and (share is None or share > UNCERTAIN_LIMIT):
             probs_inverted, properties_inverted = self._probabilities(images, geometry, inverted=True)
             share_inverted = uncertain_share(probs_inverted)
-            if share_inverted is not None and share_inverted <= UNCERTAIN_LIMIT:  # only a reading the model is sure of
+            # Only a reading the model is sure of, and surer than of the scan as recorded by half at least:
+            # noise, or a contrast it cannot read either way, is about as unsure both ways.
+            if share_inverted is not None and share_inverted <= min(UNCERTAIN_LIMIT, (share or 1.0) / 2):
                 read_inverted, share = True, share_inverted
                 probs, properties = probs_inverted, properties_inverted
             del probs_inverted

@@ -3,7 +3,7 @@
 Tiles overlap by (1 - step) of the patch; each tile's softmax is weighted by a Gaussian centred on
 the tile (sigma = patch / 8), because predictions near a tile's border see less context. With
 mirroring, every tile is also predicted flipped along each combination of the mirror axes and the
-results are averaged.
+results are averaged. Windows go through the network in small batches (BATCH_VOXELS).
 """
 
 from __future__ import annotations
@@ -13,6 +13,12 @@ import itertools
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# Windows (tiles x mirrored copies) run through the network together, up to this many voxels: a small
+# network on a CPU spends most of a single window's time on per-operation overhead. The built-in
+# model's 40x56x56 patch goes four at a time: the full real scan's 160 windows took 31-43 s one by
+# one and 9 s four at a time, in fp32 on 2 cores (benchmarks/RESULTS.md); large patches go one by one.
+BATCH_VOXELS = 2**19
 
 
 def gaussian_importance(patch: list[int], sigma_scale: float = 1 / 8) -> torch.Tensor:
@@ -77,20 +83,23 @@ def predict_sliding_window(
     tiles = list(itertools.product(*(window_starts(s, p, step) for s, p in zip(padded, patch))))
     enabled = autocast in ("bf16", "fp16") and device.type in ("cpu", "cuda")
     dtype = torch.float16 if autocast == "fp16" else torch.bfloat16
-    for start in tqdm(tiles, desc="windows", leave=False, disable=not progress):
-        region = tuple(slice(s, s + p) for s, p in zip(start, patch))
-        tile = volume[(slice(None),) + region][None].to(device)
-        probs = torch.zeros((num_classes, *patch), dtype=torch.float32, device=device)
-        for dims in flips:  # one mirrored copy at a time: memory stays flat with 8 flips
-            x = torch.flip(tile, dims) if dims else tile
+    jobs = [(start, dims) for start in tiles for dims in flips]  # every tile in every mirrored copy
+    per_batch = max(1, BATCH_VOXELS // int(np.prod(patch)))
+    with tqdm(total=len(jobs), desc="windows", leave=False, disable=not progress) as bar:
+        for first in range(0, len(jobs), per_batch):
+            batch = jobs[first:first + per_batch]
+            regions = [tuple(slice(s, s + p) for s, p in zip(start, patch)) for start, _ in batch]
+            x = torch.stack([torch.flip(volume[(slice(None),) + region], [d - 1 for d in dims]) if dims
+                             else volume[(slice(None),) + region] for region, (_, dims) in zip(regions, batch)]).to(device)
             with torch.autocast(device.type, dtype=dtype, enabled=enabled):
                 logits = network(x)
             if isinstance(logits, (list, tuple)):
                 logits = logits[0]
             out = torch.softmax(logits.float(), 1)
-            probs += (torch.flip(out, dims) if dims else out)[0]
-        scores[(slice(None),) + region] += probs.mul_(flip_weights)
-        norm[region] += weights
+            for k, (region, (_, dims)) in enumerate(zip(regions, batch)):
+                scores[(slice(None),) + region] += (torch.flip(out[k], [d - 1 for d in dims]) if dims else out[k]).mul_(flip_weights)
+                norm[region] += flip_weights
+            bar.update(len(batch))
     scores /= norm
     crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, shape))
     return scores[(slice(None),) + crop].cpu().numpy()
