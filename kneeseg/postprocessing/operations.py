@@ -103,8 +103,14 @@ def _remove_far(out: np.ndarray, mask: np.ndarray, anchor: np.ndarray, max_mm: f
             continue
         piece = components[piece_box] == index
         corner = [b.start + p.start for b, p in zip(box, piece_box)]
-        near, _ = tree.query(_surface_mm(piece, spacing, corner), k=1, distance_upper_bound=max_mm)
-        if np.isinf(near).all():  # no voxel of the piece within max_mm of the anchor
+        surface = _surface_mm(piece, spacing, corner)
+        # Every 64th surface point first: one of them near the anchor settles it (a tibia's ~10^5
+        # points need not all be looked up); only a piece with none near is searched point by point.
+        for points in (surface[::64], surface):
+            near, _ = tree.query(points, k=1, distance_upper_bound=max_mm)
+            if not np.isinf(near).all():
+                break
+        else:  # no voxel of the piece within max_mm of the anchor
             out[box][piece_box][piece] = 0
 
 
