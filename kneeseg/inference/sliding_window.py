@@ -17,7 +17,7 @@ import torch.nn.functional as F
 # Windows (tiles x mirrored copies) run through the network together, up to this many voxels: a small
 # network on a CPU spends most of a single window's time on per-operation overhead. The built-in
 # model's 40x56x56 patch goes four at a time: the full real scan's 160 windows took 31-43 s one by
-# one and 9 s four at a time, in fp32 on 2 cores (benchmarks/RESULTS.md); large patches go one by one.
+# one and 7.5 s four at a time, in fp32 on 2 cores (benchmarks/RESULTS.md); large patches go one by one.
 BATCH_VOXELS = 2**19
 
 
