@@ -7,11 +7,18 @@ measured here), then predicts the held-out scans twice: with one kneeseg_predict
 wall time, scans per minute and peak RSS of each way.
 
     python benchmarks/predict_study.py [--scans 20] [--shape 96 96 96] [--workdir DIR]
+
+--real: the study is --scans copies of the real scan (512x512x286, ../shared) under other names,
+predicted by the built-in model as on a fresh install (issue 39: no slower per scan than a single
+scan); the one-command-per-scan way is then one single scan, for the time per scan.
+
+    python benchmarks/predict_study.py --real [--scans 20] [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from datetime import date
@@ -30,9 +37,13 @@ def main() -> int:
     p.add_argument("--scans", type=int, default=20)
     p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 96])
     p.add_argument("--workdir", type=Path)
+    p.add_argument("--real", action="store_true", help="copies of the real scan, the built-in model")
+    p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "KneeBones3Dify")
     args = p.parse_args()
     tmp = tempfile.TemporaryDirectory()
     work = args.workdir or Path(tmp.name)
+    if args.real:
+        return real_study(args.shared / "knee_0000.nii.gz", args.scans, work)
     flags = ["--raw", str(work / "raw"), "--preprocessed", str(work / "pre"), "--results", str(work / "res")]
     steps = [
         kneeseg_command("synth", "-o", str(work / "raw" / DATASET), "-n", "4", "--num-test", str(args.scans),
@@ -57,6 +68,27 @@ def main() -> int:
     print("| how | wall time | scans per minute | peak RSS |\n| --- | --- | --- | --- |")
     print(f"| one command for the folder | {one_s:.1f} s | {60 * len(scans) / one_s:.1f} | {one_rss:.0f} MB |")
     print(f"| one command per scan | {each_s:.1f} s | {60 * len(scans) / each_s:.1f} | {each_rss:.0f} MB |")
+    return 0
+
+
+def real_study(scan: Path, count: int, work: Path) -> int:
+    """``count`` copies of ``scan`` predicted by the built-in model: one command for the folder, and one for a single scan."""
+    folder = work / "scans"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        copy = folder / f"knee_{i:03d}_0000.nii.gz"
+        if not copy.exists():
+            shutil.copyfile(scan, copy)
+    common = ["-m", "builtin", "--device", "cpu", "--no-progress", "--overwrite"]
+    one_s, one_rss, rc = run_measured(kneeseg_command("predict", "-i", str(folder), "-o", str(work / "one"), *common))
+    assert rc == 0, "the study command failed"
+    single_s, single_rss, rc = run_measured(kneeseg_command("predict", "-i", str(folder / "knee_000_0000.nii.gz"),
+                                                            "-o", str(work / "single.nii.gz"), *common))
+    assert rc == 0, "the single scan failed"
+    print(f"{date.today()}, {cpu_model()}: {count} copies of the real scan (512x512x286), the built-in model, mirror TTA")
+    print("| how | wall time | per scan | scans per minute | peak RSS |\n| --- | --- | --- | --- | --- |")
+    print(f"| one command for the folder | {one_s:.1f} s | {one_s / count:.1f} s | {60 * count / one_s:.1f} | {one_rss:.0f} MB |")
+    print(f"| one command, one scan | {single_s:.1f} s | {single_s:.1f} s | {60 / single_s:.1f} | {single_rss:.0f} MB |")
     return 0
 
 
