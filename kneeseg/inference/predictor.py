@@ -70,7 +70,6 @@ class Predictor:
         self.networks = model.load_networks(self.device)
         # Inverting needs air that stays zero (normalised inside the nonzero mask): elsewhere air would turn bright
         self.inverted_retry = inverted_retry and all(self.config.use_mask_for_norm)
-        self.clock: StageClock | None = None  # the current prediction's, where one is kept
 
     def describe(self) -> str:
         """What this predictor runs on, for the first line of a prediction's log."""
@@ -83,13 +82,12 @@ class Predictor:
         where the time went (preprocess, network, to the scan's grid)."""
         if len(images) != self.model.ds.num_channels:
             raise KneesegError(f"model expects {self.model.ds.num_channels} channel(s), got {len(images)}")
-        self.clock = clock
-        probs, properties = self._probabilities(images, geometry, inverted=False)
+        probs, properties = self._probabilities(images, geometry, False, clock)
         share = uncertain_share(probs)  # on the grid the network saw: the mean of folds, mirrors and scales
         as_recorded = share
         read_inverted = False
         if self.inverted_retry and (share is None or share > UNCERTAIN_LIMIT):
-            probs_inverted, properties_inverted = self._probabilities(images, geometry, inverted=True)
+            probs_inverted, properties_inverted = self._probabilities(images, geometry, True, clock)
             share_inverted = uncertain_share(probs_inverted)
             # Only a reading the model is sure of, and surer than of the scan as recorded by half at least:
             # noise, or a contrast it cannot read either way, is about as unsure both ways.
@@ -101,32 +99,33 @@ class Predictor:
             labels, full = restore_original(probs, properties, self.label_values, keep_probabilities)
         return Prediction(labels, full, share, read_inverted, as_recorded if read_inverted else None)
 
-    def _probabilities(self, images: list[np.ndarray], geometry: Geometry, inverted: bool) -> tuple[np.ndarray, dict]:
+    def _probabilities(self, images: list[np.ndarray], geometry: Geometry, inverted: bool,
+                       clock: StageClock | None) -> tuple[np.ndarray, dict]:
         """The mean probabilities of folds, mirrors and scales on the plan's grid (one scale) or on the
         cropped original grid (several), and the case's preprocessing record; ``inverted``: of the
         scan with its normalised contrast negated."""
         if self.scales == [1.0]:
-            with timed(self.clock, "preprocess"):
+            with timed(clock, "preprocess"):
                 case = preprocess_case(images, geometry, self.config)  # converts to float32 after cropping
-            return self._fold_mean(case.data, inverted), case.properties
+            return self._fold_mean(case.data, inverted, clock), case.properties
         on_crop = []  # the mean of the scales' probabilities on the cropped original grid (all scales share its crop)
         for factor in self.scales:
             config = replace(self.config, spacing=[s * factor for s in self.config.spacing])
-            with timed(self.clock, "preprocess"):
+            with timed(clock, "preprocess"):
                 case = preprocess_case(images, geometry, config)
-            probs = self._fold_mean(case.data, inverted)
-            with timed(self.clock, "to the scan's grid"):
+            probs = self._fold_mean(case.data, inverted, clock)
+            with timed(clock, "to the scan's grid"):
                 on_crop.append(resample_channels(probs, case.properties["shape_after_crop"], case.properties["separate_z_axis"]))
             if len(on_crop) == 2:  # summed as they come: at most two float copies of the probabilities
                 on_crop = [on_crop[0] + on_crop[1]]
         return on_crop[0] / len(self.scales), case.properties
 
-    def _fold_mean(self, data: np.ndarray, inverted: bool = False) -> np.ndarray:
+    def _fold_mean(self, data: np.ndarray, inverted: bool = False, clock: StageClock | None = None) -> np.ndarray:
         """The folds' mean softmax (K, Z, Y, X) over preprocessed ``data`` (negated first if ``inverted``)."""
         if inverted:
             data = np.negative(data, out=data)  # the preprocessed copy is ours; zeros (air) stay zero
         total: np.ndarray | None = None
-        with timed(self.clock, "network"):
+        with timed(clock, "network"):
             for net in self.networks:  # summed as they come: one more copy at a time
                 probs = predict_sliding_window(net, data, self.config.patch_size, len(self.label_values), self.step,
                                                self.mirror_axes, self.device, self.autocast, self.progress)
@@ -134,12 +133,12 @@ class Predictor:
                     total = probs
                 else:
                     total += probs
-        if self.clock is not None:  # the work, counted as the planner counts it: forward FLOPs of one patch
+        if clock is not None:  # the work, counted as the planner counts it: forward FLOPs of one patch
             patch = self.config.patch_size
             flops = count_network(patch, self.config.network, self.model.ds.num_channels, len(self.label_values))[0]
             runs = window_count(list(data.shape[1:]), patch, self.step) * len(mirror_combinations(self.mirror_axes))
-            self.clock.network_gflop += flops * runs * len(self.networks) / 1e9
-            self.clock.network_precision = precision_name(self.autocast)
+            clock.network_gflop += flops * runs * len(self.networks) / 1e9
+            clock.network_precision = precision_name(self.autocast)
         assert total is not None  # load_networks gives at least one
         return total / len(self.networks)
 

@@ -98,7 +98,8 @@ def predict_sliding_window(
             out = torch.softmax(logits.float(), 1)
             for k, (region, (_, dims)) in enumerate(zip(regions, batch)):
                 scores[(slice(None),) + region] += (torch.flip(out[k], [d - 1 for d in dims]) if dims else out[k]).mul_(flip_weights)
-                norm[region] += flip_weights
+                if not dims:  # each tile once (its unflipped copy): the flips' weights sum to the tile's
+                    norm[region] += weights
             bar.update(len(batch))
     scores /= norm
     crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, shape))
