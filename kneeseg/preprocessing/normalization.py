@@ -25,8 +25,9 @@ import torch
 from scipy.special import ndtri
 
 from kneeseg.errors import KneesegError
+from kneeseg.planning.plans import NORMALIZATIONS
 
-KNOWN_SCHEMES = ("zscore", "rank")
+KNOWN_SCHEMES = NORMALIZATIONS
 RANK_SAMPLES = 2**20  # voxels the rank table is measured on (a strided sample: the same every run)
 RANK_LEVELS = 2048  # points of the tabulated curve; finer steps change the normalised image by < 1e-3
 
@@ -133,12 +134,19 @@ def normalize_and_resample(data: np.ndarray, schemes: list[str], use_mask: list[
     return out.numpy()
 
 
-RANK_CHUNK = 2**22  # voxels interpolated at a time: bounded index memory on a 10^8-voxel scan
+RANK_CHUNK = 2**22  # voxels mapped at a time: bounded index memory on a 10^8-voxel scan
+RANK_LUT_SIZE = 2**16  # integer intensities over at most this range go through a lookup table
 
 
 def _apply_rank(x: torch.Tensor, points: np.ndarray, scores: np.ndarray, inside: torch.Tensor | None) -> None:
     """``x`` (a float32 channel) through the rank table, in place; with ``inside``, voxels outside it
-    become 0. Piecewise-linear between the table's points, flat beyond its ends (np.interp's rule)."""
+    become 0. Piecewise-linear between the table's points, flat beyond its ends (np.interp's rule).
+    Scanners store integers: a chunk of whole numbers within the table's range of RANK_LUT_SIZE is
+    looked up in the curve evaluated at every integer instead of searched in the table."""
+    lo, hi = float(points[0]), float(points[-1])
+    lut = None
+    if lo.is_integer() and hi - lo < RANK_LUT_SIZE:
+        lut = torch.from_numpy(np.interp(np.arange(lo, hi + 1), points, scores).astype(np.float32))
     xp = torch.from_numpy(points.astype(np.float32))
     yp = torch.from_numpy(scores.astype(np.float32))
     slope = (yp[1:] - yp[:-1]) / (xp[1:] - xp[:-1]).clamp_min(1e-30)
@@ -146,8 +154,12 @@ def _apply_rank(x: torch.Tensor, points: np.ndarray, scores: np.ndarray, inside:
     keep = None if inside is None else inside.reshape(-1)
     for start in range(0, flat.numel(), RANK_CHUNK):
         part = flat[start:start + RANK_CHUNK]
-        i = (torch.searchsorted(xp, part, right=True) - 1).clamp_(0, len(xp) - 2)
-        mapped = (yp[i] + slope[i] * (part.clamp(xp[0], xp[-1]) - xp[i]))
+        clamped = part.clamp(lo, hi)
+        if lut is not None and torch.equal(clamped, clamped.round()):
+            mapped = lut[clamped.sub_(lo).long()]
+        else:
+            i = (torch.searchsorted(xp, part, right=True) - 1).clamp_(0, len(xp) - 2)
+            mapped = yp[i].add_(slope[i] * (clamped - xp[i]))
         if keep is not None:
             mapped.mul_(keep[start:start + RANK_CHUNK])
         part.copy_(mapped)
