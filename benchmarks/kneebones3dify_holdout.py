@@ -42,8 +42,8 @@ from kneeseg.inference.acquisition import air_is_zeroed  # noqa: E402
 from kneeseg.inference.predictor import checked_scales  # noqa: E402
 from kneeseg.io import read_image, write_image  # noqa: E402
 from kneeseg.planning.machine import PROFILES  # noqa: E402
-from kneeseg.planning.plans import DEFAULT_NORMALIZATION, NORMALIZATIONS  # noqa: E402
 from kneeseg.postprocessing.operations import describe_steps  # noqa: E402
+from kneeseg.preprocessing.normalization import KNOWN_SCHEMES  # noqa: E402
 from kneeseg.training.checkpoint import load_checkpoint  # noqa: E402
 from kneeseg.training.layout import TRAINER_NAME  # noqa: E402
 from kneeseg.training.variants import TRAINERS  # noqa: E402
@@ -132,8 +132,8 @@ def main() -> int:
                    help="kneeseg_plan_and_preprocess --cpu-spacing: the 3d_cpu spacing instead of the planner's")
     p.add_argument("--machine", choices=["measure", *PROFILES], default="measure",
                    help="plan 3d_cpu for this machine, measured (default), or for a named profile (kneeseg_plan_and_preprocess --machine)")
-    p.add_argument("--normalization", choices=NORMALIZATIONS, default=DEFAULT_NORMALIZATION,
-                   help=f"kneeseg_plan_and_preprocess --normalization (default {DEFAULT_NORMALIZATION})")
+    p.add_argument("--normalization", choices=KNOWN_SCHEMES, default="zscore",
+                   help="kneeseg_plan_and_preprocess --normalization (default zscore)")
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
     p.add_argument("-tr", "--trainer", choices=TRAINERS, default=TRAINER_NAME, metavar="TRAINER",
                    help=f"kneeseg_train -tr: {', '.join(TRAINERS)} (default {TRAINER_NAME})")

@@ -33,7 +33,7 @@ from kneeseg.io.atomic import remove_stale_temporaries
 from kneeseg.io.protect import check_output_file, check_output_folder, holds_within, refuse_replacing, removed_on_failure, starts_with
 from kneeseg.paths import KneesegPaths
 from kneeseg.planning.machine import MachineProfile, named_profile
-from kneeseg.planning.plans import DEFAULT_NORMALIZATION, Plans
+from kneeseg.planning.plans import Plans
 from kneeseg.training.layout import TRAINER_NAME
 
 # The training stack (batchgenerators, scipy.signal), matplotlib and scikit-image take seconds to
@@ -114,7 +114,7 @@ class PlanOptions:
     gpu_memory_gb: float = 8.0
     cpu_training_hours: float = 1.0
     cpu_spacing: list[float] | None = None  # z, y, x mm of 3d_cpu instead of the planner's choice
-    normalization: str = DEFAULT_NORMALIZATION  # of every channel: "zscore" or "rank" (kneeseg.preprocessing.normalization)
+    normalization: str = "zscore"  # of every channel: "zscore" or "rank" (kneeseg.preprocessing.normalization)
     plans_name: str = "kneesegPlans"
     num_processes: int = 1
     seed: int = 0

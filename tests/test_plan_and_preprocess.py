@@ -15,7 +15,7 @@ from kneeseg.io import Geometry, read_image, write_image
 from kneeseg.planning.estimate import estimate_iteration
 from kneeseg.planning.planner import CPU_MIN_ITERATIONS, LEFT_RIGHT_AXIS
 from kneeseg.planning.plans import Plans
-from kneeseg.preprocessing.normalization import rank_normalize, zscore
+from kneeseg.preprocessing.normalization import zscore
 from kneeseg.preprocessing.pipeline import plan_and_preprocess
 from kneeseg.preprocessing.preprocess import preprocess_case
 from kneeseg.preprocessing.resampling import resample_channels, resample_labels, resampled_argmax
@@ -148,25 +148,6 @@ def test_cpu_spacing_set_by_the_user_replaces_the_planners_choice(tmp_path, caps
         plan_and_preprocess(paths, cpu_spacing=[1.0, 0.0, 1.0])
 
 
-def test_rank_normalisation_is_planned_on_request_and_preprocessed_apart(tmp_path, capsys):
-    paths = make_phantom(tmp_path, n=1)
-    plans_path = paths.preprocessed / DS / "kneesegPlans.json"
-    assert _run(paths, "--plan-only") == 0
-    zscored = Plans.load(plans_path).configuration("3d_cpu")
-    assert _run(paths, "--normalization", "rank") == 0
-    ranked = json.loads(plans_path.read_text())["configurations"]["3d_cpu"]  # as a person reads the file
-    assert ranked["normalization"] == ["rank"] and zscored.normalization == ["zscore"]
-    assert ranked["data_identifier"] == zscored.data_identifier + "_rank"  # its own cache, beside z-score's
-    cache = paths.preprocessed / DS / ranked["data_identifier"]
-    data = np.load(next(f for f in sorted(cache.glob("*.npy")) if not f.name.endswith("_seg.npy")))
-    assert data.shape[0] == 1 and 0.9 < data[data != 0].std() < 1.1 and abs(data[data != 0].mean()) < 0.1
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        _run(make_phantom(tmp_path / "bad", n=1), "--normalization", "minmax")
-    assert exit_info.value.code == 2 and "invalid choice: 'minmax'" in capsys.readouterr().err
-    assert not (tmp_path / "bad" / "preprocessed").exists()
-
-
 def test_several_datasets_need_a_choice(tmp_path, capsys):
     paths = make_phantom(tmp_path, n=1)
     make_phantom(tmp_path, n=1, name="Dataset905_Other")
@@ -263,43 +244,6 @@ def test_zscore_after_resampling_equals_zscore_before_it(separate, masked):
     if masked:
         assert abs(before[image != 0].mean()) < 1e-5 and np.all(before[image == 0] == 0)
     np.testing.assert_array_equal(image, original)  # the caller's array is left as it was
-
-
-def _preprocessed(image: np.ndarray, normalization: str, spacing: list[float]) -> np.ndarray:
-    geometry = Geometry(tuple(reversed(image.shape)), (0.7, 0.7, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-
-    class Config:  # the fields preprocess_case reads from a ConfigurationPlan
-        use_mask_for_norm = [True]
-
-        class resampling:
-            separate_z_axis = None
-
-    Config.normalization, Config.spacing = [normalization], spacing
-    return preprocess_case([image], geometry, Config).data[0]
-
-
-@pytest.mark.parametrize("spacing", [[2.0, 0.7, 0.7], [1.3, 1.0, 1.0]])
-def test_rank_normalisation_gives_one_image_for_every_monotonic_contrast_and_its_negative_for_the_inverted_one(spacing):
-    """A scan recorded with another monotonic contrast (here a gamma, and the scanner's own scaling) is
-    the same image after rank normalisation; with its contrast inverted, the negated image (which the
-    predictor's inverted reading undoes); z-score gives neither. Air (0) stays 0."""
-    rng = np.random.default_rng(2)
-    image = np.round(rng.gamma(2.0, 300.0, (18, 30, 40))).astype(np.float32) + 1.0
-    image[:, :5, :7] = 0  # air the scanner zeroed
-    body = image != 0
-    top = float(image.max())
-    gamma = np.where(body, (image / top) ** 2.2 * 4000.0 + 3.0, 0).astype(np.float32)
-    flipped = np.where(body, top + 1.0 - image, 0).astype(np.float32)
-    recorded = _preprocessed(image, "rank", spacing)
-    np.testing.assert_allclose(_preprocessed(gamma, "rank", spacing), recorded, atol=1e-4)
-    np.testing.assert_allclose(_preprocessed(flipped, "rank", spacing), -recorded, atol=1e-4)
-    assert np.abs(_preprocessed(gamma, "zscore", spacing) - _preprocessed(image, "zscore", spacing)).max() > 0.5
-    # On the scan's own grid: the normal scores of the mid-ranks of the voxels inside (mean 0, std ~1)
-    native = _preprocessed(image, "rank", [2.0, 0.7, 0.7])
-    np.testing.assert_allclose(native, rank_normalize(image, body), atol=1e-6)
-    assert abs(native[body].mean()) < 1e-3 and 0.95 < native[body].std() < 1.05 and np.all(native[~body] == 0)
-    ranks = np.argsort(np.argsort(image[body], kind="stable"), kind="stable")
-    assert np.all(np.diff(native[body][np.argsort(ranks)]) >= 0)  # the intensities' order is kept
 
 
 def test_resampling_helpers_keep_values_and_shapes():

@@ -24,7 +24,7 @@ from kneeseg.cli.common import add_path_flags, parser, paths_from, positive_floa
 from kneeseg.errors import cli_entry
 from kneeseg.hardware import detect_device
 from kneeseg.planning.machine import PROFILES, MachineProfile
-from kneeseg.planning.plans import DEFAULT_NORMALIZATION, NORMALIZATIONS
+from kneeseg.preprocessing.normalization import KNOWN_SCHEMES
 from kneeseg.preprocessing.pipeline import PlanAndPreprocessResult
 
 
@@ -46,10 +46,9 @@ def main(argv=None):
     p.add_argument("--cpu-spacing", type=positive_float, nargs="+", metavar="MM",
                    help="spacing of the 3d_cpu configuration instead of the planner's choice: one value (isotropic) "
                         "or three (z y x, the order of the plans); its patch and widths are still sized for the machine")
-    p.add_argument("--normalization", choices=NORMALIZATIONS, default=DEFAULT_NORMALIZATION,
-                   help=f"intensity normalisation (default {DEFAULT_NORMALIZATION}): zscore (per scan, nnU-Net's) or rank "
-                        "(each scan's intensities onto a normal distribution by rank: the same image under any monotonic "
-                        "change of contrast)")
+    p.add_argument("--normalization", choices=KNOWN_SCHEMES, default="zscore",
+                   help="intensity normalisation: zscore (per scan, nnU-Net's) or rank (each scan's intensities onto a "
+                        "normal distribution by rank: the same image under any monotonic change of contrast)")
     p.add_argument("--plans-from", metavar="MODEL", help="take the configuration of this model ('builtin' or a model "
                    "folder) as it is, to fine-tune it on this dataset (kneeseg_train --pretrained)")
     p.add_argument("--plans-name", default="kneesegPlans")

@@ -40,15 +40,7 @@ from kneeseg.dataset.layout import DatasetJson
 from kneeseg.fingerprint import Fingerprint
 from kneeseg.hardware import precision_name
 from kneeseg.planning.estimate import estimate_iteration
-from kneeseg.planning.plans import (
-    DEFAULT_NORMALIZATION,
-    ConfigurationPlan,
-    HardwareTarget,
-    NetworkPlan,
-    Plans,
-    ResamplingPlan,
-    TrainingPlan,
-)
+from kneeseg.planning.plans import ConfigurationPlan, HardwareTarget, NetworkPlan, Plans, ResamplingPlan, TrainingPlan
 
 ANISOTROPY_THRESHOLD = 3.0
 MIN_FEATURE_MAP = 4
@@ -166,7 +158,7 @@ def dataset_facts(fingerprint: Fingerprint, ds: DatasetJson, plans_name: str) ->
 
 def plan_experiment(
     fingerprint: Fingerprint, ds: DatasetJson, hardware: HardwareTarget | None = None, plans_name: str = "kneesegPlans",
-    cpu_spacing: list[float] | None = None, normalization: str = DEFAULT_NORMALIZATION,
+    cpu_spacing: list[float] | None = None, normalization: str = "zscore",
 ) -> Plans:
     hardware = hardware or HardwareTarget()
     machine = hardware.machine
@@ -219,7 +211,7 @@ def plan_experiment(
             name=name,
             device=device,
             data_identifier=f"{plans_name}_" + "x".join(f"{s:.3f}" for s in spacing) + "mm"
-            + ("" if normalization == "zscore" else f"_{normalization}"),  # z-score's caches keep their names
+            + ("" if normalization == "zscore" else f"_{normalization}"),
             spacing=spacing,
             median_shape=median,
             patch_size=patch,

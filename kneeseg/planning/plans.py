@@ -19,9 +19,6 @@ from kneeseg.errors import KneesegError
 from kneeseg.io import atomic_write_json, read_json
 from kneeseg.planning.machine import PROFILES, MachineProfile
 
-# Intensity normalisations a configuration may name per channel (kneeseg.preprocessing.normalization)
-NORMALIZATIONS = ("zscore", "rank")
-DEFAULT_NORMALIZATION = "zscore"
 PLANS_VERSION = 3  # 2: no soft_targets (label shares) in TrainingPlan; 3: hardware is a HardwareTarget with a machine profile
 
 
@@ -114,7 +111,7 @@ class ConfigurationPlan:
     patch_size: list[int]
     batch_size: int
     network: NetworkPlan
-    normalization: list[str]  # per channel, one of NORMALIZATIONS
+    normalization: list[str]  # per channel: "zscore"
     use_mask_for_norm: list[bool]
     resampling: ResamplingPlan
     training: TrainingPlan

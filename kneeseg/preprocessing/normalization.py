@@ -5,8 +5,8 @@ intensity becomes the normal score of its mid-rank among the scan's voxels, the 
 normal transform). Every monotonic change of contrast (another TR/TE, gamma, a scanner's own
 intensity scaling) then gives the same normalised image, and an inverted contrast gives its negative,
 which the predictor's inverted reading undoes exactly. It is tabulated on a strided sample of the
-original voxels and applied to them before resampling: applied after it, the averages that the
-resampling takes across edges (partial volume) would move with the contrast.
+original voxels and applied after resampling, as z-score is; a voxel the resampling mixed with the
+zeroed air takes the score of its inside mean, scaled by its inside share (z-score's behaviour there).
 
 Z-score is affine, and the resampling that follows it (area averaging, linear interpolation) is a
 weighted mean with weights summing to one, so the two commute. ``normalize_and_resample`` therefore
@@ -25,9 +25,8 @@ import torch
 from scipy.special import ndtri
 
 from kneeseg.errors import KneesegError
-from kneeseg.planning.plans import NORMALIZATIONS
 
-KNOWN_SCHEMES = NORMALIZATIONS
+KNOWN_SCHEMES = ("zscore", "rank")
 RANK_SAMPLES = 2**20  # voxels the rank table is measured on (a strided sample: the same every run)
 RANK_LEVELS = 2048  # points of the tabulated curve; finer steps change the normalised image by < 1e-3
 
@@ -97,36 +96,39 @@ def _sum64(x: torch.Tensor) -> float:
 
 def normalize_and_resample(data: np.ndarray, schemes: list[str], use_mask: list[bool],
                            resample: Callable[[np.ndarray], np.ndarray], inside: np.ndarray | None = None) -> np.ndarray:
-    """``resample`` of the normalised (C, Z, Y, X) float32 data, channel c by ``schemes[c]`` inside
-    the nonzero mask when ``use_mask[c]``; ``resample`` must be linear with weights summing to one
-    (the plans' resampling). ``inside``: the nonzero mask (any channel), when the caller has it already."""
+    """``resample`` of the z-scored (C, Z, Y, X) float32 data, channel c inside the nonzero mask when
+    ``use_mask[c]``; ``resample`` must be linear with weights summing to one (the plans' resampling).
+    ``inside``: the nonzero mask (any channel), when the caller has it already."""
     check_schemes(schemes)
     volume = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     if any(use_mask) and inside is None:
         inside = (volume != 0).any(0).numpy()
     n_inside = int(np.count_nonzero(inside)) if inside is not None and any(use_mask) else 0
-    offsets = {}  # z-score channel -> (mean, std, masked), measured on the original voxels
-    tables = {}  # rank channel -> its table, measured on the original voxels
+    offsets = []  # (mean, std, masked) per channel, measured on the original voxels
+    tables = {}  # channel -> rank table, measured on the original voxels
     for c, masked in enumerate(use_mask):
         x = volume[c]
         if schemes[c] == "rank":
             tables[c] = rank_table(_sample(x.numpy(), inside if masked and n_inside else None))
-        elif masked and n_inside:  # outside the mask x is 0, so sums over everything are sums inside it
+            offsets.append((0.0, 1.0, False))
+            continue
+        if masked and n_inside:  # outside the mask x is 0, so sums over everything are sums inside it
             mean = _sum64(x) / n_inside
             std = max(_sum64(x.square()) / n_inside - mean * mean, 0.0) ** 0.5
-            offsets[c] = (mean, max(std, 1e-8), True)
         else:  # multi-threaded and numerically stable in float32 (10^8 voxels at prediction time)
             var_t, mean_t = torch.var_mean(x, correction=0)
-            offsets[c] = (float(mean_t), max(float(var_t) ** 0.5, 1e-8), False)
-    if tables and np.shares_memory(volume.numpy(), data):
-        volume = volume.clone()  # the caller's array stays as it was
-    for c, (points, scores) in tables.items():
-        _apply_rank(volume[c], points, scores, torch.from_numpy(inside) if use_mask[c] and n_inside else None)
+            mean, std = float(mean_t), float(var_t) ** 0.5
+        offsets.append((mean, max(std, 1e-8), bool(masked and n_inside)))
     mask_after = torch.zeros(())
-    if any(masked for _, _, masked in offsets.values()):
+    if n_inside:
         mask_after = torch.from_numpy(resample(torch.from_numpy(inside)[None].float().numpy())[0])
     out = torch.from_numpy(resample(volume.numpy()))  # may be ``data`` itself when no axis changes: stats are taken
-    for c, (mean, std, masked) in offsets.items():
+    for c, (points, scores) in tables.items():
+        masked = bool(use_mask[c] and n_inside)
+        out[c] = torch.from_numpy(_apply_rank(out[c].numpy(), points, scores, mask_after.numpy() if masked else None))
+    for c, (mean, std, masked) in enumerate(offsets):
+        if c in tables:
+            continue
         if masked:
             out[c].sub_(mask_after, alpha=mean).div_(std)
         else:
@@ -134,32 +136,13 @@ def normalize_and_resample(data: np.ndarray, schemes: list[str], use_mask: list[
     return out.numpy()
 
 
-RANK_CHUNK = 2**22  # voxels mapped at a time: bounded index memory on a 10^8-voxel scan
-RANK_LUT_SIZE = 2**16  # integer intensities over at most this range go through a lookup table
-
-
-def _apply_rank(x: torch.Tensor, points: np.ndarray, scores: np.ndarray, inside: torch.Tensor | None) -> None:
-    """``x`` (a float32 channel) through the rank table, in place; with ``inside``, voxels outside it
-    become 0. Piecewise-linear between the table's points, flat beyond its ends (np.interp's rule).
-    Scanners store integers: a chunk of whole numbers within the table's range of RANK_LUT_SIZE is
-    looked up in the curve evaluated at every integer instead of searched in the table."""
-    lo, hi = float(points[0]), float(points[-1])
-    lut = None
-    if lo.is_integer() and hi - lo < RANK_LUT_SIZE:
-        lut = torch.from_numpy(np.interp(np.arange(lo, hi + 1), points, scores).astype(np.float32))
-    xp = torch.from_numpy(points.astype(np.float32))
-    yp = torch.from_numpy(scores.astype(np.float32))
-    slope = (yp[1:] - yp[:-1]) / (xp[1:] - xp[:-1]).clamp_min(1e-30)
-    flat = x.view(-1)
-    keep = None if inside is None else inside.reshape(-1)
-    for start in range(0, flat.numel(), RANK_CHUNK):
-        part = flat[start:start + RANK_CHUNK]
-        clamped = part.clamp(lo, hi)
-        if lut is not None and torch.equal(clamped, clamped.round()):
-            mapped = lut[clamped.sub_(lo).long()]
-        else:
-            i = (torch.searchsorted(xp, part, right=True) - 1).clamp_(0, len(xp) - 2)
-            mapped = yp[i].add_(slope[i] * (clamped - xp[i]))
-        if keep is not None:
-            mapped.mul_(keep[start:start + RANK_CHUNK])
-        part.copy_(mapped)
+def _apply_rank(x: np.ndarray, points: np.ndarray, scores: np.ndarray, share: np.ndarray | None) -> np.ndarray:
+    """Scores of the resampled channel ``x``; with ``share`` (the resampled inside mask), of each
+    voxel's inside mean x / share, scaled by share, and 0 where nothing of it was inside."""
+    if share is None:
+        return np.interp(x, points, scores).astype(np.float32)
+    out = np.zeros_like(x, dtype=np.float32)
+    some = share > 0
+    s = share[some]
+    out[some] = np.interp(x[some] / s, points, scores) * s
+    return out

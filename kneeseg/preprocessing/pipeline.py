@@ -31,7 +31,7 @@ from kneeseg.io import atomic_write_json, read_image, read_json
 from kneeseg.paths import KneesegPaths
 from kneeseg.planning.inherit import ParentModel, check_fits, plans_from_parent
 from kneeseg.planning.planner import plan_experiment
-from kneeseg.planning.plans import DEFAULT_NORMALIZATION, ConfigurationPlan, HardwareTarget, Plans
+from kneeseg.planning.plans import ConfigurationPlan, HardwareTarget, Plans
 from kneeseg.preprocessing.normalization import check_schemes
 from kneeseg.preprocessing.preprocess import preprocess_case
 
@@ -126,7 +126,7 @@ def plan_and_preprocess(
     progress: bool = True,
     cpu_spacing: list[float] | None = None,
     parent: ParentModel | None = None,
-    normalization: str = DEFAULT_NORMALIZATION,
+    normalization: str = "zscore",
 ) -> PlanAndPreprocessResult:
     """Fingerprint, plan and preprocess a raw dataset.
 
