@@ -442,9 +442,30 @@ def test_a_refused_training_leaves_no_splits_or_model_folder(prepared, tmp_path,
     assert not splits.exists() and not paths.results.exists()
 
 
+def test_wide_ranges_variant_draws_wider_gammas_and_thicker_slices_in_the_default_order():
+    from types import SimpleNamespace
+
+    from batchgenerators.transforms.color_transforms import GammaTransform
+
+    from kneeseg.training.thick_slices import ThickSliceTransform
+    from kneeseg.training.trainer import Trainer
+    from kneeseg.training.variants import trainer_class
+
+    fake = SimpleNamespace(config=SimpleNamespace(patch_size=[16, 16, 16], training=SimpleNamespace(mirror_axes=[2])))
+    wide, default = trainer_class("kneesegTrainerWideRanges").augmentation(fake), Trainer.augmentation(fake)
+    assert [type(t) for t in wide] == [type(t) for t in default]
+
+    def ranges(transforms):
+        return ([t.gamma_range for t in transforms if isinstance(t, GammaTransform)],
+                [t.factor_range for t in transforms if isinstance(t, ThickSliceTransform)])
+
+    assert ranges(default) == ([(0.7, 1.5)] * 2, [(1.5, 3.0)])
+    assert ranges(wide) == ([(0.5, 2.0)] * 2, [(1.5, 5.0)])
+
+
 @pytest.mark.parametrize("name", ["kneesegTrainerElastic", "kneesegTrainerNoIntensityAug", "kneesegTrainerRemoveStructures",
                                   "kneesegTrainerProtocols", "kneesegTrainerProtocolsLight", "kneesegTrainerNoTissueContrast",
-                                  "kneesegTrainerNoFieldOfView"])
+                                  "kneesegTrainerNoFieldOfView", "kneesegTrainerWideRanges"])
 def test_each_variant_augments_a_batch_into_network_patches(name):
     """A variant changes the augmentation only: its transforms take a loader batch to network patches."""
     from types import SimpleNamespace

@@ -156,9 +156,16 @@ def spatial_transform(patch: list[int], **overrides) -> SpatialTransform:
     return SpatialTransform(patch, **{**arguments, **overrides})
 
 
-def intensity_transforms() -> list[AbstractTransform]:
+GAMMA_RANGE = (0.7, 1.5)  # nnU-Net's
+THICK_SLICE_FACTORS = (1.5, 3.0)  # of the plan's spacing: up to ~2 mm slices at 0.6-0.7 mm
+
+
+def intensity_transforms(gamma_range: tuple[float, float] = GAMMA_RANGE,
+                         thick_slice_factors: tuple[float, float] = THICK_SLICE_FACTORS) -> list[AbstractTransform]:
     """nnU-Net's intensity recipe (noise, blur, brightness, contrast, low resolution, gamma) and thick
-    slices along one random axis (low-field 2D protocols)."""
+    slices along one random axis (low-field 2D protocols); ``gamma_range``: the gammas of both gamma
+    transforms (a draw is below 1 or above it with even odds, batchgenerators' rule);
+    ``thick_slice_factors``: slice thickness as multiples of the plan's spacing."""
     return [
         GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),
         GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
@@ -167,9 +174,9 @@ def intensity_transforms() -> list[AbstractTransform]:
         SimulateLowResolutionTransform(zoom_range=(0.5, 1), per_channel=True, p_per_channel=0.5, order_downsample=0,
                                        order_upsample=3, p_per_sample=0.25),
         # Anisotropic scans (e.g. 0.7 x 0.7 x 2 mm) arrive smooth along their slice axis after resampling.
-        ThickSliceTransform(factor_range=(1.5, 3.0), p_per_sample=0.15),
-        GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
-        GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
+        ThickSliceTransform(factor_range=thick_slice_factors, p_per_sample=0.15),
+        GammaTransform(gamma_range, invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
+        GammaTransform(gamma_range, invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
     ]
 
 
