@@ -15,7 +15,6 @@ the whole image instead of the nonzero region.
 
     python benchmarks/kneebones3dify_holdout.py [--budget-min 60] [--reverse | --train-on B] [--workdir DIR]
         [--cpu-spacing MM [MM MM]] [--machine measure|reference] [-tr TRAINER] [--seed N] [--max-epochs E]
-        [--normalization zscore|rank]
         [--tta-scales F ... | --tta-scales 1.0] [--air-as-noise]
 """
 
@@ -43,7 +42,6 @@ from kneeseg.inference.predictor import checked_scales  # noqa: E402
 from kneeseg.io import read_image, write_image  # noqa: E402
 from kneeseg.planning.machine import PROFILES  # noqa: E402
 from kneeseg.postprocessing.operations import describe_steps  # noqa: E402
-from kneeseg.preprocessing.normalization import KNOWN_SCHEMES  # noqa: E402
 from kneeseg.training.checkpoint import load_checkpoint  # noqa: E402
 from kneeseg.training.layout import TRAINER_NAME  # noqa: E402
 from kneeseg.training.variants import TRAINERS  # noqa: E402
@@ -132,8 +130,6 @@ def main() -> int:
                    help="kneeseg_plan_and_preprocess --cpu-spacing: the 3d_cpu spacing instead of the planner's")
     p.add_argument("--machine", choices=["measure", *PROFILES], default="measure",
                    help="plan 3d_cpu for this machine, measured (default), or for a named profile (kneeseg_plan_and_preprocess --machine)")
-    p.add_argument("--normalization", choices=KNOWN_SCHEMES, default="zscore",
-                   help="kneeseg_plan_and_preprocess --normalization (default zscore)")
     p.add_argument("--autocast", choices=["none", "bf16"], help="override the plan's precision")
     p.add_argument("-tr", "--trainer", choices=TRAINERS, default=TRAINER_NAME, metavar="TRAINER",
                    help=f"kneeseg_train -tr: {', '.join(TRAINERS)} (default {TRAINER_NAME})")
@@ -151,8 +147,7 @@ def main() -> int:
         checked_scales(args.tta_scales)  # refused now, not after an hour of training
     except KneesegError as e:
         p.error(str(e))
-    plan_flags = (["--cpu-spacing", *map(str, args.cpu_spacing)] if args.cpu_spacing else []) + [
-        "--machine", args.machine, "--normalization", args.normalization]
+    plan_flags = (["--cpu-spacing", *map(str, args.cpu_spacing)] if args.cpu_spacing else []) + ["--machine", args.machine]
     train_flags = (["--autocast", args.autocast] if args.autocast else []) + ["-tr", args.trainer] + (
         ["--epochs", str(args.max_epochs)] if args.max_epochs else []) + ["--seed", str(args.seed)]
     tmp = tempfile.TemporaryDirectory()

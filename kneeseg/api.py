@@ -114,7 +114,6 @@ class PlanOptions:
     gpu_memory_gb: float = 8.0
     cpu_training_hours: float = 1.0
     cpu_spacing: list[float] | None = None  # z, y, x mm of 3d_cpu instead of the planner's choice
-    normalization: str = "zscore"  # of every channel: "zscore" or "rank" (kneeseg.preprocessing.normalization)
     plans_name: str = "kneesegPlans"
     num_processes: int = 1
     seed: int = 0
@@ -158,7 +157,6 @@ def plan_and_preprocess(paths: KneesegPaths, datasets: Sequence[str | int | None
         ignored = [flag for flag, value in (("--machine", options.machine), ("--cpu-threads", options.cpu_threads),
                                             ("--cpu-gflops", options.cpu_gflops), ("--cpu-precision", options.cpu_precision),
                                             ("--cpu-spacing", options.cpu_spacing)) if value is not None]
-        ignored += ["--normalization"] if options.normalization != sized.normalization else []
         ignored += [flag for flag, value, default in (
             ("--cpu-training-hours", options.cpu_training_hours, sized.cpu_training_hours),
             ("--gpu-memory-gb", options.gpu_memory_gb, sized.gpu_memory_gb)) if value != default]
@@ -188,7 +186,6 @@ def plan_and_preprocess(paths: KneesegPaths, datasets: Sequence[str | int | None
         result = pipeline.plan_and_preprocess(
             paths, dataset, options.configurations, options.device, hardware, options.plans_name, options.num_processes,
             options.seed, options.verify, options.preprocess, options.progress, options.cpu_spacing,
-            normalization=options.normalization,
         )
         if on_planned is not None:
             on_planned(result)

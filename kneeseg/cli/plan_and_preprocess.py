@@ -24,7 +24,6 @@ from kneeseg.cli.common import add_path_flags, parser, paths_from, positive_floa
 from kneeseg.errors import cli_entry
 from kneeseg.hardware import detect_device
 from kneeseg.planning.machine import PROFILES, MachineProfile
-from kneeseg.preprocessing.normalization import KNOWN_SCHEMES
 from kneeseg.preprocessing.pipeline import PlanAndPreprocessResult
 
 
@@ -46,9 +45,6 @@ def main(argv=None):
     p.add_argument("--cpu-spacing", type=positive_float, nargs="+", metavar="MM",
                    help="spacing of the 3d_cpu configuration instead of the planner's choice: one value (isotropic) "
                         "or three (z y x, the order of the plans); its patch and widths are still sized for the machine")
-    p.add_argument("--normalization", choices=KNOWN_SCHEMES, default="zscore",
-                   help="intensity normalisation: zscore (per scan, nnU-Net's) or rank (each scan's intensities onto a "
-                        "normal distribution by rank: the same image under any monotonic change of contrast)")
     p.add_argument("--plans-from", metavar="MODEL", help="take the configuration of this model ('builtin' or a model "
                    "folder) as it is, to fine-tune it on this dataset (kneeseg_train --pretrained)")
     p.add_argument("--plans-name", default="kneesegPlans")
@@ -67,7 +63,6 @@ def main(argv=None):
         device=device, configurations=args.configurations, machine=args.machine, cpu_threads=args.cpu_threads,
         cpu_gflops=args.cpu_gflops, cpu_precision={"fp32": "none", "bf16": "bf16", None: None}[args.cpu_precision],
         gpu_memory_gb=args.gpu_memory_gb, cpu_training_hours=args.cpu_training_hours, cpu_spacing=cpu_spacing,
-        normalization=args.normalization,
         plans_name=args.plans_name, num_processes=args.num_processes, seed=args.seed, verify=args.verify,
         preprocess=not args.plan_only, progress=args.progress, plans_from=args.plans_from,
     )

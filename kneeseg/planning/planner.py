@@ -158,7 +158,7 @@ def dataset_facts(fingerprint: Fingerprint, ds: DatasetJson, plans_name: str) ->
 
 def plan_experiment(
     fingerprint: Fingerprint, ds: DatasetJson, hardware: HardwareTarget | None = None, plans_name: str = "kneesegPlans",
-    cpu_spacing: list[float] | None = None, normalization: str = "zscore",
+    cpu_spacing: list[float] | None = None,
 ) -> Plans:
     hardware = hardware or HardwareTarget()
     machine = hardware.machine
@@ -210,14 +210,13 @@ def plan_experiment(
         return ConfigurationPlan(
             name=name,
             device=device,
-            data_identifier=f"{plans_name}_" + "x".join(f"{s:.3f}" for s in spacing) + "mm"
-            + ("" if normalization == "zscore" else f"_{normalization}"),
+            data_identifier=f"{plans_name}_" + "x".join(f"{s:.3f}" for s in spacing) + "mm",
             spacing=spacing,
             median_shape=median,
             patch_size=patch,
             batch_size=batch,
             network=network,
-            normalization=[normalization] * in_ch,
+            normalization=["zscore"] * in_ch,
             use_mask_for_norm=[bool(use_mask)] * in_ch,
             resampling=ResamplingPlan(separate_z_axis=separate_z),
             training=training,

@@ -32,7 +32,6 @@ from kneeseg.paths import KneesegPaths
 from kneeseg.planning.inherit import ParentModel, check_fits, plans_from_parent
 from kneeseg.planning.planner import plan_experiment
 from kneeseg.planning.plans import ConfigurationPlan, HardwareTarget, Plans
-from kneeseg.preprocessing.normalization import check_schemes
 from kneeseg.preprocessing.preprocess import preprocess_case
 
 CACHE_MANIFEST = "preprocessing.json"
@@ -126,7 +125,6 @@ def plan_and_preprocess(
     progress: bool = True,
     cpu_spacing: list[float] | None = None,
     parent: ParentModel | None = None,
-    normalization: str = "zscore",
 ) -> PlanAndPreprocessResult:
     """Fingerprint, plan and preprocess a raw dataset.
 
@@ -136,11 +134,9 @@ def plan_and_preprocess(
     ``hardware``: what to plan for; by default the named "reference" machine profile, which makes
     the same plans on every machine (kneeseg.api.machine_profile measures this one).
     ``parent``: take that model's configuration instead of planning (kneeseg.planning.inherit).
-    ``normalization``: the intensity normalisation of every channel (kneeseg.preprocessing.normalization).
     """
     if cpu_spacing is not None and (len(cpu_spacing) != 3 or not min(cpu_spacing) > 0):
         raise KneesegError(f"cpu_spacing {list(cpu_spacing)}: needs three positive spacings in mm (z, y, x)")
-    check_schemes([normalization])
     name = find_dataset(paths.raw, dataset)
     raw_dir = paths.raw / name
     if verify:
@@ -157,7 +153,7 @@ def plan_and_preprocess(
     if parent is not None:
         plans = plans_from_parent(parent, fingerprint, ds, plans_name, str(raw_dir))
     else:
-        plans = plan_experiment(fingerprint, ds, hardware or HardwareTarget(), plans_name, cpu_spacing, normalization)
+        plans = plan_experiment(fingerprint, ds, hardware or HardwareTarget(), plans_name, cpu_spacing)
     wanted = configurations or [plans.recommended_configuration(device)]
     for c in wanted:
         plans.configuration(c)  # unknown configuration: error before anything is written
