@@ -66,7 +66,7 @@ class Predictor:
         # all-bone Dice 0.98421 -> 0.98420 (benchmarks/RESULTS.md). Elsewhere bf16 is emulated: fp32.
         cpu = self.device.type == "cpu"
         self.autocast = usable_autocast(autocast or ("bf16" if cpu else self.config.training.autocast), device)
-        self.threads = use_cores() if self.device.type == "cpu" else torch.get_num_threads()
+        self.threads = use_cores() if cpu else torch.get_num_threads()
         self.networks = model.load_networks(self.device)
         # Inverting needs air that stays zero (normalised inside the nonzero mask): elsewhere air would turn bright
         self.inverted_retry = inverted_retry and all(self.config.use_mask_for_norm)
