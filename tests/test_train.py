@@ -271,10 +271,16 @@ def test_thick_slice_augmentation_runs_in_a_forked_worker_after_torch_has_run():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+def _trainer_stub(patch: list[int]):
+    """What a trainer's augmentation() reads of itself: the plan's patch and mirror axes (left-right)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=SimpleNamespace(patch_size=patch, training=SimpleNamespace(mirror_axes=[2])))
+
+
 def test_without_intensity_augmentation_only_geometry_changes():
     """kneesegTrainerNoIntensityAug: patches of a constant image stay that constant inside (rotation
     and scaling move voxels, they do not change values); the default recipe changes some of them."""
-    from types import SimpleNamespace
 
     from batchgenerators.transforms.abstract_transforms import Compose
 
@@ -283,7 +289,7 @@ def test_without_intensity_augmentation_only_geometry_changes():
 
     np.random.seed(0)
     patch = [16, 16, 16]
-    fake = SimpleNamespace(config=SimpleNamespace(patch_size=patch, training=SimpleNamespace(mirror_axes=[2])))
+    fake = _trainer_stub(patch)
 
     def centre_values(trainer: type) -> list[float]:
         transforms = Compose(trainer.augmentation(fake))
@@ -443,15 +449,13 @@ def test_a_refused_training_leaves_no_splits_or_model_folder(prepared, tmp_path,
 
 
 def test_wide_ranges_variant_draws_wider_gammas_and_thicker_slices_in_the_default_order():
-    from types import SimpleNamespace
-
     from batchgenerators.transforms.color_transforms import GammaTransform
 
     from kneeseg.training.thick_slices import ThickSliceTransform
     from kneeseg.training.trainer import Trainer
     from kneeseg.training.variants import trainer_class
 
-    fake = SimpleNamespace(config=SimpleNamespace(patch_size=[16, 16, 16], training=SimpleNamespace(mirror_axes=[2])))
+    fake = _trainer_stub([16, 16, 16])
     wide, default = trainer_class("kneesegTrainerWideRanges").augmentation(fake), Trainer.augmentation(fake)
     assert [type(t) for t in wide] == [type(t) for t in default]
 
@@ -468,8 +472,6 @@ def test_wide_ranges_variant_draws_wider_gammas_and_thicker_slices_in_the_defaul
                                   "kneesegTrainerNoFieldOfView", "kneesegTrainerWideRanges"])
 def test_each_variant_augments_a_batch_into_network_patches(name):
     """A variant changes the augmentation only: its transforms take a loader batch to network patches."""
-    from types import SimpleNamespace
-
     from batchgenerators.transforms.abstract_transforms import Compose
 
     from kneeseg.training.data import loader_patch_size
@@ -477,7 +479,7 @@ def test_each_variant_augments_a_batch_into_network_patches(name):
 
     np.random.seed(0)
     patch = [16, 16, 16]
-    fake = SimpleNamespace(config=SimpleNamespace(patch_size=patch, training=SimpleNamespace(mirror_axes=[2])))
+    fake = _trainer_stub(patch)
     size = loader_patch_size(patch)
     seg = np.zeros((2, 1, *size), np.float32)
     seg[:, :, 6:18, 6:18, 6:18] = 1
