@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from kneeseg.evaluation.metrics import binary_metrics, label_metrics, largest_disagreement
+from kneeseg.postprocessing.chooser import ATTACHED_SHARE
 from kneeseg.postprocessing.operations import apply_postprocessing, apply_step, gap_mm
 
 
@@ -155,6 +156,38 @@ def test_a_piece_mostly_wrapped_in_another_bone_takes_its_label():
     np.testing.assert_array_equal(apply_step(ref, {"op": "relabel_enclosed", "label": 1}, spacing), ref)
 
 
+def test_relabelling_attached_pieces_is_left_out_where_the_training_labels_have_bones_touching(tmp_path):
+    """A user whose labels glue a bone to another (a patella on the femur, no cartilage between) keeps
+    that bone: the chooser tries the rule on the cross-validation cases, where it would cost Dice."""
+    from kneeseg.io import Geometry, write_image
+    from kneeseg.postprocessing.chooser import choose_postprocessing
+
+    g = Geometry((24, 24, 30), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    glued = _two_bones()
+    glued[8:14, 14:20, 14:20] = 3  # half of its neighbours femur
+    for name in ("ref", "pred"):
+        write_image(glued, g, tmp_path / f"{name}.nii.gz")
+    result = choose_postprocessing([(tmp_path / "ref.nii.gz", tmp_path / "pred.nii.gz")],
+                                   {"background": 0, "femur": 1, "tibia": 2, "patella": 3}, progress=False)
+    relabelling = [c for c in result["candidates"] if c["op"] == "relabel_enclosed" and c["label"] == 3]
+    assert [c["kept"] for c in relabelling] == [False, True]  # attached (a fifth): costs the patella; wrapped: no-op
+    assert relabelling[0]["share"] == ATTACHED_SHARE and result["mean_dice_after"] == 1.0
+
+
+def test_a_piece_glued_to_another_bone_over_a_share_of_its_surface_takes_its_label():
+    """What half-A models of the real scan did in half B: a block of the femur's front called patella,
+    one side on the femur (about a third of its surface), the others in soft tissue."""
+    ref = _two_bones()
+    pred = ref.copy()
+    pred[2:6, 20:23, 8:12] = 3  # a patella on the femur by one 4x4 face: 16 of its 80 face neighbours
+    pred[8:14, 14:20, 14:20] = 3  # a 6x6x6 block at the femur's corner: 3 faces on the femur, 3 in the air
+    out = apply_step(pred, {"op": "relabel_enclosed", "label": 3}, (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(out, pred)  # half of its neighbours, not more than half: as it was
+    out = apply_step(pred, {"op": "relabel_enclosed", "label": 3, "share": 0.2}, (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(out[8:14, 14:20, 14:20], 1)  # 108 of 216 neighbours in the femur: femur
+    np.testing.assert_array_equal(out[2:6, 20:23, 8:12], 3)  # exactly a fifth, not more: still patella
+
+
 def test_chooser_relabels_fragments_only_where_that_helps_on_cross_validation(tmp_path):
     from kneeseg.io import Geometry, write_image
     from kneeseg.postprocessing.chooser import choose_postprocessing
@@ -176,10 +209,13 @@ def test_chooser_relabels_fragments_only_where_that_helps_on_cross_validation(tm
     write_image(_two_bones(), g, tmp_path / "ref.nii.gz")
     write_image(wrapped, g, tmp_path / "pred.nii.gz")
     result = choose_postprocessing([(tmp_path / "ref.nii.gz", tmp_path / "pred.nii.gz")], labels, progress=False)
-    assert result["steps"][:2] == [{"op": "relabel_enclosed", "label": 1}, {"op": "relabel_enclosed", "label": 2}]
+    attached = [{"op": "relabel_enclosed", "label": v, "share": ATTACHED_SHARE} for v in (1, 2)]
+    assert result["steps"][:2] == attached
     assert result["mean_dice_after"] == 1.0
     spurious = _two_bones()
-    spurious[2:14, 20:23, 8:12] = 2  # tibia called in the background next to the femur: relabelling adds
+    # Tibia called in the background next to the femur, touching it over less than a fifth of its
+    # surface (a piece glued over more is taken for the femur's, by relabel_enclosed): relabelling adds
+    spurious[2:14, 20:24, 8:10] = 2
     assert chosen(spurious) == [{"op": "keep_largest", "label": 2}]  # false femur, dropping it does not
 
 

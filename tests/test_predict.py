@@ -17,6 +17,7 @@ from kneeseg.cli.predict import main as predict_main
 from kneeseg.errors import KneesegError
 from kneeseg.inference.cases import discover_cases
 from kneeseg.io import Geometry, read_image, write_image
+from kneeseg.postprocessing.chooser import ATTACHED_SHARE
 
 DS = "Dataset900_KneePhantom"
 
@@ -104,14 +105,17 @@ def test_postprocessing_is_chosen_on_cross_validation_and_applied(small_model, t
     assert findpp_main(["-m", str(model), "--no-progress", "--raw", str(paths.raw)]) == 0
     chosen = json.loads((model / "postprocessing.json").read_text())
     assert chosen["cv_cases"] == 1 and chosen["mean_dice_after"] >= chosen["mean_dice_before"]
-    assert len(chosen["candidates"]) == 1 + 8 * 3 + 2  # per bone: relabel enclosed pieces, keep largest and remove
-    # small (each: relabel / drop pieces), fill slice-wise, fill, close; tibia and patella: remove pieces far from the femur
+    assert len(chosen["candidates"]) == 1 + 9 * 3 + 2  # per bone: relabel attached / enclosed pieces, keep largest
+    # and remove small (each: relabel / drop pieces), fill slice-wise, fill, close; tibia and patella: remove far pieces
     assert [(c["label"], c["from"]) for c in chosen["candidates"] if c["op"] == "remove_far"] == [(2, 1), (3, 1)]
     kept = [{k: v for k, v in c.items() if k not in ("mean_dice", "kept")} for c in chosen["candidates"] if c["kept"]]
     assert kept == chosen["steps"]
     # Steps made no-ops by steps kept before them are skipped (a bone kept in one piece has no other pieces).
     # So are removing small pieces a second time: the plain variants follow relabelling ones that were kept.
+    # So is relabelling wrapped pieces where attached ones were relabelled.
     for c in chosen["candidates"]:
+        if c["op"] == "relabel_enclosed" and "share" not in c:
+            assert c.get("implied_by_kept_steps", False) == (c | {"share": ATTACHED_SHARE} in chosen["steps"])
         if c["op"] in ("keep_largest", "remove_small") and "fragments" not in c:
             relabelling = {k: v for k, v in c.items() if k in ("op", "label", "min_mm3")} | {"fragments": "neighbour"}
             assert c.get("implied_by_kept_steps", False) == (relabelling in chosen["steps"])
@@ -210,6 +214,8 @@ def test_a_broken_postprocessing_file_is_refused_before_predicting(small_model, 
                            ([{"op": "keep_largest", "label": 7}], "step 1: keep_largest: label 7 must be one of the model's bone labels [1, 2, 3]"),
                            ([{"op": "closing", "label": 1, "radius_mm": -1}], "step 1: closing: radius_mm -1 must be a positive number"),
                            ([{"op": "keep_largest_foreground", "n": 2.5}], "step 1: keep_largest_foreground: n 2.5 must be an integer >= 1"),
+                           ([{"op": "relabel_enclosed", "label": 3, "share": 1}],
+                            "step 1: relabel_enclosed: share 1 must be a number between 0 and 1"),
                            ({"op": "fill_holes"}, "no list of post-processing 'steps'")):
         (model / "postprocessing.json").write_text(json.dumps({"steps": steps}))
         _refused(["-i", str(good), "-o", str(out), "-m", str(model)], capsys, f"{model / 'postprocessing.json'}: {message}")

@@ -7,9 +7,10 @@ whether the chooser treats it as an anatomical rule (kept unless it costs Dice).
 - ``{"op": "keep_largest_foreground", "n": 3}``: keep the n largest connected components of the
   union of all bones (the reference paper's "three largest components");
 - ``{"op": "relabel_enclosed", "label": L}``: every component of L (the largest too) of which more
-  than half of the face neighbours belong to other bones takes the label most of those have. Bones
-  never touch in the labels (cartilage lies between), so a piece mostly wrapped in another bone is
-  that bone, labelled wrongly (e.g. a block of femoral condyle called patella in a scan without one);
+  than half of the face neighbours belong to other bones takes the label most of those have (with
+  ``"share": S``, more than S of them). Bones never touch in the labels (cartilage lies between), so
+  a piece mostly wrapped in another bone, or glued to it over a large part of its surface, is that
+  bone labelled wrongly (e.g. a block of femoral condyle called patella in a scan without one);
 - ``{"op": "keep_largest", "label": L}``: keep the largest component of label L (with
   ``"fragments": "neighbour"``: its other pieces that touch another bone take that bone's label);
 - ``{"op": "remove_far", "label": L, "from": A, "max_mm": D}``: drop components of L with no voxel
@@ -42,6 +43,7 @@ from kneeseg.arrays import bbox_slices
 from kneeseg.errors import KneesegError
 
 FRAGMENTS = ("background", "neighbour")
+ENCLOSED_SHARE = 0.5  # relabel_enclosed without "share": pieces mostly wrapped in another bone
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,10 +60,10 @@ def _ball(radius_mm: float, spacing) -> np.ndarray:
 
 
 def _reassign_fragments(region: np.ndarray, components: np.ndarray, label: int, keep: int | None = None,
-                        enclosed_only: bool = False) -> None:
+                        enclosed_share: float | None = None) -> None:
     """In place: each component of ``label`` but ``keep`` takes the label most of its face neighbours
-    of another bone have, or background when it touches none; with ``enclosed_only``, only components
-    of which more than half of the face neighbours are other bones change (to that majority bone).
+    of another bone have, or background when it touches none; with ``enclosed_share``, only components
+    of which more than that share of the face neighbours are other bones change (to that majority bone).
     ``region`` must reach one voxel beyond the components, so that their neighbours are inside it."""
     for index, box in enumerate(ndimage.find_objects(components), start=1):
         if box is None or index == keep:
@@ -70,7 +72,7 @@ def _reassign_fragments(region: np.ndarray, components: np.ndarray, label: int, 
         piece = components[grown] == index
         around = region[grown][ndimage.binary_dilation(piece) & ~piece]
         bones = around[(around != 0) & (around != label)]
-        if enclosed_only and bones.size <= around.size / 2:
+        if enclosed_share is not None and bones.size <= around.size * enclosed_share:
             continue
         region[grown][piece] = np.bincount(bones).argmax() if bones.size else 0
 
@@ -139,7 +141,7 @@ def _relabel_enclosed(out: np.ndarray, step: dict, spacing) -> None:
     mask = out == step["label"]
     box = bbox_slices(mask, 1)  # one voxel beyond the label: the pieces' neighbours
     components, _ = _components(mask[box])
-    _reassign_fragments(out[box], components, step["label"], enclosed_only=True)
+    _reassign_fragments(out[box], components, step["label"], enclosed_share=float(step.get("share", ENCLOSED_SHARE)))
 
 
 def _keep_largest(out: np.ndarray, step: dict, spacing) -> None:
@@ -215,6 +217,11 @@ def _positive(value, labels) -> str | None:
     return None if ok else "must be a positive number"
 
 
+def _share(value, labels) -> str | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+    return None if ok else "must be a number between 0 and 1"
+
+
 def _fragments(value, labels) -> str | None:
     return None if value in FRAGMENTS else f"must be one of {', '.join(FRAGMENTS)}"
 
@@ -237,7 +244,7 @@ class Operation:
 
 OPERATIONS: dict[str, Operation] = {
     "keep_largest_foreground": Operation(_keep_largest_foreground, {"n": _count}, {}, anatomy=True, acts_on_label=False),
-    "relabel_enclosed": Operation(_relabel_enclosed, {"label": _label}, {}, anatomy=True),
+    "relabel_enclosed": Operation(_relabel_enclosed, {"label": _label}, {"share": _share}, anatomy=True),
     "remove_far": Operation(_remove_far_op, {"label": _label, "from": _label, "max_mm": _positive}, {}, anatomy=True),
     "keep_largest": Operation(_keep_largest, {"label": _label}, {"fragments": _fragments}, anatomy=True),
     "remove_small": Operation(_remove_small, {"label": _label, "min_mm3": _positive}, {"fragments": _fragments}, anatomy=True),
