@@ -188,6 +188,19 @@ def test_a_piece_glued_to_another_bone_over_a_share_of_its_surface_takes_its_lab
     np.testing.assert_array_equal(out[2:6, 20:23, 8:12], 3)  # exactly a fifth, not more: still patella
 
 
+def test_a_whole_bone_glued_to_another_keeps_its_label():
+    """Under gamma 0.5 a half-A model filled in the knee joint: the whole femur touched the tibia over
+    a fifth of its surface. A piece joins a bone only while under half of that bone's volume."""
+    attached = {"op": "relabel_enclosed", "label": 2, "share": 0.2}
+    fused = np.zeros((30, 24, 24), np.uint8)
+    fused[2:14, 4:20, 4:20] = 1  # 3072 voxels
+    fused[14:22, 4:20, 4:20] = 2  # 2048 voxels, a quarter of its neighbours femur
+    np.testing.assert_array_equal(apply_step(fused, attached, (1.0, 1.0, 1.0)), fused)
+    fused[18:22] = 0  # 1024 voxels, a third of its neighbours femur: a slab of the femur's
+    out = apply_step(fused, attached, (1.0, 1.0, 1.0))
+    assert (out[14:18, 4:20, 4:20] == 1).all() and not (out == 2).any()
+
+
 def test_chooser_relabels_fragments_only_where_that_helps_on_cross_validation(tmp_path):
     from kneeseg.io import Geometry, write_image
     from kneeseg.postprocessing.chooser import choose_postprocessing

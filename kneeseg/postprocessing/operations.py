@@ -8,9 +8,10 @@ whether the chooser treats it as an anatomical rule (kept unless it costs Dice).
   union of all bones (the reference paper's "three largest components");
 - ``{"op": "relabel_enclosed", "label": L}``: every component of L (the largest too) of which more
   than half of the face neighbours belong to other bones takes the label most of those have (with
-  ``"share": S``, more than S of them). Bones never touch in the labels (cartilage lies between), so
-  a piece mostly wrapped in another bone, or glued to it over a large part of its surface, is that
-  bone labelled wrongly (e.g. a block of femoral condyle called patella in a scan without one);
+  ``"share": S``, more than S of them), if it is under half that bone's volume. Bones never touch in
+  the labels (cartilage lies between), so a piece mostly wrapped in another bone, or glued to it over
+  a large part of its surface, is that bone labelled wrongly (e.g. a block of femoral condyle called
+  patella in a scan without one);
 - ``{"op": "keep_largest", "label": L}``: keep the largest component of label L (with
   ``"fragments": "neighbour"``: its other pieces that touch another bone take that bone's label);
 - ``{"op": "remove_far", "label": L, "from": A, "max_mm": D}``: drop components of L with no voxel
@@ -44,6 +45,10 @@ from kneeseg.errors import KneesegError
 
 FRAGMENTS = ("background", "neighbour")
 ENCLOSED_SHARE = 0.5  # relabel_enclosed without "share": pieces mostly wrapped in another bone
+# relabel_enclosed moves a piece into a bone only while the piece is under this share of that bone's
+# volume: a piece of femur called patella is a small part of the femur, while a whole femur glued to
+# the tibia across a joint the network filled in (seen under gamma 0.5) is a bone, and keeps its label.
+JOIN_BELOW = 0.5
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,10 +65,11 @@ def _ball(radius_mm: float, spacing) -> np.ndarray:
 
 
 def _reassign_fragments(region: np.ndarray, components: np.ndarray, label: int, keep: int | None = None,
-                        enclosed_share: float | None = None) -> None:
+                        enclosed_share: float | None = None, volumes: np.ndarray | None = None) -> None:
     """In place: each component of ``label`` but ``keep`` takes the label most of its face neighbours
     of another bone have, or background when it touches none; with ``enclosed_share``, only components
-    of which more than that share of the face neighbours are other bones change (to that majority bone).
+    of which more than that share of the face neighbours are other bones change (to that majority bone),
+    and only while under ``JOIN_BELOW`` of its voxels (``volumes``: voxels per label value).
     ``region`` must reach one voxel beyond the components, so that their neighbours are inside it."""
     for index, box in enumerate(ndimage.find_objects(components), start=1):
         if box is None or index == keep:
@@ -72,9 +78,11 @@ def _reassign_fragments(region: np.ndarray, components: np.ndarray, label: int, 
         piece = components[grown] == index
         around = region[grown][ndimage.binary_dilation(piece) & ~piece]
         bones = around[(around != 0) & (around != label)]
-        if enclosed_share is not None and bones.size <= around.size * enclosed_share:
+        target = int(np.bincount(bones).argmax()) if bones.size else 0
+        if enclosed_share is not None and (bones.size <= around.size * enclosed_share
+                                           or volumes is not None and piece.sum() >= JOIN_BELOW * volumes[target]):
             continue
-        region[grown][piece] = np.bincount(bones).argmax() if bones.size else 0
+        region[grown][piece] = target
 
 
 def _surface_mm(mask: np.ndarray, spacing, corner=(0, 0, 0)) -> np.ndarray:
@@ -141,7 +149,8 @@ def _relabel_enclosed(out: np.ndarray, step: dict, spacing) -> None:
     mask = out == step["label"]
     box = bbox_slices(mask, 1)  # one voxel beyond the label: the pieces' neighbours
     components, _ = _components(mask[box])
-    _reassign_fragments(out[box], components, step["label"], enclosed_share=float(step.get("share", ENCLOSED_SHARE)))
+    _reassign_fragments(out[box], components, step["label"], enclosed_share=float(step.get("share", ENCLOSED_SHARE)),
+                        volumes=np.bincount(out.ravel()))
 
 
 def _keep_largest(out: np.ndarray, step: dict, spacing) -> None:
