@@ -115,7 +115,8 @@ def test_postprocessing_is_chosen_on_cross_validation_and_applied(small_model, t
     # So is relabelling wrapped pieces where attached ones were relabelled.
     for c in chosen["candidates"]:
         if c["op"] == "relabel_enclosed" and "share" not in c:
-            assert c.get("implied_by_kept_steps", False) == (c | {"share": ATTACHED_SHARE} in chosen["steps"])
+            attached = {"op": "relabel_enclosed", "label": c["label"], "share": ATTACHED_SHARE}
+            assert c.get("implied_by_kept_steps", False) == (attached in chosen["steps"])
         if c["op"] in ("keep_largest", "remove_small") and "fragments" not in c:
             relabelling = {k: v for k, v in c.items() if k in ("op", "label", "min_mm3")} | {"fragments": "neighbour"}
             assert c.get("implied_by_kept_steps", False) == (relabelling in chosen["steps"])
