@@ -69,7 +69,7 @@ def _reassign_fragments(region: np.ndarray, components: np.ndarray, label: int, 
     """In place: each component of ``label`` but ``keep`` takes the label most of its face neighbours
     of another bone have, or background when it touches none; with ``enclosed_share``, only components
     of which more than that share of the face neighbours are other bones change (to that majority bone),
-    and only while under ``JOIN_BELOW`` of its voxels (``volumes``: voxels per label value).
+    and only while under ``JOIN_BELOW`` of that bone's voxels (``volumes``: voxels per label value).
     ``region`` must reach one voxel beyond the components, so that their neighbours are inside it."""
     for index, box in enumerate(ndimage.find_objects(components), start=1):
         if box is None or index == keep:
