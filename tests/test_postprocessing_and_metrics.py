@@ -190,7 +190,7 @@ def test_a_piece_glued_to_another_bone_over_a_share_of_its_surface_takes_its_lab
 
 def test_a_whole_bone_glued_to_another_keeps_its_label():
     """Under gamma 0.5 a half-A model filled in the knee joint: the whole femur touched the tibia over
-    a fifth of its surface. A piece joins a bone only while under half of that bone's volume."""
+    a fifth of its surface. A piece joins a bone only while under half of the piece of it that it touches."""
     attached = {"op": "relabel_enclosed", "label": 2, "share": 0.2}
     fused = np.zeros((30, 24, 24), np.uint8)
     fused[2:14, 4:20, 4:20] = 1  # 3072 voxels

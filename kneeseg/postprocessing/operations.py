@@ -8,10 +8,10 @@ whether the chooser treats it as an anatomical rule (kept unless it costs Dice).
   union of all bones (the reference paper's "three largest components");
 - ``{"op": "relabel_enclosed", "label": L}``: every component of L (the largest too) of which more
   than half of the face neighbours belong to other bones takes the label most of those have (with
-  ``"share": S``, more than S of them), if it is under half that bone's volume. Bones never touch in
-  the labels (cartilage lies between), so a piece mostly wrapped in another bone, or glued to it over
-  a large part of its surface, is that bone labelled wrongly (e.g. a block of femoral condyle called
-  patella in a scan without one);
+  ``"share": S``, more than S of them), if it is under half the piece of that bone it touches. Bones
+  never touch in the labels (cartilage lies between), so a piece mostly wrapped in another bone, or
+  glued to it over a large part of its surface, is that bone labelled wrongly (e.g. a block of
+  femoral condyle called patella in a scan without one);
 - ``{"op": "keep_largest", "label": L}``: keep the largest component of label L (with
   ``"fragments": "neighbour"``: its other pieces that touch another bone take that bone's label);
 - ``{"op": "remove_far", "label": L, "from": A, "max_mm": D}``: drop components of L with no voxel
@@ -45,9 +45,11 @@ from kneeseg.errors import KneesegError
 
 FRAGMENTS = ("background", "neighbour")
 ENCLOSED_SHARE = 0.5  # relabel_enclosed without "share": pieces mostly wrapped in another bone
-# relabel_enclosed moves a piece into a bone only while the piece is under this share of that bone's
-# volume: a piece of femur called patella is a small part of the femur, while a whole femur glued to
-# the tibia across a joint the network filled in (seen under gamma 0.5) is a bone, and keeps its label.
+# relabel_enclosed moves a piece into a bone only while the piece is under this share of the largest
+# piece of that bone it touches: a piece of femur called patella is a small part of the femur, while a
+# whole femur glued to the tibia across a joint the network filled in (seen under gamma 0.5), or the
+# halves of a joint it called femur and tibia the wrong way round (a field of view cut to the joint:
+# a 9.8 ml "femur" glued to a 13.7 ml "tibia" and the other way round), are not.
 JOIN_BELOW = 0.5
 
 
@@ -65,11 +67,11 @@ def _ball(radius_mm: float, spacing) -> np.ndarray:
 
 
 def _reassign_fragments(region: np.ndarray, components: np.ndarray, label: int, keep: int | None = None,
-                        enclosed_share: float | None = None, volumes: np.ndarray | None = None) -> None:
+                        enclosed_share: float | None = None, joins: Callable | None = None) -> None:
     """In place: each component of ``label`` but ``keep`` takes the label most of its face neighbours
     of another bone have, or background when it touches none; with ``enclosed_share``, only components
     of which more than that share of the face neighbours are other bones change (to that majority bone),
-    and only while under ``JOIN_BELOW`` of that bone's voxels (``volumes``: voxels per label value).
+    and only where ``joins(piece, grown, bone)`` (the piece's mask on ``region[grown]``) says so.
     ``region`` must reach one voxel beyond the components, so that their neighbours are inside it."""
     for index, box in enumerate(ndimage.find_objects(components), start=1):
         if box is None or index == keep:
@@ -80,7 +82,7 @@ def _reassign_fragments(region: np.ndarray, components: np.ndarray, label: int, 
         bones = around[(around != 0) & (around != label)]
         target = int(np.bincount(bones).argmax()) if bones.size else 0
         if enclosed_share is not None and (bones.size <= around.size * enclosed_share
-                                           or volumes is not None and piece.sum() >= JOIN_BELOW * volumes[target]):
+                                           or joins is not None and not joins(piece, grown, target)):
             continue
         region[grown][piece] = target
 
@@ -149,8 +151,19 @@ def _relabel_enclosed(out: np.ndarray, step: dict, spacing) -> None:
     mask = out == step["label"]
     box = bbox_slices(mask, 1)  # one voxel beyond the label: the pieces' neighbours
     components, _ = _components(mask[box])
+    pieces_of: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # bone -> its components over all of ``out``, sizes
+
+    def joins(piece: np.ndarray, grown: tuple[slice, ...], bone: int) -> bool:
+        """``piece`` (on ``out[box][grown]``) is under JOIN_BELOW of the largest piece of ``bone`` it touches."""
+        if bone not in pieces_of:
+            pieces_of[bone] = _components(out == bone)
+        parts, sizes = pieces_of[bone]
+        where = tuple(slice(b.start + g.start, b.start + g.stop) for b, g in zip(box, grown))
+        touched = parts[where][ndimage.binary_dilation(piece) & ~piece]
+        return bool(piece.sum() < JOIN_BELOW * sizes[touched].max())
+
     _reassign_fragments(out[box], components, step["label"], enclosed_share=float(step.get("share", ENCLOSED_SHARE)),
-                        volumes=np.bincount(out.ravel()))
+                        joins=joins)
 
 
 def _keep_largest(out: np.ndarray, step: dict, spacing) -> None:
