@@ -199,6 +199,11 @@ def test_a_whole_bone_glued_to_another_keeps_its_label():
     fused[18:22] = 0  # 1024 voxels, a third of its neighbours femur: a slab of the femur's
     out = apply_step(fused, attached, (1.0, 1.0, 1.0))
     assert (out[14:18, 4:20, 4:20] == 1).all() and not (out == 2).any()
+    # A field of view cut to the joint: "femur" and "tibia" pieces of one size glued to each other, and
+    # more tibia elsewhere. Each piece is compared with the piece it touches, not with the whole bone.
+    halves = np.zeros((30, 24, 24), np.uint8)
+    halves[2:6, 4:20, 4:20], halves[6:10, 4:20, 4:20], halves[14:28, 4:20, 4:20] = 1, 2, 2
+    np.testing.assert_array_equal(apply_step(halves, attached | {"label": 1}, (1.0, 1.0, 1.0)), halves)
 
 
 def test_chooser_relabels_fragments_only_where_that_helps_on_cross_validation(tmp_path):
