@@ -71,18 +71,20 @@ def _reassign_fragments(region: np.ndarray, components: np.ndarray, label: int, 
     """In place: each component of ``label`` but ``keep`` takes the label most of its face neighbours
     of another bone have, or background when it touches none; with ``enclosed_share``, only components
     of which more than that share of the face neighbours are other bones change (to that majority bone),
-    and only where ``joins(piece, grown, bone)`` (the piece's mask on ``region[grown]``) says so.
+    and only where ``joins(piece, shell, grown, bone)`` says so (the piece's mask on ``region[grown]``
+    and the face neighbours around it).
     ``region`` must reach one voxel beyond the components, so that their neighbours are inside it."""
     for index, box in enumerate(ndimage.find_objects(components), start=1):
         if box is None or index == keep:
             continue
         grown = tuple(slice(max(0, b.start - 1), min(n, b.stop + 1)) for b, n in zip(box, region.shape))
         piece = components[grown] == index
-        around = region[grown][ndimage.binary_dilation(piece) & ~piece]
+        shell = ndimage.binary_dilation(piece) & ~piece
+        around = region[grown][shell]
         bones = around[(around != 0) & (around != label)]
         target = int(np.bincount(bones).argmax()) if bones.size else 0
         if enclosed_share is not None and (bones.size <= around.size * enclosed_share
-                                           or joins is not None and not joins(piece, grown, target)):
+                                           or joins is not None and not joins(piece, shell, grown, target)):
             continue
         region[grown][piece] = target
 
@@ -153,13 +155,13 @@ def _relabel_enclosed(out: np.ndarray, step: dict, spacing) -> None:
     components, _ = _components(mask[box])
     pieces_of: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # bone -> its components over all of ``out``, sizes
 
-    def joins(piece: np.ndarray, grown: tuple[slice, ...], bone: int) -> bool:
+    def joins(piece: np.ndarray, shell: np.ndarray, grown: tuple[slice, ...], bone: int) -> bool:
         """``piece`` (on ``out[box][grown]``) is under JOIN_BELOW of the largest piece of ``bone`` it touches."""
         if bone not in pieces_of:
             pieces_of[bone] = _components(out == bone)
         parts, sizes = pieces_of[bone]
         where = tuple(slice(b.start + g.start, b.start + g.stop) for b, g in zip(box, grown))
-        touched = parts[where][ndimage.binary_dilation(piece) & ~piece]
+        touched = parts[where][shell]
         return bool(piece.sum() < JOIN_BELOW * sizes[touched].max())
 
     _reassign_fragments(out[box], components, step["label"], enclosed_share=float(step.get("share", ENCLOSED_SHARE)),
