@@ -403,3 +403,70 @@ def test_a_chain_run_on_the_bones_box_equals_the_chain_run_on_the_whole_scan():
     boxed = apply_postprocessing(labels, steps, spacing)
     assert not np.array_equal(whole, labels)  # the chain did change the map
     np.testing.assert_array_equal(boxed, whole)
+
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def _knee_seen_from_the_side() -> np.ndarray:
+    """(z, y, x) with the identity direction (+y posterior): femur (1), a patella (3) in front of it."""
+    knee = np.zeros((24, 40, 16), np.uint8)
+    knee[2:20, 10:26, 2:14] = 1
+    knee[8:14, 3:7, 5:11] = 3  # 4 voxels in front of the femur
+    return knee
+
+
+def test_keep_side_drops_pieces_on_the_wrong_side_of_the_anchor_in_patient_coordinates():
+    """Half-A models of the real scan left "patellae" behind the femur in half B, touching no bone."""
+    from kneeseg.errors import KneesegError
+
+    knee = _knee_seen_from_the_side()
+    pred = knee.copy()
+    pred[8:12, 30:34, 5:9] = 3  # behind the femur, apart from it
+    pred[2:4, 14:16, 0:2] = 3  # beside the femur, 1 voxel (0.5 mm) in front of its centre (y 17.5 -> y 15)
+    step = {"op": "keep_side", "label": 3, "of": 1, "side": "anterior"}
+    out = apply_step(pred, step, (1.0, 1.0, 0.5), IDENTITY)
+    expected = pred.copy()
+    expected[8:12, 30:34, 5:9] = 0
+    np.testing.assert_array_equal(out, expected)
+    # The same voxels stored front to back (the y axis pointing anterior): now the true patella is behind.
+    flipped = apply_step(pred, step, (1.0, 1.0, 0.5), (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    assert (flipped[8:12, 30:34, 5:9] == 3).all() and not (flipped[:, :17] == 3).any()
+    # Stored sagittally (voxel axes x, y, z along patient P, S, L): read through the direction too.
+    sagittal = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # patient y (posterior) = voxel x
+    along_x = np.ascontiguousarray(np.moveaxis(pred, 1, 2))  # the posterior axis is now the array's last
+    np.testing.assert_array_equal(apply_step(along_x, step, (1.0, 0.5, 1.0), sagittal), np.moveaxis(expected, 1, 2))
+    no_femur = np.where(pred == 1, 0, pred)
+    np.testing.assert_array_equal(apply_step(no_femur, step, (1.0, 1.0, 1.0), IDENTITY), no_femur)
+    with pytest.raises(KneesegError, match="direction"):
+        apply_step(pred, step, (1.0, 1.0, 1.0))
+    with pytest.raises(KneesegError, match="side 'front' must be one of"):
+        apply_step(pred, step | {"side": "front"}, (1.0, 1.0, 1.0), IDENTITY)
+
+
+def test_chooser_keeps_the_patella_in_front_of_the_femur_unless_the_labels_put_it_elsewhere(tmp_path):
+    from kneeseg.io import Geometry, write_image
+    from kneeseg.postprocessing.chooser import choose_postprocessing
+
+    g = Geometry((16, 40, 24), (1, 1, 1), (0, 0, 0), IDENTITY)
+    labels = {"background": 0, "Femur": 1, "tibia": 2, "Patella": 3}  # names matched whatever the case
+
+    def placement(ref: np.ndarray, pred: np.ndarray) -> list[dict]:
+        write_image(ref, g, tmp_path / "ref.nii.gz")
+        write_image(pred, g, tmp_path / "pred.nii.gz")
+        result = choose_postprocessing([(tmp_path / "ref.nii.gz", tmp_path / "pred.nii.gz")], labels, progress=False)
+        return [c for c in result["candidates"] if c["op"] == "keep_side"]
+
+    knee = _knee_seen_from_the_side()
+    stray = knee.copy()
+    stray[8:12, 30:34, 5:9] = 3
+    assert [(c["label"], c["of"], c["side"], c["kept"]) for c in placement(knee, stray)] == [(3, 1, "anterior", True)]
+    behind = knee.copy()  # labels whose "patella" lies behind the femur: the rule would cost Dice
+    behind[knee == 3] = 0
+    behind[8:12, 30:34, 5:9] = 3
+    assert [c["kept"] for c in placement(behind, behind)] == [False]
+    write_image(knee, g, tmp_path / "ref.nii.gz")
+    write_image(stray, g, tmp_path / "pred.nii.gz")
+    unnamed = {"background": 0, "bone1": 1, "bone2": 2, "bone3": 3}
+    result = choose_postprocessing([(tmp_path / "ref.nii.gz", tmp_path / "pred.nii.gz")], unnamed, progress=False)
+    assert not [c for c in result["candidates"] if c["op"] == "keep_side"]  # no knee anatomy to go by

@@ -98,15 +98,19 @@ def test_single_file_with_probabilities_and_model_dir_elsewhere(small_model, tmp
     assert np.mean(np.argmax(probs, 0) != labels) < 1e-4
 
 
-def test_postprocessing_is_chosen_on_cross_validation_and_applied(small_model, tmp_path):
+def test_postprocessing_is_chosen_on_cross_validation_and_applied(small_model, tmp_path, capsys):
     paths = small_model
     model = tmp_path / "model"
     shutil.copytree(paths.results / MODEL_DIR, model)
     assert findpp_main(["-m", str(model), "--no-progress", "--raw", str(paths.raw)]) == 0
     chosen = json.loads((model / "postprocessing.json").read_text())
     assert chosen["cv_cases"] == 1 and chosen["mean_dice_after"] >= chosen["mean_dice_before"]
-    assert len(chosen["candidates"]) == 1 + 9 * 3 + 2  # per bone: relabel attached / enclosed pieces, keep largest
-    # and remove small (each: relabel / drop pieces), fill slice-wise, fill, close; tibia and patella: remove far pieces
+    assert len(chosen["candidates"]) == 1 + 9 * 3 + 2 + 1  # per bone: relabel attached / enclosed pieces, keep largest
+    # and remove small (each: relabel / drop pieces), fill slice-wise, fill, close; tibia and patella: remove far
+    # pieces; the patella: keep its pieces in front of the femur
+    placement = [(c["label"], c["of"], c["side"], c["kept"]) for c in chosen["candidates"] if c["op"] == "keep_side"]
+    assert placement == [(3, 1, "anterior", True)]  # the phantoms' patellae lie in front of their femurs
+    assert "keep_side 3 (anterior of 1)" in capsys.readouterr().out  # the summary names each step's parameters
     assert [(c["label"], c["from"]) for c in chosen["candidates"] if c["op"] == "remove_far"] == [(2, 1), (3, 1)]
     kept = [{k: v for k, v in c.items() if k not in ("mean_dice", "kept")} for c in chosen["candidates"] if c["kept"]]
     assert kept == chosen["steps"]
@@ -128,7 +132,7 @@ def test_postprocessing_is_chosen_on_cross_validation_and_applied(small_model, t
 
     raw_pred, g = read_image(tmp_path / "b.nii.gz")
     post, _ = read_image(tmp_path / "a.nii.gz")
-    np.testing.assert_array_equal(post, apply_postprocessing(raw_pred, chosen["steps"], g.spacing_zyx))
+    np.testing.assert_array_equal(post, apply_postprocessing(raw_pred, chosen["steps"], g.spacing_zyx, g.direction))
 
 
 def test_same_seed_same_prediction(small_model, tmp_path):

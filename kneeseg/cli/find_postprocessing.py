@@ -11,6 +11,7 @@ from kneeseg.api import find_postprocessing
 from kneeseg.cli.common import add_path_flags, parser, paths_from
 from kneeseg.errors import cli_entry
 from kneeseg.hardware import resolve_device
+from kneeseg.postprocessing.operations import describe_steps
 
 
 @cli_entry("kneeseg_find_postprocessing")
@@ -26,7 +27,6 @@ def main(argv=None):
     args = p.parse_args(argv)
     result = find_postprocessing(paths_from(args), args.dataset, args.configuration, args.model_dir,
                                  resolve_device(args.device), args.progress, args.trainer)
-    steps = ", ".join(s["op"] + (f" (label {s['label']})" if "label" in s else "") for s in result["steps"]) or "none"
     print(f"mean Dice {result['mean_dice_before']:.4f} -> {result['mean_dice_after']:.4f} on {result['cv_cases']} "
-          f"cross-validation case(s); steps: {steps}")
+          f"cross-validation case(s); steps: {describe_steps(result['steps'])}")
     return 0

@@ -202,7 +202,7 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
         tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
     prediction = predictor.predict(images, geometry, keep_probabilities=o.save_probabilities, clock=clock)
     with timed(clock, "post-processing"):
-        labels = apply_postprocessing(prediction.labels, steps, geometry.spacing_zyx) if steps else prediction.labels
+        labels = apply_postprocessing(prediction.labels, steps, geometry.spacing_zyx, geometry.direction) if steps else prediction.labels
     with timed(clock, "qc"):
         found = prediction_warnings(labels, geometry, model.ds.foreground, model.plans.label_volumes_mm3,
                                     prediction.uncertain_share, prediction.read_inverted,

@@ -2,7 +2,9 @@
 
 Candidates, tried in this order and kept greedily: per bone, give its pieces glued to another bone
 over more than a fifth of their surface that bone's label (relabel_enclosed with ATTACHED_SHARE), or
-else those mostly wrapped in it (more than half); per bone but the largest (the femur, which the
+else those mostly wrapped in it (more than half); where the labels name a patella and a femur, drop
+the patella's pieces that do not lie in front of the femur's centre (keep_side: the one placement
+rule that holds in every knee scan whatever its field of view); per bone but the largest (the femur, which the
 others face across a joint), drop its pieces farther from the largest bone than three times the
 widest gap between the two in the training labels, and never nearer than FAR_MIN_MM (remove_far: a
 joint space is a few mm, so this only takes what is plainly elsewhere); per bone, keep the largest
@@ -15,7 +17,7 @@ stray, such as a "patella" in a scan that shows none, or a piece of the bone it 
 in its slices, fill holes in 3D, and a closing with a 1-voxel (coarsest axis) ball. Relabelling
 comes first because a network's bone/background call is more reliable than its femur/tibia call: a
 block of femur called tibia is bone, and dropping it leaves a hole in the femur. Relabelling
-enclosed pieces, component removal (far pieces too) and slice-wise hole filling are kept unless they
+enclosed pieces, component removal (far pieces and misplaced ones too) and slice-wise hole filling are kept unless they
 lower the mean Dice over all cases and bones (each bone is one piece, apart from the others, near
 its joint, with no holes in its cross-sections: nnU-Net's rule, and anatomy's); 3D filling and
 closing only if they raise it, or leave it equal (within 1e-6) while lowering the mean ASSD. A
@@ -45,6 +47,10 @@ FAR_GAP_FACTOR = 3.0
 # 2) had 26-49 % of their face neighbours in the femur; the whole bones of those predictions and of
 # half A's at most 1 % in another bone (0 % for the true patella): a fifth tells them apart.
 ATTACHED_SHARE = 0.2
+# (bone, side, of which bone) by lower-case label name, as kneeseg.inference.qc judges anatomy. Half-A
+# models of the real scan left 2.4-3.7 ml "patellae" apart from every bone in half B (which shows none:
+# 3 mm slices, gamma 0.5, a field of view cutting the shafts), each 8-20 mm behind the femur's centre.
+PLACEMENT = (("patella", "anterior", "femur"),)
 
 
 def _implied(candidate: dict, steps: list[dict], bones: dict[str, int]) -> bool:
@@ -67,7 +73,7 @@ def _far_candidates(cases, bones: dict[str, int], anchor: int) -> list[dict]:
     """remove_far for each bone but ``anchor`` (the largest), with a distance from the training labels' gaps."""
     candidates = []
     for v in (v for v in bones.values() if v != anchor):
-        gaps = [gap_mm(ref == v, ref == anchor, spacing) for ref, _, spacing in cases]
+        gaps = [gap_mm(ref == v, ref == anchor, spacing) for ref, _, spacing, _ in cases]
         gaps = [g for g in gaps if np.isfinite(g)]
         if gaps:  # a pair never seen together says nothing about how far apart it may be
             max_mm = max(FAR_MIN_MM, FAR_GAP_FACTOR * max(gaps))
@@ -78,7 +84,7 @@ def _far_candidates(cases, bones: dict[str, int], anchor: int) -> list[dict]:
 def _scores(cases, predictions, labels: dict[str, int], with_distance: bool) -> tuple[float, float]:
     """Mean Dice (and mean ASSD) over cases and bones of ``predictions`` (one label map per case)."""
     dice, assd = [], []
-    for (ref, _, spacing), post in zip(cases, predictions):
+    for (ref, _, spacing, _), post in zip(cases, predictions):
         for value in labels.values():
             if with_distance:
                 m = binary_metrics(ref == value, post == value, spacing)
@@ -103,27 +109,30 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
         problem = geometry.matches(pred_geometry)
         if problem:
             raise KneesegError(f"{pred_path}: cross-validation prediction does not match its reference {ref_path} ({problem})")
-        cases.append((ref, pred.astype(np.uint8), geometry.spacing_zyx))
+        cases.append((ref, pred.astype(np.uint8), geometry.spacing_zyx, geometry.direction))
     bones = foreground_labels(labels)
-    volumes = {v: [float((ref == v).sum() * np.prod(spacing)) for ref, _, spacing in cases] for v in bones.values()}  # mm³
+    volumes = {v: [float((ref == v).sum() * np.prod(spacing)) for ref, _, spacing, _ in cases] for v in bones.values()}  # mm³
     # A case without the bone (a scan that does not show it) says nothing about how small it can be.
     smallest = {v: min((mm3 for mm3 in per_case if mm3), default=0.0) for v, per_case in volumes.items()}
     largest_bone = max(volumes, key=lambda v: sum(volumes[v]))
-    coarsest = max(max(s) for _, _, s in cases)
+    coarsest = max(max(s) for _, _, s, _ in cases)
     candidates = [{"op": "relabel_enclosed", "label": v, **extra} for v in bones.values()
                   for extra in ({"share": ATTACHED_SHARE}, {})]
+    named = {name.lower(): v for name, v in bones.items()}
+    candidates += [{"op": "keep_side", "label": named[bone], "of": named[of], "side": side}
+                   for bone, side, of in PLACEMENT if bone in named and of in named]
     candidates += _far_candidates(cases, bones, largest_bone)
     candidates += [{"op": "keep_largest", "label": v, **extra} for v in bones.values() for extra in ({"fragments": "neighbour"}, {})]
     candidates.append({"op": "keep_largest_foreground", "n": len(bones)})
     for v in bones.values():
         candidates += [
             *({"op": "remove_small", "label": v, "min_mm3": round(smallest[v] / 10, 3), **extra}
-              for extra in ({"fragments": "neighbour"}, {})),
+              for extra in ({"fragments": "neighbour"}, {}) if smallest[v] > 0),  # a bone no label shows: no size
             {"op": "fill_holes_slices", "label": v},
             {"op": "fill_holes", "label": v},
             {"op": "closing", "label": v, "radius_mm": round(coarsest, 4)},
         ]
-    current = [pred for _, pred, _ in cases]  # predictions after the steps kept so far
+    current = [pred for _, pred, _, _ in cases]  # predictions after the steps kept so far
     steps: list[dict] = []
     base_dice, base_assd = _scores(cases, current, bones, with_distance=True)
     start = (base_dice, base_assd)
@@ -133,7 +142,7 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
     def attempt(step: dict) -> tuple[list[np.ndarray], float]:
         if spare is not None and spare[0] == step:  # the trial the relabelling candidate was judged against
             return spare[1], spare[2]
-        trial = [apply_step(pred, step, spacing) for pred, (_, _, spacing) in zip(current, cases)]
+        trial = [apply_step(pred, step, spacing, direction) for pred, (_, _, spacing, direction) in zip(current, cases)]
         return trial, _scores(cases, trial, bones, with_distance=False)[0]
 
     for candidate in tqdm(candidates, desc="post-processing candidates", disable=not progress):

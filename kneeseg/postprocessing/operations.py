@@ -18,6 +18,11 @@ whether the chooser treats it as an anatomical rule (kept unless it costs Dice).
   within D mm of bone A (nothing changes where the scan has no A). The knee's bones face each other
   across a few mm of cartilage, so a "patella" several cm from the femur is something else; it
   survives keep_largest when the true bone is outside the field of view, as in a half scan;
+- ``{"op": "keep_side", "label": L, "of": A, "side": S}``: drop components of L whose centre does not
+  lie on side S (anterior, posterior, superior, inferior, left, right) of bone A's centre, in the
+  scan's patient coordinates (nothing changes where the scan has no A). The patella lies in front of
+  the femur in every knee scan; a "patella" behind the femur's centre is something else (in half B
+  of the real scan, which shows none, half-A models found 2.4-3.7 ml ones there, apart from any bone);
 - ``{"op": "remove_small", "label": L, "min_mm3": V}``: drop components of L under V mm³ (a volume,
   not a voxel count, so that a scan at another spacing than the training labels' loses the same;
   with ``"fragments": "neighbour"`` those that touch another bone take that bone's label);
@@ -28,7 +33,8 @@ whether the chooser treats it as an anatomical rule (kept unless it costs Dice).
   cannot reach it (on the real scan's labels, at most 0.07 % of a bone's volume lies in such holes);
 - ``{"op": "closing", "label": L, "radius_mm": R}``: morphological closing of L with a ball of
   radius R mm (smooth surfaces, as the paper did), only into background.
-Removed voxels become background.
+Removed voxels become background. Steps act on the label map alone, except keep_side, which also
+needs the scan's direction (``apply_step(..., direction=)``).
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ from kneeseg.arrays import bbox_slices
 from kneeseg.errors import KneesegError
 
 FRAGMENTS = ("background", "neighbour")
+# Patient (LPS) axis and sign of each side: +x left, +y posterior, +z superior.
+SIDES = {"left": (0, 1.0), "right": (0, -1.0), "posterior": (1, 1.0), "anterior": (1, -1.0),
+         "superior": (2, 1.0), "inferior": (2, -1.0)}
 ENCLOSED_SHARE = 0.5  # relabel_enclosed without "share": pieces mostly wrapped in another bone
 # relabel_enclosed moves a piece into a bone only while the piece is under this share of the largest
 # piece of that bone it touches: a piece of femur called patella is a small part of the femur, while a
@@ -186,6 +195,27 @@ def _remove_far_op(out: np.ndarray, step: dict, spacing) -> None:
         _remove_far(out, out == step["label"], anchor, float(step["max_mm"]), spacing)
 
 
+def _keep_side(out: np.ndarray, step: dict, spacing, direction) -> None:
+    anchor = out == step["of"]
+    if not anchor.any():  # no bone to be beside where the scan has none
+        return
+    axis, sign = SIDES[step["side"]]
+    # Millimetres towards the side per voxel step along z, y, x: the direction's row for that patient
+    # axis (its columns are the x, y, z voxel axes), in z, y, x order, times the spacing.
+    towards = sign * np.asarray(direction, dtype=float).reshape(3, 3)[axis, ::-1] * np.asarray(spacing, dtype=float)
+    # The anchor's centre from every few voxels (about 128 along each axis): bones lie centimetres apart.
+    strides = tuple(max(1, n // 128) for n in anchor.shape)
+    sampled = np.argwhere(anchor[tuple(slice(None, None, s) for s in strides)]) * strides
+    limit = float(sampled.mean(0) @ towards)
+    mask = out == step["label"]
+    box = bbox_slices(mask)
+    components, sizes = _components(mask[box])
+    indices = np.flatnonzero(sizes)
+    centres = np.asarray(ndimage.center_of_mass(mask[box], components, indices)) + [b.start for b in box]
+    wrong = indices[centres @ towards <= limit]
+    out[box][np.isin(components, wrong)] = 0
+
+
 def _remove_small(out: np.ndarray, step: dict, spacing) -> None:
     mask = out == step["label"]
     box = bbox_slices(mask, 1)
@@ -246,6 +276,10 @@ def _share(value, labels) -> str | None:
     return None if ok else "must be a number between 0 and 1"
 
 
+def _side(value, labels) -> str | None:
+    return None if value in SIDES else f"must be one of {', '.join(SIDES)}"
+
+
 def _fragments(value, labels) -> str | None:
     return None if value in FRAGMENTS else f"must be one of {', '.join(FRAGMENTS)}"
 
@@ -257,19 +291,21 @@ Check = Callable[[object, "set[int] | None"], "str | None"]
 class Operation:
     """One post-processing operation: its parameters (name -> check) and what it does."""
 
-    apply: Callable[[np.ndarray, dict, object], None]
+    apply: Callable[..., None]  # (out, step, spacing), and the scan's direction if ``oriented``
     required: dict[str, Check]
     optional: dict[str, Check]
     # The chooser keeps an anatomical rule (a bone is one solid piece, apart from the others, near its
     # joint) unless it costs Dice; any other operation only where it helps.
     anatomy: bool
     acts_on_label: bool = True  # a no-op when the label map has none of ``step["label"]``
+    oriented: bool = False  # needs the scan's direction (where patient anterior, superior, left lie)
 
 
 OPERATIONS: dict[str, Operation] = {
     "keep_largest_foreground": Operation(_keep_largest_foreground, {"n": _count}, {}, anatomy=True, acts_on_label=False),
     "relabel_enclosed": Operation(_relabel_enclosed, {"label": _label}, {"share": _share}, anatomy=True),
     "remove_far": Operation(_remove_far_op, {"label": _label, "from": _label, "max_mm": _positive}, {}, anatomy=True),
+    "keep_side": Operation(_keep_side, {"label": _label, "of": _label, "side": _side}, {}, anatomy=True, oriented=True),
     "keep_largest": Operation(_keep_largest, {"label": _label}, {"fragments": _fragments}, anatomy=True),
     "remove_small": Operation(_remove_small, {"label": _label, "min_mm3": _positive}, {"fragments": _fragments}, anatomy=True),
     "fill_holes_slices": Operation(_fill_holes_slices, {"label": _label}, {}, anatomy=True),
@@ -298,15 +334,18 @@ def step_problem(step, labels: set[int] | None = None) -> str | None:
     return None
 
 
-def apply_step(labels: np.ndarray, step: dict, spacing) -> np.ndarray:
-    """A copy of ``labels`` with ``step`` applied (``spacing``: z, y, x mm)."""
+def apply_step(labels: np.ndarray, step: dict, spacing, direction=None) -> np.ndarray:
+    """A copy of ``labels`` with ``step`` applied (``spacing``: z, y, x mm; ``direction``: the scan's 3x3
+    direction, row-major as SimpleITK gives it, which keep_side needs)."""
     problem = step_problem(step)
     if problem:
         raise KneesegError(f"post-processing step {step}: {problem}")
     out = labels.copy()
     operation = OPERATIONS[step["op"]]
+    if operation.oriented and direction is None:
+        raise KneesegError(f"post-processing step {step}: needs the scan's direction")
     if (out == step["label"]).any() if operation.acts_on_label else (out > 0).any():
-        operation.apply(out, step, spacing)
+        operation.apply(out, step, spacing, *([direction] if operation.oriented else []))
     return out
 
 
@@ -325,9 +364,14 @@ def checked_steps(document, source, labels: set[int] | None = None) -> list[dict
 
 
 def describe_steps(steps: list[dict]) -> str:
-    """One line for reports: 'keep_largest 1 (relabel pieces), fill_holes 1, ...' or 'none'."""
+    """One line for reports: 'relabel_enclosed 3 (over 0.2 attached), keep_side 3 (anterior of 1),
+    keep_largest 1 (relabel pieces), fill_holes 1, ...' or 'none'."""
     def one(step: dict) -> str:
         text = step["op"] + (f" {step['label']}" if "label" in step else "")
+        if "side" in step:
+            text += f" ({step['side']} of {step['of']})"
+        if "share" in step:
+            text += f" (over {step['share']:g} attached)"
         return text + (" (relabel pieces)" if step.get("fragments") == "neighbour" else "")
     return ", ".join(one(st) for st in steps) or "none"
 
@@ -338,8 +382,8 @@ def reach(steps: list[dict], spacing) -> int:
     return max([1] + [max(_ball(step["radius_mm"], spacing).shape) // 2 + 2 for step in steps if step["op"] == "closing"])
 
 
-def apply_postprocessing(labels: np.ndarray, steps: list[dict], spacing) -> np.ndarray:
-    """A copy of ``labels`` with ``steps`` applied in order. They run on the bones' bounding box
+def apply_postprocessing(labels: np.ndarray, steps: list[dict], spacing, direction=None) -> np.ndarray:
+    """A copy of ``labels`` with ``steps`` applied in order (``direction``: as for :func:`apply_step`). They run on the bones' bounding box
     widened by their :func:`reach` (every step acts on bone and next to it; outside the box all is
     background), so a 0.35 mm scan's air is never copied or searched; the result is the same as
     applying them to the whole label map."""
@@ -348,7 +392,7 @@ def apply_postprocessing(labels: np.ndarray, steps: list[dict], spacing) -> np.n
     box = bbox_slices(labels > 0, reach(steps, spacing))
     region = labels[box]
     for step in steps:
-        region = apply_step(region, step, spacing)
+        region = apply_step(region, step, spacing, direction)
     out = labels.copy()
     out[box] = region
     return out
