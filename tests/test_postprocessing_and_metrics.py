@@ -442,6 +442,8 @@ def test_keep_side_drops_pieces_on_the_wrong_side_of_the_anchor_in_patient_coord
         apply_step(pred, step, (1.0, 1.0, 1.0))
     with pytest.raises(KneesegError, match="side 'front' must be one of"):
         apply_step(pred, step | {"side": "front"}, (1.0, 1.0, 1.0), IDENTITY)
+    with pytest.raises(KneesegError, match=r"side \['anterior'\] must be one of"):  # a hand-edited file's list
+        apply_step(pred, step | {"side": ["anterior"]}, (1.0, 1.0, 1.0), IDENTITY)
 
 
 def test_chooser_keeps_the_patella_in_front_of_the_femur_unless_the_labels_put_it_elsewhere(tmp_path):

@@ -280,7 +280,7 @@ def _share(value, labels) -> str | None:
 
 
 def _side(value, labels) -> str | None:
-    return None if value in SIDES else f"must be one of {', '.join(SIDES)}"
+    return None if isinstance(value, str) and value in SIDES else f"must be one of {', '.join(SIDES)}"
 
 
 def _fragments(value, labels) -> str | None:
