@@ -243,7 +243,8 @@ def mesh_problems(mesh, shells: int = 1) -> list[str]:
     if mesh.body_count != shells:
         problems.append(f"{mesh.body_count} separate shells, not {shells}")
     if not problems:
-        volumes = [body.volume for body in mesh.split(only_watertight=False)] if shells > 1 else [mesh.volume]
+        with np.errstate(divide="ignore", invalid="ignore"):  # trimesh divides by a flat shell's zero volume
+            volumes = [body.volume for body in mesh.split(only_watertight=False)] if shells > 1 else [mesh.volume]
         if min(volumes) <= 0:
             problems.append(f"volume {min(volumes):.1f} mm3 is not positive (inside out)")
     return problems
