@@ -265,15 +265,20 @@ def test_export_stl_is_watertight_and_keeps_volume(small_model, tmp_path, capsys
                          ids=["sagittal-stored", "flipped"])
 def test_scans_stored_in_another_orientation_get_the_same_bones(small_model, tmp_path, order, flip):
     """A scan stored sagittally, or with flipped axes, is the same knee in space: after the canonical
-    orientation the network sees the same array, so the labels are the same voxels, in the input's layout."""
+    orientation the network sees the same array, so the labels are the same voxels, in the input's layout.
+    So are they after post-processing, whose keep_side reads front and back from the scan's direction."""
     paths = small_model
+    model = tmp_path / "model"
+    shutil.copytree(paths.results / MODEL_DIR, model)
+    assert findpp_main(["-m", str(model), "--no-progress", "--raw", str(paths.raw)]) == 0
+    assert {"op": "keep_side", "label": 3, "of": 1, "side": "anterior"} in json.loads((model / "postprocessing.json").read_text())["steps"]
     source = paths.raw / DS / "imagesTs" / "phantom_test_001_0000.nii.gz"
     assert predict_main(["-i", str(source), "-o", str(tmp_path / "axial.nii.gz"), "--device", "cpu", "--no-progress",
-                         *path_flags(paths)]) == 0
+                         "-m", str(model)]) == 0
     stored = sitk.Flip(sitk.PermuteAxes(sitk.ReadImage(str(source)), order), flip)
     sitk.WriteImage(stored, str(tmp_path / "other_0000.nii.gz"))
     assert predict_main(["-i", str(tmp_path / "other_0000.nii.gz"), "-o", str(tmp_path / "other.nii.gz"), "--device", "cpu",
-                         "--no-progress", *path_flags(paths)]) == 0
+                         "--no-progress", "-m", str(model)]) == 0
     out = sitk.ReadImage(str(tmp_path / "other.nii.gz"))
     assert _geometry_equal(Geometry.of(stored), Geometry.of(out))
     axial = sitk.ReadImage(str(tmp_path / "axial.nii.gz"))
