@@ -16,3 +16,12 @@ def bbox_slices(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
         lo, hi = (int(hits[0]), int(hits[-1]) + 1) if hits.size else (0, n)
         box.append(slice(max(0, lo - margin), min(n, hi + margin)))
     return tuple(box)
+
+
+def sampled_centre(mask: np.ndarray, samples: int = 128) -> np.ndarray:
+    """Centre (z, y, x voxel index) of a non-empty mask, from every few voxels (about ``samples`` along
+    each axis; bones lie centimetres apart, and a 0.35 mm scan's full grid took seconds); from every
+    voxel where the sample misses the mask (a bone smaller than the strides)."""
+    strides = np.array([max(1, n // samples) for n in mask.shape])
+    few = np.argwhere(mask[tuple(slice(None, None, s) for s in strides)])
+    return few.mean(0) * strides if len(few) else np.argwhere(mask).mean(0)

@@ -438,6 +438,12 @@ def test_keep_side_drops_pieces_on_the_wrong_side_of_the_anchor_in_patient_coord
     np.testing.assert_array_equal(apply_step(along_x, step, (1.0, 0.5, 1.0), sagittal), np.moveaxis(expected, 1, 2))
     no_femur = np.where(pred == 1, 0, pred)
     np.testing.assert_array_equal(apply_step(no_femur, step, (1.0, 1.0, 1.0), IDENTITY), no_femur)
+    # A femur smaller than the sampling strides (every second voxel along a 260-voxel axis) still has a centre.
+    wide = np.zeros((4, 6, 260), np.uint8)
+    wide[1, 2, 1] = 1
+    wide[1, 0, 10], wide[1, 5, 10] = 3, 3  # in front of it, and behind it
+    out = apply_step(wide, step, (1.0, 1.0, 1.0), IDENTITY)
+    assert out[1, 0, 10] == 3 and out[1, 5, 10] == 0
     with pytest.raises(KneesegError, match="direction"):
         apply_step(pred, step, (1.0, 1.0, 1.0))
     with pytest.raises(KneesegError, match="side 'front' must be one of"):

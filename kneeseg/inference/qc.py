@@ -22,8 +22,8 @@ recorded in the statistics output (``qc_warnings``).
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
+from kneeseg.arrays import sampled_centre
 from kneeseg.io import Geometry
 
 VOLUME_FACTOR = 3.0
@@ -34,7 +34,6 @@ SUPERIOR, POSTERIOR = 2, 1  # LPS axes of a physical point (x, y, z)
 # as recorded, at 1 mm, under gamma 2; 27-32 % with the field of view cut to the joint or rotated 12
 # degrees (Dice 0.96-0.97: fine); 47 % non-monotonic (Dice 0.22), 62 % inverted (0.00), 75 % noise.
 CONFIDENT = 0.9
-CENTRE_SAMPLES = 128
 UNCERTAIN_LIMIT = 0.35
 
 
@@ -67,12 +66,9 @@ def prediction_warnings(labels: np.ndarray, geometry: Geometry, bones: dict[str,
         warnings.append(f"the model is unsure of {100 * unsure:.0f} % of the bone it found (more than {100 * UNCERTAIN_LIMIT:.0f} %): "
                         "it may not read this scan (another contrast, another joint, no knee); check every bone")
     voxel_mm3 = float(np.prod(geometry.spacing))
-    # Centres from every few voxels (about CENTRE_SAMPLES along each axis): bones lie centimetres apart,
-    # and a 0.35 mm scan's full grid took seconds.
-    strides = [max(1, n // CENTRE_SAMPLES) for n in labels.shape]
-    sampled = labels[tuple(slice(None, None, s) for s in strides)]
     for name, value in bones.items():
-        voxels = int(np.count_nonzero(labels == value))
+        mask = labels == value
+        voxels = int(np.count_nonzero(mask))
         low, high = volume_ranges.get(name, [0.0, float("inf")])
         if voxels == 0:
             if low > 0:
@@ -82,10 +78,7 @@ def prediction_warnings(labels: np.ndarray, geometry: Geometry, bones: dict[str,
         if (low > 0 and volume < low / VOLUME_FACTOR) or volume > VOLUME_FACTOR * high:
             warnings.append(f"{name} volume {volume / 1000:.1f} ml lies far outside the training labels' "
                             f"{low / 1000:.1f}-{high / 1000:.1f} ml")
-        few = sampled == value
-        index_zyx = (np.asarray(ndimage.center_of_mass(few)) * strides if few.any()
-                     else np.asarray(ndimage.center_of_mass(labels == value)))  # a bone smaller than the strides
-        centre[name.lower()] = geometry.index_to_physical(index_zyx[None, ::-1])[0]  # by lower-case name: "Femur" is the femur
+        centre[name.lower()] = geometry.index_to_physical(sampled_centre(mask)[None, ::-1])[0]  # by lower-case name: "Femur" is the femur
     if "femur" in centre and "tibia" in centre and centre["femur"][SUPERIOR] <= centre["tibia"][SUPERIOR]:
         warnings.append("the femur is not superior to the tibia in the scan's patient coordinates "
                         "(not a knee, or a header with the wrong orientation?)")

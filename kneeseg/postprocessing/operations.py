@@ -47,7 +47,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from kneeseg.arrays import bbox_slices
+from kneeseg.arrays import bbox_slices, sampled_centre
 from kneeseg.errors import KneesegError
 
 FRAGMENTS = ("background", "neighbour")
@@ -206,10 +206,7 @@ def _keep_side(out: np.ndarray, step: dict, spacing, direction) -> None:
     # Millimetres towards the side per voxel step along z, y, x: the direction's row for that patient
     # axis (its columns are the x, y, z voxel axes), in z, y, x order, times the spacing.
     towards = sign * np.asarray(direction, dtype=float).reshape(3, 3)[axis, ::-1] * np.asarray(spacing, dtype=float)
-    # The anchor's centre from every few voxels (about 128 along each axis): bones lie centimetres apart.
-    strides = tuple(max(1, n // 128) for n in anchor.shape)
-    sampled = np.argwhere(anchor[tuple(slice(None, None, s) for s in strides)]) * strides
-    limit = float(sampled.mean(0) @ towards)
+    limit = float(sampled_centre(anchor) @ towards)
     mask = out == step["label"]
     box = bbox_slices(mask)
     components, sizes = _components(mask[box])
