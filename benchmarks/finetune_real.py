@@ -10,7 +10,7 @@ under a change the parent's training never drew (--change; default ``shading-noi
   patch, while here the same tissue is ten times brighter at the front than at the back;
 - three times the noise (SNR / 3, Rician), beyond the augmentation's Gaussian noise (variance up
   to 0.1 of the z-scored intensities, in one patch of ten);
-- gamma 0.4 (the darker tissues brightened), outside the augmentation's gamma range 0.7-1.5.
+- gamma 0.4 (the darker tissues brightened), outside the augmentation's gamma range 0.5-2.
 
 Each alone barely moves a model trained on the recorded scan (benchmarks/RESULTS.md, robustness:
 SNR / 3 and shading 2:1 cost nothing); together, at these strengths, the built-in model, which was

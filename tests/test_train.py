@@ -449,28 +449,25 @@ def test_a_refused_training_leaves_no_splits_or_model_folder(prepared, tmp_path,
     assert not splits.exists() and not paths.results.exists()
 
 
-def test_wide_ranges_variant_draws_wider_gammas_and_thicker_slices_in_the_default_order():
+def test_default_recipe_draws_wide_gammas_and_thick_slices_of_up_to_five_spacings():
+    """The documented ranges (docs/training.md): gamma 0.5-2 on the image and on the inverted image,
+    slices 1.5-5 times the plan's spacing thick; the transforms after the spatial one, mirroring last."""
     from batchgenerators.transforms.color_transforms import GammaTransform
+    from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
     from kneeseg.training.thick_slices import ThickSliceTransform
     from kneeseg.training.trainer import Trainer
-    from kneeseg.training.variants import trainer_class
 
-    fake = _trainer_stub([16, 16, 16])
-    wide, default = trainer_class("kneesegTrainerWideRanges").augmentation(fake), Trainer.augmentation(fake)
-    assert [type(t) for t in wide] == [type(t) for t in default]
-
-    def ranges(transforms):
-        return ([t.gamma_range for t in transforms if isinstance(t, GammaTransform)],
-                [t.factor_range for t in transforms if isinstance(t, ThickSliceTransform)])
-
-    assert ranges(default) == ([(0.7, 1.5)] * 2, [(1.5, 3.0)])
-    assert ranges(wide) == ([(0.5, 2.0)] * 2, [(1.5, 5.0)])
+    transforms = Trainer.augmentation(_trainer_stub([16, 16, 16]))
+    assert isinstance(transforms[0], SpatialTransform) and isinstance(transforms[-1], MirrorTransform)
+    gammas = [t for t in transforms if isinstance(t, GammaTransform)]
+    assert [(t.gamma_range, t.invert_image) for t in gammas] == [((0.5, 2.0), True), ((0.5, 2.0), False)]
+    assert [t.factor_range for t in transforms if isinstance(t, ThickSliceTransform)] == [(1.5, 5.0)]
 
 
 @pytest.mark.parametrize("name", ["kneesegTrainerElastic", "kneesegTrainerNoIntensityAug", "kneesegTrainerRemoveStructures",
                                   "kneesegTrainerProtocols", "kneesegTrainerProtocolsLight", "kneesegTrainerNoTissueContrast",
-                                  "kneesegTrainerNoFieldOfView", "kneesegTrainerWideRanges"])
+                                  "kneesegTrainerNoFieldOfView"])
 def test_each_variant_augments_a_batch_into_network_patches(name):
     """A variant changes the augmentation only: its transforms take a loader batch to network patches."""
     from batchgenerators.transforms.abstract_transforms import Compose

@@ -77,6 +77,13 @@ PROFILES = {
         name="reference", cpu_model="AMD EPYC (2-core VM, AVX-512 BF16)", cpu_cores=2, cpu_precision="bf16",
         cpu_gflops=250.0, gflops_by_precision={"bf16": 250.0, "none": 100.0},
     ),
+    # The slowest machine kneeseg runs on: a 2-core AMD EPYC VM with AVX2 only (no AVX-512, no bf16), as
+    # the probe measured it on 2026-12-01 (21 GFLOP/s in fp32). The built-in model is planned for it, so
+    # that it predicts a full scan in seconds on every CPU (benchmarks/RESULTS.md, "With the built-in model").
+    "avx2": MachineProfile(
+        name="avx2", cpu_model="AMD EPYC (2-core VM, AVX2 only)", cpu_cores=2, cpu_precision="none",
+        cpu_gflops=21.0, gflops_by_precision={"none": 21.0, "bf16": 0.0},
+    ),
 }
 
 

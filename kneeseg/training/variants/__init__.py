@@ -21,7 +21,6 @@ VARIANTS = {
     "kneesegTrainerProtocolsLight": "kneeseg.training.variants.protocols",
     "kneesegTrainerNoTissueContrast": "kneeseg.training.variants.protocols",
     "kneesegTrainerNoFieldOfView": "kneeseg.training.variants.protocols",
-    "kneesegTrainerWideRanges": "kneeseg.training.variants.wide_ranges",
 }
 TRAINERS = (TRAINER_NAME, *VARIANTS)
 
