@@ -28,6 +28,7 @@ in one piece; removing small pieces a second time; 3D filling after slice-wise) 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -53,6 +54,15 @@ ATTACHED_SHARE = 0.2
 PLACEMENT = (("patella", "anterior", "femur"),)
 
 
+class _Case(NamedTuple):
+    """One cross-validation case: its reference, its prediction and the scan's geometry (z, y, x)."""
+
+    ref: np.ndarray
+    pred: np.ndarray
+    spacing: tuple[float, ...]
+    direction: tuple[float, ...]  # the scan's direction cosines, row-major
+
+
 def _implied(candidate: dict, steps: list[dict], bones: dict[str, int]) -> bool:
     """True when the steps kept so far already do what ``candidate`` would (it could change nothing)."""
     largest = {st["label"] for st in steps if st["op"] == "keep_largest"}
@@ -69,11 +79,11 @@ def _implied(candidate: dict, steps: list[dict], bones: dict[str, int]) -> bool:
     return False
 
 
-def _far_candidates(cases, bones: dict[str, int], anchor: int) -> list[dict]:
+def _far_candidates(cases: list[_Case], bones: dict[str, int], anchor: int) -> list[dict]:
     """remove_far for each bone but ``anchor`` (the largest), with a distance from the training labels' gaps."""
     candidates = []
     for v in (v for v in bones.values() if v != anchor):
-        gaps = [gap_mm(ref == v, ref == anchor, spacing) for ref, _, spacing, _ in cases]
+        gaps = [gap_mm(c.ref == v, c.ref == anchor, c.spacing) for c in cases]
         gaps = [g for g in gaps if np.isfinite(g)]
         if gaps:  # a pair never seen together says nothing about how far apart it may be
             max_mm = max(FAR_MIN_MM, FAR_GAP_FACTOR * max(gaps))
@@ -81,17 +91,17 @@ def _far_candidates(cases, bones: dict[str, int], anchor: int) -> list[dict]:
     return candidates
 
 
-def _scores(cases, predictions, labels: dict[str, int], with_distance: bool) -> tuple[float, float]:
+def _scores(cases: list[_Case], predictions, labels: dict[str, int], with_distance: bool) -> tuple[float, float]:
     """Mean Dice (and mean ASSD) over cases and bones of ``predictions`` (one label map per case)."""
     dice, assd = [], []
-    for (ref, _, spacing, _), post in zip(cases, predictions):
+    for case, post in zip(cases, predictions):
         for value in labels.values():
             if with_distance:
-                m = binary_metrics(ref == value, post == value, spacing)
+                m = binary_metrics(case.ref == value, post == value, case.spacing)
                 dice.append(m["dice"])
                 assd.append(m["assd"])
             else:
-                r, p = ref == value, post == value
+                r, p = case.ref == value, post == value
                 denom = r.sum() + p.sum()
                 dice.append(1.0 if denom == 0 else 2 * np.logical_and(r, p).sum() / denom)
     return float(np.mean(dice)), float(np.mean(assd)) if assd else 0.0
@@ -102,20 +112,20 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
     """Pick steps on (reference, cross-validation prediction) file pairs; write ``output`` if given."""
     from tqdm import tqdm
 
-    cases = []
+    cases: list[_Case] = []
     for ref_path, pred_path in pairs:
         ref, geometry = read_image(ref_path)
         pred, pred_geometry = read_image(pred_path)
         problem = geometry.matches(pred_geometry)
         if problem:
             raise KneesegError(f"{pred_path}: cross-validation prediction does not match its reference {ref_path} ({problem})")
-        cases.append((ref, pred.astype(np.uint8), geometry.spacing_zyx, geometry.direction))
+        cases.append(_Case(ref, pred.astype(np.uint8), geometry.spacing_zyx, geometry.direction))
     bones = foreground_labels(labels)
-    volumes = {v: [float((ref == v).sum() * np.prod(spacing)) for ref, _, spacing, _ in cases] for v in bones.values()}  # mm³
+    volumes = {v: [float((c.ref == v).sum() * np.prod(c.spacing)) for c in cases] for v in bones.values()}  # mm³
     # A case without the bone (a scan that does not show it) says nothing about how small it can be.
     smallest = {v: min((mm3 for mm3 in per_case if mm3), default=0.0) for v, per_case in volumes.items()}
     largest_bone = max(volumes, key=lambda v: sum(volumes[v]))
-    coarsest = max(max(s) for _, _, s, _ in cases)
+    coarsest = max(max(c.spacing) for c in cases)
     candidates = [{"op": "relabel_enclosed", "label": v, **extra} for v in bones.values()
                   for extra in ({"share": ATTACHED_SHARE}, {})]
     named = {name.lower(): v for name, v in bones.items()}
@@ -132,7 +142,7 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
             {"op": "fill_holes", "label": v},
             {"op": "closing", "label": v, "radius_mm": round(coarsest, 4)},
         ]
-    current = [pred for _, pred, _, _ in cases]  # predictions after the steps kept so far
+    current = [c.pred for c in cases]  # predictions after the steps kept so far
     steps: list[dict] = []
     base_dice, base_assd = _scores(cases, current, bones, with_distance=True)
     start = (base_dice, base_assd)
@@ -142,7 +152,7 @@ def choose_postprocessing(pairs: list[tuple[Path, Path]], labels: dict[str, int]
     def attempt(step: dict) -> tuple[list[np.ndarray], float]:
         if spare is not None and spare[0] == step:  # the trial the relabelling candidate was judged against
             return spare[1], spare[2]
-        trial = [apply_step(pred, step, spacing, direction) for pred, (_, _, spacing, direction) in zip(current, cases)]
+        trial = [apply_step(pred, step, c.spacing, c.direction) for pred, c in zip(current, cases)]
         return trial, _scores(cases, trial, bones, with_distance=False)[0]
 
     for candidate in tqdm(candidates, desc="post-processing candidates", disable=not progress):
