@@ -165,6 +165,10 @@ def test_the_plans_record_the_measured_machine_and_the_values_set_by_hand(tmp_pa
     machine = Plans.load(plans_path).hardware.machine
     assert machine.cpu_gflops == 50 and machine.name == "reference, set by hand: cpu_gflops"
     assert machine.cpu_precision == PROFILES["reference"].cpu_precision
+    # The built-in model's profile: the AVX2-only machine, planned in fp32 whatever machine plans it.
+    assert pp_main(["--device", "cpu", "--no-progress", "--plan-only", "--machine", "avx2", *path_flags(paths)]) == 0
+    plans = Plans.load(plans_path)
+    assert plans.hardware.machine == PROFILES["avx2"] and plans.configuration("3d_cpu").training.autocast == "none"
 
 
 def _knee_sized_inputs(tmp_path) -> tuple[Fingerprint, DatasetJson]:
