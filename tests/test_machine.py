@@ -123,8 +123,10 @@ def test_bf16_is_judged_from_the_cpu_flags_and_onednns_cap(monkeypatch):
     assert hardware.native_bf16() == (False, "no avx512_bf16 or amx_bf16")
     monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
     assert hardware.native_bf16() == (True, "amx_bf16 and avx512_bf16")
+    assert hardware.usable_autocast("bf16", "cpu") == "bf16"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")  # oneDNN held to AVX2: bf16 emulated on this CPU
     assert hardware.native_bf16() == (False, "ONEDNN_MAX_CPU_ISA=AVX2")
+    assert hardware.usable_autocast("bf16", "cpu") == "none"  # training and prediction run fp32 then
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
     assert hardware.native_bf16()[0] is True
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "SOME_FUTURE_ISA")  # unknown cap: timing decides
