@@ -40,7 +40,7 @@ def usable_autocast(requested: str, device: str) -> str:
     """The mixed precision to use: ``requested`` if this device runs it natively, else 'none'.
 
     On CPUs, bf16 autocast roughly halves a U-Net step where AVX-512 BF16 or AMX exist and oneDNN may
-    use them (:func:`native_bf16`); elsewhere it is emulated, some 50x slower than fp32 (the built-in
+    use them (:func:`native_bf16`); elsewhere it is emulated, about 40x slower than fp32 (the built-in
     model's full-scan pass 4 minutes with oneDNN held to AVX2), so it is switched off. fp16 autocast is
     used on CUDA only.
     """
