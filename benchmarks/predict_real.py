@@ -51,6 +51,7 @@ def main() -> int:
     args = p.parse_args()
     tmp = tempfile.TemporaryDirectory()
     work = args.workdir or Path(tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
     flags = ["--raw", str(work / "raw"), "--preprocessed", str(work / "pre"), "--results", str(work / "res")]
     if args.quick_model or args.train_minutes is not None:
         if not (work / "raw" / "Dataset901_KneeBones3Dify").exists():
