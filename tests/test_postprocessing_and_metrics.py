@@ -3,7 +3,7 @@ import pytest
 
 from kneeseg.evaluation.metrics import binary_metrics, label_metrics, largest_disagreement
 from kneeseg.postprocessing.chooser import ATTACHED_SHARE
-from kneeseg.postprocessing.operations import apply_postprocessing, apply_step, gap_mm
+from kneeseg.postprocessing.operations import SECOND_BONE, apply_postprocessing, apply_step, gap_mm
 
 
 def _cube(shape=(20, 20, 20), lo=5, hi=15):
@@ -139,6 +139,31 @@ def test_fragments_touching_another_bone_take_its_label():
     # A femur fragment touching only the tibia becomes tibia; the femur's largest piece is untouched.
     both = apply_step(relabelled, {"op": "keep_largest", "label": 1, "fragments": "neighbour"}, spacing)
     assert (both[15, 10:12, 10:12] == 2).all() and (both[2:14, 4:20, 4:20] == 1).all()
+
+
+@pytest.mark.parametrize("fragments", [None, "neighbour"])
+def test_keep_largest_keeps_a_second_bone_called_by_the_same_name(fragments):
+    """Femur and tibia both called tibia (as a model did under an unseen contrast with the field of view
+    cut to the joint): two pieces of one size are two bones, and neither is dropped; a speck is."""
+    step = {"op": "keep_largest", "label": 2, **({"fragments": fragments} if fragments else {})}
+    spacing = (1.0, 1.0, 1.0)
+    both = np.where(_two_bones() > 0, 2, 0).astype(np.uint8)
+    both[0:2, 0:2, 0:2] = 2  # an 8-voxel speck, touching no bone
+    kept = apply_step(both, step, spacing)
+    assert (kept[2:14, 4:20, 4:20] == 2).all() and (kept[16:28, 4:20, 4:20] == 2).all()
+    assert (kept[0:2, 0:2, 0:2] == 0).all()
+    # A piece just under SECOND_BONE of the largest is a fragment again and goes.
+    short = both.copy()
+    short[16 + int(12 * SECOND_BONE) - 1:28] = 0  # the lower block keeps 5 of its 12 slices
+    assert (short[16:28] == 2).sum() < SECOND_BONE * (short[2:14] == 2).sum()
+    dropped = apply_step(short, step, spacing)
+    assert not (dropped[16:28] == 2).any() and (dropped[2:14, 4:20, 4:20] == 2).all()
+    # A large piece glued to another bone: relabelled to it with "neighbour", kept as it is otherwise.
+    glued = _two_bones()
+    glued[2:8, 4:20, 4:20] = 2  # the upper half of the femur called tibia: half the size of the tibia
+    after = apply_step(glued, step, spacing)
+    np.testing.assert_array_equal(after[2:8, 4:20, 4:20], 1 if fragments else 2)
+    np.testing.assert_array_equal(after[14:], glued[14:])
 
 
 def test_a_piece_mostly_wrapped_in_another_bone_takes_its_label():
