@@ -82,6 +82,11 @@ def test_qc_names_missing_bones_odd_volumes_and_bones_out_of_order():
     assert prediction_warnings(no_patella, geometry, BONES, {**ranges, "patella": [0.0, volumes["patella"]]}) == []
     small = prediction_warnings(labels, geometry, BONES, {**ranges, "femur": [10 * volumes["femur"]] * 2})
     assert small == ["femur volume 4.8 ml lies far outside the training labels' 48.0-48.0 ml"]
+    cut = labels.copy()
+    cut[34:, 10:30, 10:30] = 1  # the femur reaches the top of the image: the field of view cut it
+    assert prediction_warnings(cut, geometry, BONES, {**ranges, "femur": [10 * volumes["femur"]] * 2}) == []
+    big = prediction_warnings(cut, geometry, BONES, {**ranges, "femur": [volumes["femur"] / 10] * 2})
+    assert big == ["femur volume 7.2 ml lies far outside the training labels' 0.5-0.5 ml"]  # too large is judged still
 
 
 def test_qc_is_quiet_on_real_anatomy_and_recorded_in_the_statistics(small_model, tmp_path, capsys):
