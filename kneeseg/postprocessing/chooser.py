@@ -70,11 +70,13 @@ def _implied(candidate: dict, steps: list[dict], bones: dict[str, int]) -> bool:
         return any(st["op"] == "relabel_enclosed" and st["label"] == candidate["label"] for st in steps)
     if candidate["op"] == "fill_holes":  # a hole enclosed in 3D is enclosed in every slice through it
         return any(st["op"] == "fill_holes_slices" and st["label"] == candidate["label"] for st in steps)
-    if candidate["op"] == "keep_largest":  # a bone already in one piece has no other pieces
+    if candidate["op"] == "keep_largest":  # its other pieces are gone but those too large to drop (SECOND_BONE)
         return candidate["label"] in largest
     if candidate["op"] == "remove_small":  # its small pieces are gone, whichever way they went
         return any(st["op"] == "remove_small" and st["label"] == candidate["label"] for st in steps)
-    if candidate["op"] == "keep_largest_foreground":  # one piece per bone: at most n pieces in all
+    # One piece per bone, or more where a bone's second is too large to drop: then the union's n largest
+    # pieces could drop a bone, which keep_largest kept on purpose; not tried.
+    if candidate["op"] == "keep_largest_foreground":
         return candidate["n"] >= len(bones) and set(bones.values()) <= largest
     return False
 
