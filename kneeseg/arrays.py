@@ -25,3 +25,9 @@ def sampled_centre(mask: np.ndarray, samples: int = 128) -> np.ndarray:
     strides = np.array([max(1, n // samples) for n in mask.shape])
     few = np.argwhere(mask[tuple(slice(None, None, s) for s in strides)])
     return few.mean(0) * strides if len(few) else np.argwhere(mask).mean(0)
+
+
+def faces(array: np.ndarray) -> list[np.ndarray]:
+    """The array's outermost slices, first and last along each axis (a 3D image's six faces): where
+    what reaches the edge of the field of view shows."""
+    return [np.take(array, end, axis=axis) for axis in range(array.ndim) for end in (0, -1)]

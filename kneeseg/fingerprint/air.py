@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from kneeseg.arrays import faces
+
 # The air is found on the image's local mean over AIR_MEAN_VOXELS^3 voxels: Rician noise with no signal
 # averages to its Rayleigh mean, 1.25 noise sigmas, with a spread of ~0.06 sigma (0.655 / sqrt(125)),
 # while soft tissue that is dark voxel by voxel keeps its own mean. On the real scan's half B with noisy
@@ -57,8 +59,7 @@ def air_mask(image: np.ndarray) -> np.ndarray:
     np.divide(local_mean, count, out=local_mean, where=count > 1e-6)  # elsewhere all neighbours are 0: so is the sum
     dark, _ = ndimage.label((local_mean < AIR_NOISE_SIGMAS * sigma) | ~nonzero)
     del count, local_mean
-    faces = [dark[i] for i in (0, -1)] + [dark[:, i] for i in (0, -1)] + [dark[:, :, i] for i in (0, -1)]
-    border = np.unique(np.concatenate([f.ravel() for f in faces]))
+    border = np.unique(np.concatenate([f.ravel() for f in faces(dark)]))
     air = np.isin(dark, border[border > 0])
     air = ndimage.binary_dilation(air, iterations=AIR_MEAN_VOXELS // 2, mask=image < EDGE_NOISE_SIGMAS * sigma) | air
     islands, _ = ndimage.label(~air)

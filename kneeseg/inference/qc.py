@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kneeseg.arrays import sampled_centre
+from kneeseg.arrays import faces, sampled_centre
 from kneeseg.io import Geometry
 
 VOLUME_FACTOR = 3.0
@@ -48,11 +48,6 @@ def uncertain_share(probabilities: np.ndarray) -> float | None:
     if not found:
         return None
     return float(np.count_nonzero(probabilities.max(0)[bone] < CONFIDENT)) / found
-
-
-def _cut_by_field_of_view(mask: np.ndarray) -> bool:
-    """``mask`` reaches a face of the image: the scan holds only part of that bone."""
-    return any(np.take(mask, end, axis=axis).any() for axis in range(mask.ndim) for end in (0, -1))
 
 
 def prediction_warnings(labels: np.ndarray, geometry: Geometry, bones: dict[str, int],
@@ -82,7 +77,8 @@ def prediction_warnings(labels: np.ndarray, geometry: Geometry, bones: dict[str,
                 warnings.append(f"no {name} found, though every training label map had one")
             continue
         volume = voxels * voxel_mm3
-        too_small = low > 0 and volume < low / VOLUME_FACTOR and not _cut_by_field_of_view(mask)
+        # Not too small where the bone reaches the edge of the image: the field of view cut it.
+        too_small = low > 0 and volume < low / VOLUME_FACTOR and not any(face.any() for face in faces(mask))
         if too_small or volume > VOLUME_FACTOR * high:
             warnings.append(f"{name} volume {volume / 1000:.1f} ml lies far outside the training labels' "
                             f"{low / 1000:.1f}-{high / 1000:.1f} ml")
