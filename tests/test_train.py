@@ -465,9 +465,27 @@ def test_default_recipe_draws_wide_gammas_and_thick_slices_of_up_to_five_spacing
     assert [t.factor_range for t in transforms if isinstance(t, ThickSliceTransform)] == [(1.5, 5.0)]
 
 
+@pytest.mark.parametrize("name, left_out", [("kneesegTrainerNoTissueContrast", "TissueContrastTransform"),
+                                             ("kneesegTrainerNoFieldOfView", "FieldOfViewTransform"),
+                                             ("kneesegTrainerNoTransferFunctions", "ContrastTransferTransform")])
+def test_each_protocols_ablation_leaves_out_its_part_only(name, left_out):
+    """An ablation of the light protocols dose has the light dose's transforms less the one it names."""
+    from kneeseg.training.variants import trainer_class
+
+    def kinds(trainer) -> list[str]:
+        fake = _trainer_stub([16, 16, 16])
+        for setting in ("contrast", "tissue", "field_of_view", "p_contrast"):
+            setattr(fake, setting, getattr(trainer, setting))
+        return [type(t).__name__ for t in trainer.augmentation(fake)]
+
+    light = kinds(trainer_class("kneesegTrainerProtocolsLight"))
+    assert left_out in light
+    assert kinds(trainer_class(name)) == [k for k in light if k != left_out]
+
+
 @pytest.mark.parametrize("name", ["kneesegTrainerElastic", "kneesegTrainerNoIntensityAug", "kneesegTrainerRemoveStructures",
                                   "kneesegTrainerProtocols", "kneesegTrainerProtocolsLight", "kneesegTrainerNoTissueContrast",
-                                  "kneesegTrainerNoFieldOfView"])
+                                  "kneesegTrainerNoFieldOfView", "kneesegTrainerNoTransferFunctions"])
 def test_each_variant_augments_a_batch_into_network_patches(name):
     """A variant changes the augmentation only: its transforms take a loader batch to network patches."""
     from batchgenerators.transforms.abstract_transforms import Compose

@@ -21,6 +21,7 @@ VARIANTS = {
     "kneesegTrainerProtocolsLight": "kneeseg.training.variants.protocols",
     "kneesegTrainerNoTissueContrast": "kneeseg.training.variants.protocols",
     "kneesegTrainerNoFieldOfView": "kneeseg.training.variants.protocols",
+    "kneesegTrainerNoTransferFunctions": "kneeseg.training.variants.protocols",
 }
 TRAINERS = (TRAINER_NAME, *VARIANTS)
 

@@ -8,8 +8,10 @@ default: in 60 minutes on 2 cores the full dose did not learn the recorded scan 
     kneesegTrainerNoTissueContrast   the light dose without the tissue contrasts (transfer functions and
                                      fields of view)
     kneesegTrainerNoFieldOfView      the light dose without the fields of view (both kinds of contrast)
+    kneesegTrainerNoTransferFunctions  the light dose without the transfer functions (tissue contrasts and
+                                     fields of view)
 
-The two ablations take the light dose: it is the one that read the robustness benchmark's
+The three ablations take the light dose: it is the one that read the robustness benchmark's
 non-monotonic contrast (0.83 at the built-in model's plan, 193 epochs; the default 0.06).
 """
 
@@ -47,3 +49,8 @@ class kneesegTrainerNoTissueContrast(kneesegTrainerProtocolsLight):
 class kneesegTrainerNoFieldOfView(kneesegTrainerProtocolsLight):
     name = "kneesegTrainerNoFieldOfView"
     field_of_view = False
+
+
+class kneesegTrainerNoTransferFunctions(kneesegTrainerProtocolsLight):
+    name = "kneesegTrainerNoTransferFunctions"
+    contrast = False
