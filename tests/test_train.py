@@ -279,6 +279,14 @@ def _trainer_stub(patch: list[int]):
     return SimpleNamespace(config=SimpleNamespace(patch_size=patch, training=SimpleNamespace(mirror_axes=[2])))
 
 
+def _variant_stub(trainer: type, patch: list[int]):
+    """:func:`_trainer_stub` with a variant's own settings (its class attributes) copied onto it."""
+    fake = _trainer_stub(patch)
+    for setting in ("share", "contrast", "tissue", "field_of_view", "p_contrast"):
+        setattr(fake, setting, getattr(trainer, setting, None))
+    return fake
+
+
 def test_without_intensity_augmentation_only_geometry_changes():
     """kneesegTrainerNoIntensityAug: patches of a constant image stay that constant inside (rotation
     and scaling move voxels, they do not change values); the default recipe changes some of them."""
@@ -473,10 +481,7 @@ def test_each_protocols_ablation_leaves_out_its_part_only(name, left_out):
     from kneeseg.training.variants import trainer_class
 
     def kinds(trainer) -> list[str]:
-        fake = _trainer_stub([16, 16, 16])
-        for setting in ("contrast", "tissue", "field_of_view", "p_contrast"):
-            setattr(fake, setting, getattr(trainer, setting))
-        return [type(t).__name__ for t in trainer.augmentation(fake)]
+        return [type(t).__name__ for t in trainer.augmentation(_variant_stub(trainer, [16, 16, 16]))]
 
     light = kinds(trainer_class("kneesegTrainerProtocolsLight"))
     assert left_out in light
@@ -495,13 +500,11 @@ def test_each_variant_augments_a_batch_into_network_patches(name):
 
     np.random.seed(0)
     patch = [16, 16, 16]
-    fake = _trainer_stub(patch)
     size = loader_patch_size(patch)
     seg = np.zeros((2, 1, *size), np.float32)
     seg[:, :, 6:18, 6:18, 6:18] = 1
     trainer = trainer_class(name)
-    for setting in ("share", "contrast", "tissue", "field_of_view", "p_contrast"):  # a variant's own settings: class attributes
-        setattr(fake, setting, getattr(trainer, setting, None))
+    fake = _variant_stub(trainer, patch)
     batch = Compose(trainer.augmentation(fake))(data=np.random.rand(2, 1, *size).astype(np.float32), seg=seg)
     assert batch["data"].shape == batch["seg"].shape == (2, 1, *patch)
     assert set(np.unique(batch["seg"])) <= {0.0, 1.0}
