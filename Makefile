@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_output
 SHARED ?= ../shared/data/KneeBones3Dify
 
-.PHONY: venv demo demo-real test plans model clean
+.PHONY: venv demo demo-real test plans model model-any-contrast clean
 
 venv: $(VENV)/.installed
 
@@ -41,8 +41,13 @@ plans: venv
 # ROBUSTNESS: that run's table of benchmarks/robustness_real.py --table, for the card's robustness section.
 MODEL_MINUTES ?= 60
 MODEL_SEED ?= 0
+MODEL_BUILD = $(PY) -m kneeseg.models.build --shared $(SHARED) --train-minutes $(MODEL_MINUTES) --seed $(MODEL_SEED) $(if $(HOLDOUT),--holdout-summary $(HOLDOUT)) $(if $(MACHINE_FROM),--machine-from $(MACHINE_FROM)) $(if $(ROBUSTNESS),--robustness $(ROBUSTNESS))
 model: venv
-	$(PY) -m kneeseg.models.build --shared $(SHARED) --train-minutes $(MODEL_MINUTES) --seed $(MODEL_SEED) $(if $(HOLDOUT),--holdout-summary $(HOLDOUT)) $(if $(MACHINE_FROM),--machine-from $(MACHINE_FROM)) $(if $(ROBUSTNESS),--robustness $(ROBUSTNESS))
+	$(MODEL_BUILD)
+
+# Its any-contrast second reader (kneeseg/models/__init__.py), from a holdout run with -tr kneesegTrainerProtocolsLight.
+model-any-contrast: venv
+	$(MODEL_BUILD) --trainer kneesegTrainerProtocolsLight --output kneeseg/models/kneebones3dify_any_contrast
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)_real kneeseg_data .pytest_cache .mypy_cache .ruff_cache

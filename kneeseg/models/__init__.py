@@ -16,6 +16,7 @@ from kneeseg.errors import KneesegError
 
 BUILTIN = "builtin"  # the name -m takes for it
 BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "kneebones3dify"
+ANY_CONTRAST_MODEL_DIR = Path(__file__).resolve().parent / "kneebones3dify_any_contrast"
 MAKE_MODEL_HINT = "this install has no built-in model (make model trains it; see docs/builtin_model.md)"
 
 

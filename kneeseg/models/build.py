@@ -5,9 +5,10 @@
 2. Plan it for this machine (measured, as kneeseg_plan_and_preprocess does), or for the machine
    recorded in --machine-from PLANS (the kneesegPlans.json of the holdout run, so that both runs plan
    with the same profile, whatever this machine measures today), and preprocess.
-3. Train fold 0 for --train-minutes (default 60: the budget of the held-out figures, where a 2-core
-   CPU reaches ~50 epochs and the held-out Dice has levelled off) with --seed (default 0). The one
-   scan is the fold's training and validation case.
+3. Train fold 0 with --trainer (default: the default trainer; ``make model-any-contrast``: the
+   any-contrast second reader, kneeseg.models) for --train-minutes (default 60: the budget of the
+   held-out figures, where a 2-core CPU reaches ~50 epochs and the held-out Dice has levelled off)
+   with --seed (default 0). The one scan is the fold's training and validation case.
 4. Choose the post-processing on that fold's prediction of the scan.
 5. Keep the network's weights only, in half precision (kneeseg.inference.archive), with plans.json,
    dataset.json, model.json, postprocessing.json and MODEL_CARD.md, in kneeseg/models/kneebones3dify/.
@@ -38,12 +39,14 @@ from kneeseg.dataset.kneebones3dify import import_kneebones3dify
 from kneeseg.errors import KneesegError, cli_entry
 from kneeseg.hardware import precision_name
 from kneeseg.inference.study import PredictionOptions
-from kneeseg.models import BUILTIN_MODEL_DIR
+from kneeseg.models import ANY_CONTRAST_MODEL_DIR, BUILTIN_MODEL_DIR
 from kneeseg.paths import KneesegPaths
 from kneeseg.planning.machine import PROFILES, MachineProfile
 from kneeseg.planning.plans import ConfigurationPlan, HardwareTarget, Plans
 from kneeseg.preprocessing.pipeline import plan_and_preprocess
+from kneeseg.training.layout import TRAINER_NAME
 from kneeseg.training.trainer import TrainOptions
+from kneeseg.training.variants import TRAINERS
 
 CARD_TEMPLATE = Path(__file__).resolve().parent / "MODEL_CARD.template.md"
 
@@ -83,10 +86,27 @@ def _workdir_path(path: Path, parts: int) -> str:
     return "/".join(("WORKDIR", *path.parts[-parts:]))
 
 
+# What each trainer's model is for, in the card: the default trainer's is the built-in model, the
+# protocols trainer's its second reader (kneeseg.models).
+ROLES = {
+    TRAINER_NAME: ("", "kneeseg's default CPU recipe", "model",
+                   f"Where this model is unsure of a scan as recorded and inverted, kneeseg_predict reads it again with "
+                   f"the any-contrast second reader (kneeseg/models/{ANY_CONTRAST_MODEL_DIR.name}, its own card)."),
+    "kneesegTrainerProtocolsLight": (
+        " (any-contrast second reader)",
+        "kneeseg's CPU recipe with `kneesegTrainerProtocolsLight`: the scan also shown under random contrasts "
+        "(transfer functions and tissue intensities, each in 3 patches of 20) and fields of view (kneeseg/training/protocols.py)",
+        "model-any-contrast",
+        f"kneeseg_predict reads a scan with this model only where the built-in model (kneeseg/models/{BUILTIN_MODEL_DIR.name}) "
+        "is unsure of more than 35 % of the bone it found, as recorded and inverted: a contrast it cannot read. "
+        "It reads the recorded contrast less well than the built-in model and other contrasts far better (the table below)."),
+}
+
+
 def build_command(minutes: float, seed: int, holdout_summary: Path | None, machine_from: Path | None,
-                  robustness: Path | None = None) -> str:
-    """The ``make model`` line that builds this model again."""
-    line = f"make model MODEL_MINUTES={minutes:g} MODEL_SEED={seed}"
+                  robustness: Path | None = None, trainer: str = TRAINER_NAME) -> str:
+    """The ``make model`` (or ``make model-any-contrast``) line that builds this model again."""
+    line = f"make {ROLES[trainer][2]} MODEL_MINUTES={minutes:g} MODEL_SEED={seed}"
     if holdout_summary is not None:
         line += f" HOLDOUT={_workdir_path(holdout_summary, 1)}"
     if machine_from is not None:  # WORKDIR/pre/DatasetNNN_Name/kneesegPlans.json
@@ -108,27 +128,29 @@ def _robustness(table: Path | None) -> str:
             + table.read_text(encoding="utf-8").strip())
 
 
-def holdout_command(minutes: float, seed: int, machine: MachineProfile | None) -> str:
-    """The benchmark line whose half-B figures the card gives: same budget, seed and machine profile."""
+def holdout_command(minutes: float, seed: int, machine: MachineProfile | None, trainer: str = TRAINER_NAME) -> str:
+    """The benchmark line whose half-B figures the card gives: same budget, seed, machine profile and trainer."""
     named = f" --machine {machine.name}" if machine is not None and machine.name in PROFILES else ""
+    named += f" -tr {trainer}" if trainer != TRAINER_NAME else ""
     return f"python benchmarks/kneebones3dify_holdout.py --budget-min {minutes:g} --seed {seed}{named} --workdir WORKDIR"
 
 
 def model_card(machine: MachineProfile, config: ConfigurationPlan, bones: list[str], epochs: int, own_dice: float,
                minutes: float, seed: int, holdout_summary: Path | None = None, machine_from: Path | None = None,
-               robustness: Path | None = None) -> str:
+               robustness: Path | None = None, trainer: str = TRAINER_NAME) -> str:
     """MODEL_CARD.md of a model built with these settings (the template filled in)."""
     held_out = json.loads(holdout_summary.read_text(encoding="utf-8")) if holdout_summary else None
     recorded = Plans.load(machine_from).hardware.machine if machine_from else None
+    title, recipe, _, role = ROLES[trainer]
     return CARD_TEMPLATE.read_text(encoding="utf-8").format(
-        version=__version__, commit=_commit(), date=date.today(), machine=machine.name, cpu=machine.cpu_model,
+        title=title, recipe=recipe, role=role, version=__version__, commit=_commit(), date=date.today(), machine=machine.name, cpu=machine.cpu_model,
         cores=machine.cpu_cores, gflops=machine.cpu_gflops,
         precision=precision_name(machine.cpu_precision), minutes=minutes, seed=seed,
         epochs=epochs, spacing=config.spacing[0], patch="x".join(map(str, config.patch_size)),
         widths=f"{config.network.features_per_stage[0]}-{config.network.features_per_stage[-1]}",
         own_dice=own_dice, python=platform.python_version(),
-        build_command=build_command(minutes, seed, holdout_summary, machine_from, robustness),
-        holdout_command=holdout_command(minutes, seed, recorded),
+        build_command=build_command(minutes, seed, holdout_summary, machine_from, robustness, trainer),
+        holdout_command=holdout_command(minutes, seed, recorded, trainer),
         held_out_file=_workdir_path(holdout_summary, 1) if holdout_summary else "WORKDIR/summary_A_to_B.json",
         held_out=_figures(held_out, bones) if held_out else "(not given to this build: see benchmarks/RESULTS.md)",
         holdout_plan=_holdout_plan(machine_from), robustness=_robustness(robustness),
@@ -136,7 +158,9 @@ def model_card(machine: MachineProfile, config: ConfigurationPlan, bones: list[s
 
 
 def build(shared: Path, out: Path, minutes: float, seed: int, holdout_summary: Path | None, progress: bool = True,
-          machine_from: Path | None = None, robustness: Path | None = None) -> Path:
+          machine_from: Path | None = None, robustness: Path | None = None, trainer: str = TRAINER_NAME) -> Path:
+    if trainer not in ROLES:
+        raise KneesegError(f"--trainer {trainer}: a built-in model is built with one of {', '.join(ROLES)}")
     extra = [f for f in (holdout_summary, machine_from, robustness) if f is not None]
     for needed in (shared / "knee_0000.nii.gz", shared / "knee_bone.nii.gz", *extra):
         if not needed.is_file():  # refused now, not after an hour of training
@@ -150,13 +174,14 @@ def build(shared: Path, out: Path, minutes: float, seed: int, holdout_summary: P
         dataset = import_kneebones3dify(shared / "knee_0000.nii.gz", paths.raw, mask=shared / "knee_bone.nii.gz").dataset_dir
         machine = recorded or machine_profile()
         plans = plan_and_preprocess(paths, dataset.name, hardware=HardwareTarget(machine), seed=seed, progress=progress).plans
-        result = train(paths, "0", dataset.name, options=TrainOptions(time_budget_min=minutes, seed=seed, device="cpu", progress=progress))
+        result = train(paths, "0", dataset.name, options=TrainOptions(time_budget_min=minutes, seed=seed, device="cpu", progress=progress),
+                       trainer=trainer)
         find_postprocessing(paths, dataset.name, progress=progress)
         scan, labels = dataset / "imagesTr" / "knee_0000.nii.gz", dataset / "labelsTr" / "knee.nii.gz"
         predict(scan, Path(tmp, "self.nii.gz"), model_dir=result.model_dir, options=PredictionOptions(progress=progress))
         own = evaluate(labels, Path(tmp, "self.nii.gz"), Path(tmp, "self.json"), progress=False)["mean"]
         card = model_card(machine, plans.configuration("3d_cpu"), list(plans.labels)[1:], result.epochs, own["all_bones"]["dice"],
-                          minutes, seed, holdout_summary, machine_from, robustness)
+                          minutes, seed, holdout_summary, machine_from, robustness, trainer)
         (result.model_dir / "MODEL_CARD.md").write_text(card, encoding="utf-8")
         archive = Path(tmp, "model.zip")
         export_model(result.model_dir, archive, ["0"], half=True)
@@ -167,7 +192,7 @@ def build(shared: Path, out: Path, minutes: float, seed: int, holdout_summary: P
         if out.exists():
             shutil.rmtree(out)
         staged.rename(out)
-    print(f"built-in model: {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB), "
+    print(f"built-in model ({trainer}): {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB), "
           f"{result.epochs} epochs in {minutes:g} min; all-bone Dice on its own training scan {own['all_bones']['dice']:.4f} "
           "(integrity, not generalisation)")
     return out
@@ -184,11 +209,13 @@ def main(argv=None) -> int:
                    help="plan for the machine recorded in this kneesegPlans.json (the holdout run's) instead of measuring")
     p.add_argument("--robustness", type=Path, metavar="TABLE",
                    help="the holdout run's robustness table (benchmarks/robustness_real.py --table) for the model card")
+    p.add_argument("--trainer", default=TRAINER_NAME, choices=[t for t in TRAINERS if t in ROLES],
+                   help="the default trainer: the built-in model; kneesegTrainerProtocolsLight: its any-contrast second reader")
     p.add_argument("--output", type=Path, default=BUILTIN_MODEL_DIR)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     build(args.shared, args.output, args.train_minutes, args.seed, args.holdout_summary, args.progress, args.machine_from,
-          args.robustness)
+          args.robustness, args.trainer)
     return 0
 
 
