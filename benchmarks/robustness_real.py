@@ -15,6 +15,7 @@ patella in front of the femur). Half A is the training half (it measures what ea
 knee the model knows); half B is held out.
 
     python benchmarks/robustness_real.py --workdir DIR [--train-half A] [--eval-half A B] [--versions TEXT ...]
+        [--second-reader MODEL]
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--versions", nargs="+", metavar="TEXT",
                    help="only the versions whose name contains one of these (e.g. 'as stored' shading); default all")
+    p.add_argument("--second-reader", metavar="MODEL",
+                   help="kneeseg_predict --second-reader: a model folder (another holdout run's, e.g. -tr "
+                        "kneesegTrainerProtocolsLight) that reads the versions the model is unsure of")
     p.add_argument("--table", type=Path, metavar="FILE",
                    help="also write the last half's table to FILE as Markdown (make model ROBUSTNESS=FILE puts it in the model card)")
     args = p.parse_args()
@@ -190,7 +194,8 @@ def main() -> int:
             write_image(lab, geom, folder / "labels" / "knee.nii.gz")
             seconds, _, rc = run_measured(kneeseg_command(
                 "predict", "-i", str(folder / "images"), "-o", str(folder / "pred"), "-d", model_number, "--device", "cpu",
-                "--no-progress", "--statistics", *([KEEP_AIR] if KEEP_AIR in variant else []), *flags))
+                "--no-progress", "--statistics", *([KEEP_AIR] if KEEP_AIR in variant else []),
+                *(["--second-reader", args.second_reader] if args.second_reader else []), *flags))
             assert rc == 0, f"prediction of {variant} failed"
             summary = folder / "summary.json"
             _, _, rc = run_measured(kneeseg_command("evaluate", "-ref", str(folder / "labels"), "-pred", str(folder / "pred"),
@@ -203,6 +208,7 @@ def main() -> int:
             spacing = "×".join(f"{s:.2f}" for s in geom.spacing)
             qc = json.loads((folder / "pred" / "knee.statistics.json").read_text())["qc_warnings"]
             unsure = next((w.split(" of ")[1].split(" ")[0] + " %" for w in qc if w.startswith("the model is unsure")), "no")
+            unsure += ", second reader" if any(w.startswith("read by the model's second reader") for w in qc) else ""
             # Voxels of a bone that the reference does not hold (half B's patella): invented bone.
             false_ml = sum(mean[s]["pred_volume_mm3"] for s in ("femur", "tibia", "patella") if mean[s]["ref_volume_mm3"] == 0) / 1000
             table.append(f"| {variant} | {spacing} | {' | '.join(dice)} | {mean['all_bones']['dice']:.3f} | "

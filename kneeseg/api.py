@@ -250,6 +250,19 @@ def resolve_model(paths: KneesegPaths | None = None, model_dir: Path | None = No
         return load_model(builtin, folds)
 
 
+def _attach_second_reader(model: TrainedModel, given: str = "auto") -> TrainedModel:
+    """``model`` with the second reader ``given`` names (kneeseg.inference.predictor): 'auto', the
+    built-in model's any-contrast model for the built-in model (kneeseg.models) and none for others;
+    'none'; or a model folder ('builtin' included) of the same labels."""
+    from kneeseg.inference.model import with_second_reader
+    from kneeseg.models import model_folder, second_reader_dir
+
+    if given == "none":
+        return model
+    folder = second_reader_dir(model.folder) if given == "auto" else model_folder(given, "--second-reader")
+    return model if folder is None else with_second_reader(model, folder)
+
+
 def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: Path | None = None, *,
             dataset: str | int | None = None, configuration: str | None = None, folds: list[str] | None = None,
             trainer: str | None = None, options: PredictionOptions | None = None, study: StudyOptions | None = None) -> list[Path]:
@@ -289,7 +302,8 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
     average the probabilities (one sliding window per scale: slower). ``zero_air``: store each scan's
     air as zeros first (``kneeseg.fingerprint.air.air_mask``): None (default) does so when the model
     was trained on scans whose air was stored as zeros and the scan's is not, saying so on stderr;
-    True always; False never."""
+    True always; False never. ``second_reader``: the model that reads a scan the model is unsure of
+    as recorded and inverted (:func:`_attach_second_reader`; the built-in model's any-contrast model by default)."""
     from kneeseg.inference.outputs import StudyLock, check_output_paths
 
     inp, out = Path(inp), Path(out)
@@ -297,6 +311,7 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
     check_face_budget(study.stl_faces)
     check_output_paths(inp, out, study)
     model = resolve_model(paths, model_dir, dataset, configuration, folds, options.device, trainer, builtin_fallback=True)
+    model = _attach_second_reader(model, options.second_reader) if options.qc else model
     cases = study_part(discover_cases(inp, out, model.ds.num_channels, study.output_type == "dicom-seg"), study.num_parts, study.part_id)
     if not cases:
         print(f"kneeseg: part {study.part_id} of {study.num_parts} holds none of the cases of {inp}", file=sys.stderr)

@@ -4,6 +4,7 @@ training scan (an integrity check, not a generalisation claim)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -18,7 +19,7 @@ import kneeseg.models
 from kneeseg.cli.predict import main as predict_main
 from kneeseg.inference.qc import prediction_warnings, uncertain_share
 from kneeseg.io import Geometry, read_image, write_image
-from kneeseg.models import builtin_model_dir
+from kneeseg.models import builtin_model_dir, second_reader_dir
 from kneeseg.planning.plans import Plans
 
 DS = "Dataset900_KneePhantom"
@@ -55,6 +56,56 @@ def test_without_a_builtin_model_the_error_says_so(small_model, tmp_path, monkey
     assert predict_main([*args, "-m", "builtin"]) == 2
     assert "-m builtin: this install has no built-in model" in capsys.readouterr().err
     assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_a_scan_the_model_cannot_read_goes_to_its_second_reader(phantom_builtin, small_model, tmp_path, capsys):
+    """The built-in model's any-contrast model beside it reads the scans it is unsure of (the test
+    model is unsure of most of what it finds): that reader's labels and post-processing, a warning
+    that says so; --second-reader none turns it off, --second-reader takes another model folder, and a
+    model of other labels is refused before anything is written."""
+    (phantom_builtin / "postprocessing.json").unlink(missing_ok=True)  # the first reading as the network gives it
+    second = phantom_builtin.with_name(f"{phantom_builtin.name}_any_contrast")
+    shutil.copytree(phantom_builtin, second)
+    mine = shutil.copytree(phantom_builtin, tmp_path / "mine")  # a model of the user's
+    # Its own post-processing tells its labels apart: it drops every patella (label 3).
+    (second / "postprocessing.json").write_text(json.dumps({"steps": [{"op": "remove_small", "label": 3, "min_mm3": 1e12}]}))
+    scan = _scan(small_model)
+    args = ["-i", str(scan), "--statistics", "--device", "cpu", "--no-progress"]
+    first_only = tmp_path / "first" / "bones.nii.gz"
+    assert predict_main([*args, "-o", str(first_only), "-m", "builtin", "--second-reader", "none"]) == 0
+    first_labels, _ = read_image(first_only)
+    assert 3 in first_labels  # a patella, which the second reader's post-processing would remove
+    assert not any("second reader" in w for w in json.loads(first_only.with_name("bones.statistics.json").read_text())["qc_warnings"])
+    capsys.readouterr()
+
+    out = tmp_path / "second" / "bones.nii.gz"
+    assert predict_main([*args, "-o", str(out), "-m", "builtin"]) == 0
+    err = capsys.readouterr().err
+    labels, geometry = read_image(out)
+    assert geometry.matches(read_image(scan)[1]) is None
+    assert 3 not in labels and np.count_nonzero(labels) > 0
+    np.testing.assert_array_equal(labels, np.where(first_labels == 3, 0, first_labels))  # the same network, its steps
+    warned = json.loads(out.with_name("bones.statistics.json").read_text())["qc_warnings"]
+    line = next(w for w in warned if w.startswith("read by the model's second reader: the model was unsure of "))
+    assert line in err and any(w.startswith("the model is unsure of") for w in warned)
+
+    named = tmp_path / "named" / "bones.nii.gz"  # another model has none unless given one
+    assert predict_main([*args, "-o", str(named), "-m", str(mine)]) == 0
+    np.testing.assert_array_equal(read_image(named)[0], first_labels)
+    assert predict_main([*args, "-o", str(named), "-m", str(mine), "--second-reader", str(second), "--overwrite"]) == 0
+    np.testing.assert_array_equal(read_image(named)[0], labels)
+
+    other = tmp_path / "other_labels"
+    shutil.copytree(second, other)
+    dataset = json.loads((other / "dataset.json").read_text())
+    dataset["labels"] = {"background": 0, "femur": 1, "tibia": 2}
+    (other / "dataset.json").write_text(json.dumps(dataset))
+    refused = tmp_path / "refused" / "bones.nii.gz"
+    capsys.readouterr()
+    assert predict_main([*args, "-o", str(refused), "-m", "builtin", "--second-reader", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(other) in err[0] and "labels" in err[0]
+    assert not refused.parent.exists()
 
 
 def _geometry(shape, spacing=1.0) -> Geometry:
@@ -170,34 +221,43 @@ def test_qc_says_when_the_model_is_unsure_of_the_bone_it_found():
 def test_the_builtin_model_is_sure_of_a_knee_reads_an_inverted_one_and_is_unsure_of_noise(tmp_path, capsys):
     """The knee as recorded: no warning. Its inverted contrast (dark fat, bright fluid, a contrast the
     model never learnt): read a second time inverted, the same bones as the knee's, and a warning that
-    says so; with --no-inverted-retry the model is unsure of it. Noise: unsure either way."""
-    from scan_variants import inverted, thick_slices
+    says so; with --no-inverted-retry (and no second reader) the model is unsure of it. A non-monotonic
+    contrast: read by the any-contrast second reader, the knee's bones. Noise: lost whoever reads it."""
+    from scan_variants import inverted, thick_slices, with_contrast
 
+    assert second_reader_dir(builtin_model_dir() or Path()) is not None  # the install ships both
     image, geometry = read_image(SHARED / "knee_0000.nii.gz")
     knee, _, grid = thick_slices(image, None, geometry, (1.0, 1.0, 1.0))  # the scan at 1 mm: quick to predict
     rng = np.random.default_rng(0)
-    scans = {"knee": knee, "noise": np.hypot(rng.normal(0, 300, knee.shape), rng.normal(0, 300, knee.shape)).astype(knee.dtype),
-             "inverted": inverted(knee)}
+    small = (knee.shape[0], knee.shape[1] // 2, knee.shape[2] // 2)  # noise is read up to four times: a quarter of the knee's size
+    scans = {"knee": knee, "noise": np.hypot(rng.normal(0, 300, small), rng.normal(0, 300, small)).astype(knee.dtype),
+             "inverted": inverted(knee), "non_monotonic": with_contrast(knee, [0, 0.3, 0.6, 0.85, 1.0], [0, 0.05, 0.8, 0.5, 0.15])}
     folder = tmp_path / "scans"
     for name, array in scans.items():
-        write_image(array, grid, folder / f"{name}.nii.gz")
+        write_image(array, dataclasses.replace(grid, size=array.shape[::-1]), folder / f"{name}.nii.gz")
     out = tmp_path / "bones"
     assert predict_main(["-i", str(folder), "-o", str(out), "-m", "builtin", "--statistics", "--device", "cpu", "--no-progress"]) == 0
     warned = {name: json.loads((out / f"{name}.statistics.json").read_text())["qc_warnings"] for name in scans}
     assert not any("unsure" in w or "inverted" in w for w in warned["knee"]), warned["knee"]
     assert [w for w in warned["inverted"] if "unsure" in w or "inverted" in w] == [
         next(w for w in warned["inverted"] if w.startswith("read with its contrast inverted"))], warned["inverted"]
-    assert any("unsure" in w for w in warned["noise"]) and not any("inverted" in w for w in warned["noise"]), warned["noise"]
+    # Noise: no reading kept inverted, and the second reader finds no bone either, or is unsure of it.
+    assert not any("inverted" in w for w in warned["noise"])
+    assert any(w.startswith(("the model is unsure", "no femur found")) for w in warned["noise"]), warned["noise"]
+    for name in ("noise", "non_monotonic"):
+        assert any(w.startswith("read by the model's second reader") for w in warned[name]), warned[name]
+    assert not any("second reader" in w for name in ("knee", "inverted") for w in warned[name])
     assert "read with its contrast inverted" in capsys.readouterr().err
     knee_bones, _ = read_image(out / "knee.nii.gz")
-    inverted_bones, _ = read_image(out / "inverted.nii.gz")
-    for value in (1, 2, 3):  # femur, tibia, patella: the bones of the knee as recorded
-        a, b = knee_bones == value, inverted_bones == value
-        assert 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b)) > 0.9, value
+    for name, least in (("inverted", 0.9), ("non_monotonic", 0.8)):
+        bones, _ = read_image(out / f"{name}.nii.gz")
+        for value in (1, 2, 3):  # femur, tibia, patella: the bones of the knee as recorded
+            a, b = knee_bones == value, bones == value
+            assert 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b)) > least, (name, value)
 
     plain = tmp_path / "plain"
     assert predict_main(["-i", str(folder / "inverted.nii.gz"), "-o", str(plain / "inverted.nii.gz"), "-m", "builtin",
-                         "--statistics", "--no-inverted-retry", "--device", "cpu", "--no-progress"]) == 0
+                         "--statistics", "--no-inverted-retry", "--second-reader", "none", "--device", "cpu", "--no-progress"]) == 0
     warned = json.loads((plain / "inverted.statistics.json").read_text())["qc_warnings"]
     assert any("unsure" in w for w in warned) and not any("inverted" in w for w in warned), warned
 
@@ -229,5 +289,14 @@ def test_the_model_card_names_commands_not_the_building_machines_paths(tmp_path)
     assert ("`python benchmarks/kneebones3dify_holdout.py --budget-min 60 --seed 3 --machine reference --workdir WORKDIR`, "
             "in its `WORKDIR/summary_A_to_B.json`") in card  # the committed plans are for the reference profile
     assert "| femur | 0.9732 | 1.05 | 0.337 |" in card and "all-bone Dice 0.9842 (the build command above" in card
-    shipped = (Path(kneeseg.models.__file__).parent / "kneebones3dify" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    # The second reader's card: its own make target and the holdout run of its trainer.
+    second = model_card(plans.hardware.machine, plans.configuration("3d_cpu"), list(BONES), 12, 0.9842, 60, 3, holdout,
+                        machine_from, table, trainer="kneesegTrainerProtocolsLight")
+    assert "# kneeseg built-in model (any-contrast second reader)" in second and "`kneesegTrainerProtocolsLight`" in second
+    assert "`make model-any-contrast MODEL_MINUTES=60 MODEL_SEED=3 HOLDOUT=WORKDIR/summary_A_to_B.json " in second
+    assert "--seed 3 --machine reference -tr kneesegTrainerProtocolsLight --workdir WORKDIR`" in second
+    models = Path(kneeseg.models.__file__).parent
+    shipped = (models / "kneebones3dify" / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert not ABSOLUTE_PATH.search(shipped) and "`make model MODEL_MINUTES=60 MODEL_SEED=0 " in shipped
+    shipped = (models / "kneebones3dify_any_contrast" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert not ABSOLUTE_PATH.search(shipped) and "`make model-any-contrast MODEL_MINUTES=60 MODEL_SEED=1 " in shipped

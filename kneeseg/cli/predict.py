@@ -16,6 +16,8 @@ elsewhere. Default when the results folder holds no trained model and no -m, -d,
 given: the built-in model (femur, tibia, patella in 0.3 T knee MRI; -m builtin names it; see
 its MODEL_CARD.md), announced on stderr. Post-processing chosen by kneeseg_find_postprocessing is
 applied unless --no-postprocessing. Each scan gets QC warnings on stderr when its bones look wrong.
+A scan the model is unsure of is read again inverted and, where the model has a second reader (the
+built-in model's any-contrast model; --second-reader MODEL for others), by that one: both say so.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ def main(argv=None):
     p.add_argument("--no-postprocessing", dest="postprocess", action="store_false")
     p.add_argument("--no-inverted-retry", dest="inverted_retry", action="store_false",
                    help="do not read a scan the model is unsure of a second time with its contrast inverted")
+    p.add_argument("--second-reader", metavar="MODEL", default="auto",
+                   help="a model folder of the same labels that reads a scan the model is unsure of as recorded and inverted "
+                        "(a contrast it cannot read), or 'none' (default: the built-in model's any-contrast model when "
+                        "predicting with the built-in model; none for other models)")
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz with class probabilities")
     p.add_argument("--overlays", type=Path, help="folder for QC PNGs (three planes with contours)")
     p.add_argument("--statistics", action="store_true",
@@ -92,7 +98,7 @@ def main(argv=None):
     options = PredictionOptions(device=resolve_device(device), tta=args.tta == "mirror", tta_scales=tuple(args.tta_scales),
                                 step=args.step, autocast=args.autocast, postprocess=args.postprocess, zero_air=args.zero_air,
                                 save_probabilities=args.save_probabilities, progress=args.progress,
-                                inverted_retry=args.inverted_retry, timings=args.timings)
+                                inverted_retry=args.inverted_retry, second_reader=args.second_reader, timings=args.timings)
     study = StudyOptions(output_type=args.output_type, statistics=args.statistics, overlays=args.overlays, stl=args.stl,
                          stl_faces=args.stl_faces, overwrite=args.overwrite, num_parts=num_parts or 1, part_id=part_id or 0)
     outputs = predict(Path(args.input), Path(args.output), paths_from(args), args.model_dir, dataset=args.dataset,

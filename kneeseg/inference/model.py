@@ -3,7 +3,7 @@ optional postprocessing.json), given with -m or found in the results folder, and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +25,8 @@ class TrainedModel:
     ds: DatasetJson
     config: ConfigurationPlan
     checkpoints: list[Path]
+    # Reads the scans this model cannot (kneeseg.inference.predictor): a model of the same labels
+    second_reader: TrainedModel | None = None
 
     @property
     def postprocessing_file(self) -> Path:
@@ -75,6 +77,16 @@ def load_model(folder: Path, folds: list[str] | None = None, checkpoint: str = C
         raise KneesegError(f"{folder}: fold {missing[0]} has no {checkpoint} (trained: {', '.join(available) or 'none'})")
     return TrainedModel(folder, plans, DatasetJson.load(folder / "dataset.json"), config,
                         [folder / f"fold_{f}" / checkpoint for f in chosen])
+
+
+def with_second_reader(model: TrainedModel, folder: Path) -> TrainedModel:
+    """``model`` with the model folder ``folder`` as its second reader, checked to segment the same
+    labels from the same channels."""
+    second = load_model(folder)
+    if second.ds.labels != model.ds.labels or second.ds.num_channels != model.ds.num_channels:
+        raise KneesegError(f"{folder}: a second reader must segment the labels of {model.folder} from as many channels "
+                           f"({model.ds.labels}, {model.ds.num_channels}); it has {second.ds.labels}, {second.ds.num_channels}")
+    return replace(model, second_reader=second)
 
 
 class NoModelFound(KneesegError):

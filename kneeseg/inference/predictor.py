@@ -12,6 +12,13 @@ change a network cannot learn from one training scan's augmentation on a CPU bud
 dark fluid against dark fat and bright fluid; benchmarks/RESULTS.md) becomes one test-time reading.
 The inverted reading is kept only where the model is sure of it and at least twice as sure as of
 the scan as recorded, and the prediction says so.
+
+A model with a second reader (``TrainedModel.second_reader``; the built-in model's is its
+any-contrast model, kneeseg.models) hands it a scan it stays unsure of either way: the second
+reader's prediction is the one returned, and says so. It is not judged by its own confidence: a
+model trained on many contrasts is less sure of everything (half B under a non-monotonic contrast:
+the second reader unsure of 50 % and right, all-bone Dice 0.81; the built-in recipe unsure of 42 % and
+wrong, 0.06), and it is asked only where the first model is lost.
 """
 
 from __future__ import annotations
@@ -47,12 +54,16 @@ class Prediction:
     # and the share it was unsure of as recorded (None where it found no bone that way)
     read_inverted: bool = False
     unsure_as_recorded: float | None = None
+    # Read by the model's second reader, the first model having been unsure of this share of the bone it
+    # found, as recorded and inverted (None where it found none)
+    second_reading: bool = False
+    unsure_first_reading: float | None = None
 
 
 class Predictor:
     def __init__(self, model: TrainedModel, device: str = "cpu", tta: bool = True, step: float = 0.5,
                  autocast: str | None = None, progress: bool = False, scales: Sequence[float] = (1.0,),
-                 inverted_retry: bool = True):
+                 inverted_retry: bool = True, second_reading: bool = True):
         if not 0.0 < step <= 1.0:
             raise KneesegError(f"sliding-window step {step}: must be a fraction of the patch, more than 0 and at most 1")
         self.model, self.device, self.step, self.progress = model, torch.device(device), step, progress
@@ -70,11 +81,15 @@ class Predictor:
         self.networks = model.load_networks(self.device)
         # Inverting needs air that stays zero (normalised inside the nonzero mask): elsewhere air would turn bright
         self.inverted_retry = inverted_retry and all(self.config.use_mask_for_norm)
+        second = model.second_reader if second_reading else None
+        self.second_reader = None if second is None else Predictor(
+            second, device, tta, step, autocast, progress, scales, inverted_retry, second_reading=False)
 
     def describe(self) -> str:
         """What this predictor runs on, for the first line of a prediction's log."""
         return (f"{self.device} ({self.threads} CPU threads), {precision_name(self.autocast)}, {len(self.networks)} fold(s), "
-                f"mirroring {self.mirror_axes or 'off'}, scales {self.scales}")
+                f"mirroring {self.mirror_axes or 'off'}, scales {self.scales}"
+                + (f", second reader {self.second_reader.model.folder.name}" if self.second_reader else ""))
 
     def predict(self, images: list[np.ndarray], geometry: Geometry, keep_probabilities: bool = False,
                 clock: StageClock | None = None) -> Prediction:
@@ -95,6 +110,10 @@ class Predictor:
                 read_inverted, share = True, share_inverted
                 probs, properties = probs_inverted, properties_inverted
             del probs_inverted
+        if self.second_reader is not None and (share is None or share > UNCERTAIN_LIMIT):
+            del probs
+            second = self.second_reader.predict(images, geometry, keep_probabilities, clock)
+            return replace(second, second_reading=True, unsure_first_reading=share)
         with timed(clock, "to the scan's grid"):
             labels, full = restore_original(probs, properties, self.label_values, keep_probabilities)
         return Prediction(labels, full, share, read_inverted, as_recorded if read_inverted else None)

@@ -15,7 +15,9 @@ the knee bones the model learnt:
   scales, so members that disagree count as unsure). A model that cannot read a scan (a contrast
   it never learnt, another joint, noise) still calls voxels bone, but without conviction;
 - the scan was read with its contrast inverted (kneeseg.inference.predictor): the model was unsure
-  of the scan as recorded and sure of it inverted (a fat-suppressed or inverted protocol, say).
+  of the scan as recorded and sure of it inverted (a fat-suppressed or inverted protocol, say);
+- the scan was read by the model's second reader (kneeseg.inference.predictor): the model stayed
+  unsure of it (as recorded, and inverted where it tried).
 
 Together with the acquisition warnings (kneeseg.inference.acquisition) they are printed per case and
 recorded in the statistics output (``qc_warnings``).
@@ -52,13 +54,19 @@ def uncertain_share(probabilities: np.ndarray) -> float | None:
 
 def prediction_warnings(labels: np.ndarray, geometry: Geometry, bones: dict[str, int],
                         volume_ranges: dict[str, list[float]], unsure: float | None = None,
-                        read_inverted: bool = False, unsure_as_recorded: float | None = None) -> list[str]:
+                        read_inverted: bool = False, unsure_as_recorded: float | None = None,
+                        second_reading: bool = False, unsure_first_reading: float | None = None) -> list[str]:
     """What looks wrong in a (z, y, x) label map of ``bones`` (name -> value), given the training
     labels' ``volume_ranges`` (name -> [min, max] mm3, the plans' ``label_volumes_mm3``; a name
     without a range is not judged) and the prediction's ``unsure`` share (:func:`uncertain_share`);
     ``read_inverted``: the scan was read with its contrast inverted, having been ``unsure_as_recorded``
-    of the bone it found as recorded (None: it found none)."""
+    of the bone it found as recorded (None: it found none); ``second_reading``: the scan was read by
+    the model's second reader, the model having been ``unsure_first_reading`` of the bone it found."""
     warnings, centre = [], {}
+    if second_reading:
+        before = ("found no bone" if unsure_first_reading is None
+                  else f"was unsure of {100 * unsure_first_reading:.0f} % of the bone it found")
+        warnings.append(f"read by the model's second reader: the model {before}; check every bone")
     if read_inverted:
         before = ("found no bone" if unsure_as_recorded is None
                   else f"was unsure of {100 * unsure_as_recorded:.0f} % of the bone it found")

@@ -69,6 +69,9 @@ class PredictionOptions:
     # With qc: a scan the model is unsure of is read again with its contrast inverted, kept where the
     # model is sure of that reading (kneeseg.inference.predictor)
     inverted_retry: bool = True
+    # With qc: a scan the model is unsure of either way is read by its second reader: "auto" (the
+    # built-in model's any-contrast model, kneeseg.models), "none", or a model folder
+    second_reader: str = "auto"
     timings: bool = False  # one line per case on stderr: where the time went (kneeseg.inference.timing)
 
 
@@ -151,9 +154,10 @@ def predict_study(model: TrainedModel, cases: list[InputCase], options: Predicti
     descriptions = label_description_files(cases, o.label_descriptions)
     outputs += [path for pair in descriptions for path in pair]
     refuse_overwriting_inputs([*outputs, *extra_folders], [path for c in cases for path in c.channels])
-    steps = postprocessing_steps(model) if o.postprocess else []
+    readers = [model, *([model.second_reader] if model.second_reader else [])]
+    steps = {m.folder: postprocessing_steps(m) if o.postprocess else [] for m in readers}  # each reader's own
     predictor = Predictor(model, o.device, o.tta, o.step, o.autocast, o.progress, o.tta_scales,  # checks scales, checkpoints
-                          inverted_retry=o.qc and o.inverted_retry)
+                          inverted_retry=o.qc and o.inverted_retry, second_reading=o.qc)
     for folder in {c.output.parent for c in cases} | set(extra_folders):
         ensure_writable_folder(folder)  # before any prediction: fail early, write nothing
     written, failed = [], []
@@ -183,7 +187,7 @@ def predict_study(model: TrainedModel, cases: list[InputCase], options: Predicti
     return written
 
 
-def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, steps: list[dict], o: PredictionOptions,
+def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, steps: dict[Path, list[dict]], o: PredictionOptions,
                   after_case: AfterCase | None) -> None:
     from tqdm import tqdm
 
@@ -201,12 +205,15 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
     for warning in warnings:
         tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
     prediction = predictor.predict(images, geometry, keep_probabilities=o.save_probabilities, clock=clock)
+    reader = model.second_reader if prediction.second_reading and model.second_reader else model
     with timed(clock, "post-processing"):
-        labels = apply_postprocessing(prediction.labels, steps, geometry.spacing_zyx, geometry.direction) if steps else prediction.labels
+        chosen = steps[reader.folder]
+        labels = apply_postprocessing(prediction.labels, chosen, geometry.spacing_zyx, geometry.direction) if chosen else prediction.labels
     with timed(clock, "qc"):
         found = prediction_warnings(labels, geometry, model.ds.foreground, model.plans.label_volumes_mm3,
                                     prediction.uncertain_share, prediction.read_inverted,
-                                    prediction.unsure_as_recorded) if o.qc else []
+                                    prediction.unsure_as_recorded, prediction.second_reading,
+                                    prediction.unsure_first_reading) if o.qc else []
     for warning in found:
         tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
     warnings += found

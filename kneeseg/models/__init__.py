@@ -6,6 +6,13 @@ with half-precision weights only): femur, tibia and patella, trained on the whol
 (Soscia et al., Zenodo 10534328, CC BY 4.0; 0.3 T Esaote O-scan, 3D SST2) by ``make model``.
 kneeseg_predict uses it when the results folder holds no trained model and no -m is given, and
 with ``-m builtin``. An install without it (a source tree where ``make model`` has not run) says so.
+
+``kneebones3dify_any_contrast/`` is its second reader, built by ``make model-any-contrast`` with
+``kneesegTrainerProtocolsLight`` (the scan shown under random contrasts and fields of view): where the
+built-in model cannot read a scan (unsure of it as recorded and inverted, kneeseg.inference.qc),
+kneeseg_predict reads it with this one instead. It reads contrasts the built-in model cannot (a
+non-monotonic one: all-bone Dice 0.81 against 0.06) and the recorded one a little less well (0.970
+against 0.979), so it reads only what the built-in model cannot (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -16,13 +23,20 @@ from kneeseg.errors import KneesegError
 
 BUILTIN = "builtin"  # the name -m takes for it
 BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "kneebones3dify"
-ANY_CONTRAST_MODEL_DIR = Path(__file__).resolve().parent / "kneebones3dify_any_contrast"
+ANY_CONTRAST_MODEL_DIR = BUILTIN_MODEL_DIR.with_name(f"{BUILTIN_MODEL_DIR.name}_any_contrast")
 MAKE_MODEL_HINT = "this install has no built-in model (make model trains it; see docs/builtin_model.md)"
 
 
 def builtin_model_dir() -> Path | None:
     """The built-in model's folder, or None where this install has none."""
     return BUILTIN_MODEL_DIR if (BUILTIN_MODEL_DIR / "model.json").exists() else None
+
+
+def second_reader_dir(model: Path) -> Path | None:
+    """The second reader of the model folder ``model``: for the built-in model, the any-contrast model
+    beside it (``<built-in folder>_any_contrast``) where this install has it; else None."""
+    beside = BUILTIN_MODEL_DIR.with_name(f"{BUILTIN_MODEL_DIR.name}_any_contrast")
+    return beside if model.resolve() == BUILTIN_MODEL_DIR.resolve() and (beside / "model.json").exists() else None
 
 
 def model_folder(given: str | Path, flag: str) -> Path:
