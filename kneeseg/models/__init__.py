@@ -35,6 +35,7 @@ def builtin_model_dir() -> Path | None:
 def second_reader_dir(model: Path) -> Path | None:
     """The second reader of the model folder ``model``: for the built-in model, the any-contrast model
     beside it (``<built-in folder>_any_contrast``) where this install has it; else None."""
+    # From BUILTIN_MODEL_DIR when asked, not ANY_CONTRAST_MODEL_DIR: a stand-in built-in model has its own beside it
     beside = BUILTIN_MODEL_DIR.with_name(f"{BUILTIN_MODEL_DIR.name}_any_contrast")
     return beside if model.resolve() == BUILTIN_MODEL_DIR.resolve() and (beside / "model.json").exists() else None
 

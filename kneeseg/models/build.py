@@ -11,7 +11,8 @@
    with --seed (default 0). The one scan is the fold's training and validation case.
 4. Choose the post-processing on that fold's prediction of the scan.
 5. Keep the network's weights only, in half precision (kneeseg.inference.archive), with plans.json,
-   dataset.json, model.json, postprocessing.json and MODEL_CARD.md, in kneeseg/models/kneebones3dify/.
+   dataset.json, model.json, postprocessing.json and MODEL_CARD.md, in kneeseg/models/kneebones3dify/
+   (--output; ``make model-any-contrast``: kneeseg/models/kneebones3dify_any_contrast/).
 6. Print the model's Dice on its own training scan: an integrity figure, never a generalisation claim.
 
 --holdout-summary takes the summary JSON of a benchmarks/kneebones3dify_holdout.py run of the same
