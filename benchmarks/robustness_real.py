@@ -207,7 +207,8 @@ def main() -> int:
             dice = [f"{mean[s]['dice']:.3f}" if mean[s]["ref_volume_mm3"] > 0 else "–" for s in ("femur", "tibia", "patella")]
             spacing = "×".join(f"{s:.2f}" for s in geom.spacing)
             qc = json.loads((folder / "pred" / "knee.statistics.json").read_text())["qc_warnings"]
-            unsure = next((w.split(" of ")[1].split(" ")[0] + " %" for w in qc if w.startswith("the model is unsure")), "no")
+            unsure_lines = [w for w in qc if w.startswith(("the model is unsure", "the second reader is unsure"))]
+            unsure = unsure_lines[0].split(" of ")[1].split(" ")[0] + " %" if unsure_lines else "no"
             unsure += ", second reader" if any(w.startswith("read by the model's second reader") for w in qc) else ""
             # Voxels of a bone that the reference does not hold (half B's patella): invented bone.
             false_ml = sum(mean[s]["pred_volume_mm3"] for s in ("femur", "tibia", "patella") if mean[s]["ref_volume_mm3"] == 0) / 1000

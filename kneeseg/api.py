@@ -312,6 +312,8 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
     check_output_paths(inp, out, study)
     model = resolve_model(paths, model_dir, dataset, configuration, folds, options.device, trainer, builtin_fallback=True)
     model = _attach_second_reader(model, options.second_reader) if options.qc else model
+    # The reader itself, not how it was named, goes into a study's record (kneeseg.inference.record)
+    options = replace(options, second_reader=str(model.second_reader.folder.resolve()) if model.second_reader else "none")
     cases = study_part(discover_cases(inp, out, model.ds.num_channels, study.output_type == "dicom-seg"), study.num_parts, study.part_id)
     if not cases:
         print(f"kneeseg: part {study.part_id} of {study.num_parts} holds none of the cases of {inp}", file=sys.stderr)

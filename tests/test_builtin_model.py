@@ -87,7 +87,7 @@ def test_a_scan_the_model_cannot_read_goes_to_its_second_reader(phantom_builtin,
     np.testing.assert_array_equal(labels, np.where(first_labels == 3, 0, first_labels))  # the same network, its steps
     warned = json.loads(out.with_name("bones.statistics.json").read_text())["qc_warnings"]
     line = next(w for w in warned if w.startswith("read by the model's second reader: the model was unsure of "))
-    assert line in err and any(w.startswith("the model is unsure of") for w in warned)
+    assert line in err and any(w.startswith("the second reader is unsure of") for w in warned)
 
     named = tmp_path / "named" / "bones.nii.gz"  # another model has none unless given one
     assert predict_main([*args, "-o", str(named), "-m", str(mine)]) == 0
@@ -102,10 +102,45 @@ def test_a_scan_the_model_cannot_read_goes_to_its_second_reader(phantom_builtin,
     (other / "dataset.json").write_text(json.dumps(dataset))
     refused = tmp_path / "refused" / "bones.nii.gz"
     capsys.readouterr()
-    assert predict_main([*args, "-o", str(refused), "-m", "builtin", "--second-reader", str(other)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(other) in err[0] and "labels" in err[0]
-    assert not refused.parent.exists()
+    for reader, problem in ((other, "labels"), (tmp_path / "nowhere", "not a trained model folder"), (mine, "the model itself")):
+        assert predict_main([*args, "-o", str(refused), "-m", str(mine), "--second-reader", str(reader)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--second-reader {reader}" in err[0] and problem in err[0], err
+        assert not refused.parent.exists()
+
+
+@pytest.mark.parametrize("shares, handed_over", [
+    ([0.1], False),             # sure as recorded: the model's reading
+    ([0.6, 0.1], False),        # unsure as recorded, sure inverted: the inverted reading
+    ([0.6, 0.5, 0.4], True),    # unsure either way: the second reader's
+    ([None, None, 0.2], True),  # no bone found either way: the second reader's
+])
+def test_the_second_reader_reads_only_what_the_model_stays_unsure_of(small_model, monkeypatch, shares, handed_over):
+    """The hand-over rule, with the QC's unsure shares given in the order the readings ask for them
+    (as recorded, inverted, the second reader's as recorded): the second reader's own probabilities
+    (here all femur) make the labels where it reads."""
+    import kneeseg.inference.predictor as predictor_module
+    from kneeseg.inference.model import load_model
+    from kneeseg.inference.predictor import Predictor
+
+    folder = small_model.results / MODEL_DIR
+    model = dataclasses.replace(load_model(folder), second_reader=load_model(folder))
+    asked = iter(shares)
+    monkeypatch.setattr(predictor_module, "uncertain_share", lambda probabilities: next(asked))
+    predictor = Predictor(model, tta=False)
+    assert predictor.second_reader is not None and not predictor.second_reader.inverted_retry
+    predictor.inverted_retry = True  # as for a model that normalises inside the body (the phantom plan's does not)
+    monkeypatch.setattr(predictor.second_reader, "_fold_mean",
+                        lambda data, inverted=False, clock=None: np.stack([np.zeros(data.shape[1:], np.float32)] + [
+                            np.full(data.shape[1:], float(k == 1), np.float32) for k in range(1, 4)]))
+    image, geometry = read_image(_scan(small_model))
+    prediction = predictor.predict([image], geometry)
+    assert next(asked, "all asked") == "all asked"  # no reading more or fewer than the rule needs
+    assert prediction.second_reading == handed_over
+    assert prediction.read_inverted == (shares == [0.6, 0.1])
+    assert (set(np.unique(prediction.labels)) <= {0, 1}) == handed_over  # the reader's all-femur, or the model's bones
+    if handed_over:
+        assert prediction.unsure_first_reading == shares[0] and prediction.uncertain_share == shares[-1]
 
 
 def _geometry(shape, spacing=1.0) -> Geometry:

@@ -80,12 +80,18 @@ def load_model(folder: Path, folds: list[str] | None = None, checkpoint: str = C
 
 
 def with_second_reader(model: TrainedModel, folder: Path) -> TrainedModel:
-    """``model`` with the model folder ``folder`` as its second reader, checked to segment the same
-    labels from the same channels."""
-    second = load_model(folder)
+    """``model`` with the model folder ``folder`` (every fold trained there) as its second reader,
+    checked to be another model that segments the same labels from the same channels."""
+    if Path(folder).resolve() == model.folder.resolve():
+        raise KneesegError(f"--second-reader {folder}: the model itself (a second reader is another model)")
+    try:
+        second = load_model(folder)
+    except KneesegError as exc:
+        raise KneesegError(f"--second-reader {folder}: {exc}") from None
     if second.ds.labels != model.ds.labels or second.ds.num_channels != model.ds.num_channels:
-        raise KneesegError(f"{folder}: a second reader must segment the labels of {model.folder} from as many channels "
-                           f"({model.ds.labels}, {model.ds.num_channels}); it has {second.ds.labels}, {second.ds.num_channels}")
+        raise KneesegError(f"--second-reader {folder}: a second reader must segment the labels of {model.folder} from as "
+                           f"many channels ({model.ds.labels}, {model.ds.num_channels}); it has {second.ds.labels}, "
+                           f"{second.ds.num_channels}")
     return replace(model, second_reader=second)
 
 

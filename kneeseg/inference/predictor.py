@@ -14,11 +14,12 @@ The inverted reading is kept only where the model is sure of it and at least twi
 the scan as recorded, and the prediction says so.
 
 A model with a second reader (``TrainedModel.second_reader``; the built-in model's is its
-any-contrast model, kneeseg.models) hands it a scan it stays unsure of either way: the second
-reader's prediction is the one returned, and says so. It is not judged by its own confidence: a
+any-contrast model, kneeseg.models) hands it a scan it stays unsure of (the reading it keeps, as
+recorded or inverted, more than UNCERTAIN_LIMIT unsure): the second reader reads the scan as
+recorded, and its prediction is the one returned, and says so. It is not judged by its own confidence: a
 model trained on many contrasts is less sure of everything (half B under a non-monotonic contrast:
-the second reader unsure of 50 % and right, all-bone Dice 0.81; the built-in recipe unsure of 42 % and
-wrong, 0.06), and it is asked only where the first model is lost.
+the half-A ProtocolsLight model unsure of 50 % and right, all-bone Dice 0.81; the half-A default
+unsure of 42 % and wrong, 0.06; seed 1), and it is asked only where the first model is lost.
 """
 
 from __future__ import annotations
@@ -81,9 +82,10 @@ class Predictor:
         self.networks = model.load_networks(self.device)
         # Inverting needs air that stays zero (normalised inside the nonzero mask): elsewhere air would turn bright
         self.inverted_retry = inverted_retry and all(self.config.use_mask_for_norm)
+        # The second reader reads the scan as recorded only: it learnt inverted contrasts among the others
         second = model.second_reader if second_reading else None
         self.second_reader = None if second is None else Predictor(
-            second, device, tta, step, autocast, progress, scales, inverted_retry, second_reading=False)
+            second, device, tta, step, autocast, progress, scales, inverted_retry=False, second_reading=False)
 
     def describe(self) -> str:
         """What this predictor runs on, for the first line of a prediction's log."""

@@ -10,9 +10,10 @@ with ``-m builtin``. An install without it (a source tree where ``make model`` h
 ``kneebones3dify_any_contrast/`` is its second reader, built by ``make model-any-contrast`` with
 ``kneesegTrainerProtocolsLight`` (the scan shown under random contrasts and fields of view): where the
 built-in model cannot read a scan (unsure of it as recorded and inverted, kneeseg.inference.qc),
-kneeseg_predict reads it with this one instead. It reads contrasts the built-in model cannot (a
-non-monotonic one: all-bone Dice 0.81 against 0.06) and the recorded one a little less well (0.970
-against 0.979), so it reads only what the built-in model cannot (benchmarks/RESULTS.md).
+kneeseg_predict reads it with this one instead. The recipe reads contrasts the built-in recipe
+cannot and the recorded one a little less well (half B, models of half A, seed 1: a non-monotonic
+contrast 0.81 against 0.06, as recorded 0.970 against 0.979), so it reads only what the built-in
+model cannot (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

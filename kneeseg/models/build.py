@@ -91,8 +91,9 @@ def _workdir_path(path: Path, parts: int) -> str:
 # protocols trainer's its second reader (kneeseg.models).
 ROLES = {
     TRAINER_NAME: ("", "kneeseg's default CPU recipe", "model",
-                   f"Where this model is unsure of a scan as recorded and inverted, kneeseg_predict reads it again with "
-                   f"the any-contrast second reader (kneeseg/models/{ANY_CONTRAST_MODEL_DIR.name}, its own card)."),
+                   f"Where this model stays unsure of a scan, as recorded and inverted, kneeseg_predict reads it again with "
+                   f"the any-contrast second reader (kneeseg/models/{ANY_CONTRAST_MODEL_DIR.name}, its own card): the "
+                   "non-monotonic row below then reads about 0.81 (half-A models of both recipes, seed 1; benchmarks/RESULTS.md)."),
     "kneesegTrainerProtocolsLight": (
         " (any-contrast second reader)",
         "kneeseg's CPU recipe with `kneesegTrainerProtocolsLight`: the scan also shown under random contrasts "
