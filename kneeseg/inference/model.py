@@ -29,6 +29,11 @@ class TrainedModel:
     second_reader: TrainedModel | None = None
 
     @property
+    def readers(self) -> list[TrainedModel]:
+        """This model and its second reader, if it has one."""
+        return [self, *([self.second_reader] if self.second_reader else [])]
+
+    @property
     def postprocessing_file(self) -> Path:
         return self.folder / "postprocessing.json"
 

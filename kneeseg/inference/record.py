@@ -40,8 +40,7 @@ RECORD_NAME = re.compile(r"^study(_part\d+of\d+)?\.csv$")
 def study_signature(model: TrainedModel, options: dict) -> str:
     """What makes two predictions of one scan the same: the model's files and its second reader's
     (weights by size and modification time, plans, post-processing) and every option that changes an output."""
-    readers = [model, *([model.second_reader] if model.second_reader else [])]
-    files = [f for m in readers for f in (m.folder / "plans.json", m.postprocessing_file, *m.checkpoints)]
+    files = [f for m in model.readers for f in (m.folder / "plans.json", m.postprocessing_file, *m.checkpoints)]
     identity = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists()]
     return hashlib.sha256(json.dumps([identity, options], sort_keys=True, default=str).encode()).hexdigest()[:16]
 

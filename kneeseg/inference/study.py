@@ -154,8 +154,7 @@ def predict_study(model: TrainedModel, cases: list[InputCase], options: Predicti
     descriptions = label_description_files(cases, o.label_descriptions)
     outputs += [path for pair in descriptions for path in pair]
     refuse_overwriting_inputs([*outputs, *extra_folders], [path for c in cases for path in c.channels])
-    readers = [model, *([model.second_reader] if model.second_reader else [])]
-    steps = {m.folder: postprocessing_steps(m) if o.postprocess else [] for m in readers}  # each reader's own
+    steps = {m.folder: postprocessing_steps(m) if o.postprocess else [] for m in model.readers}  # each reader's own
     predictor = Predictor(model, o.device, o.tta, o.step, o.autocast, o.progress, o.tta_scales,  # checks scales, checkpoints
                           inverted_retry=o.qc and o.inverted_retry, second_reading=o.qc)
     for folder in {c.output.parent for c in cases} | set(extra_folders):
