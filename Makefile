@@ -45,9 +45,9 @@ MODEL_BUILD = $(PY) -m kneeseg.models.build --shared $(SHARED) --train-minutes $
 model: venv
 	$(MODEL_BUILD)
 
-# Its any-contrast second reader (kneeseg/models/__init__.py), from a holdout run with -tr kneesegTrainerProtocolsLight.
+# Its any-contrast second reader (kneeseg/models/__init__.py), from a holdout run with -tr kneesegTrainerProtocols.
 model-any-contrast: venv
-	$(MODEL_BUILD) --trainer kneesegTrainerProtocolsLight --output kneeseg/models/kneebones3dify_any_contrast
+	$(MODEL_BUILD) --trainer kneesegTrainerProtocols --output kneeseg/models/kneebones3dify_any_contrast
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)_real kneeseg_data .pytest_cache .mypy_cache .ruff_cache

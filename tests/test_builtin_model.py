@@ -326,10 +326,10 @@ def test_the_model_card_names_commands_not_the_building_machines_paths(tmp_path)
     assert "| femur | 0.9732 | 1.05 | 0.337 |" in card and "all-bone Dice 0.9842 (the build command above" in card
     # The second reader's card: its own make target and the holdout run of its trainer.
     second = model_card(plans.hardware.machine, plans.configuration("3d_cpu"), list(BONES), 12, 0.9842, 60, 3, holdout,
-                        machine_from, table, trainer="kneesegTrainerProtocolsLight")
-    assert "# kneeseg built-in model (any-contrast second reader)" in second and "`kneesegTrainerProtocolsLight`" in second
+                        machine_from, table, trainer="kneesegTrainerProtocols")
+    assert "# kneeseg built-in model (any-contrast second reader)" in second and "`kneesegTrainerProtocols`" in second
     assert "`make model-any-contrast MODEL_MINUTES=60 MODEL_SEED=3 HOLDOUT=WORKDIR/summary_A_to_B.json " in second
-    assert "--seed 3 --machine reference -tr kneesegTrainerProtocolsLight --workdir WORKDIR`" in second
+    assert "--seed 3 --machine reference -tr kneesegTrainerProtocols --workdir WORKDIR`" in second
     models = Path(kneeseg.models.__file__).parent
     shipped = (models / "kneebones3dify" / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert not ABSOLUTE_PATH.search(shipped) and "`make model MODEL_MINUTES=60 MODEL_SEED=0 " in shipped

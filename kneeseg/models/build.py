@@ -93,11 +93,11 @@ ROLES = {
     TRAINER_NAME: ("", "kneeseg's default CPU recipe", "model",
                    f"Where this model stays unsure of a scan, as recorded and inverted, kneeseg_predict reads it again with "
                    f"the any-contrast second reader (kneeseg/models/{ANY_CONTRAST_MODEL_DIR.name}, its own card): the "
-                   "non-monotonic row below then reads about 0.81 (half-A models of both recipes, seed 1; benchmarks/RESULTS.md)."),
-    "kneesegTrainerProtocolsLight": (
+                   "non-monotonic row below then reads about 0.89 (half-A models of both recipes, seed 1; benchmarks/RESULTS.md)."),
+    "kneesegTrainerProtocols": (
         " (any-contrast second reader)",
-        "kneeseg's CPU recipe with `kneesegTrainerProtocolsLight`: the scan also shown under random contrasts "
-        "(transfer functions and tissue intensities, each in 3 patches of 20) and fields of view (kneeseg/training/protocols.py)",
+        "kneeseg's CPU recipe with `kneesegTrainerProtocols`: the scan also shown under random contrasts "
+        "(transfer functions and tissue intensities, each in 3 patches of 10) and fields of view (kneeseg/training/protocols.py)",
         "model-any-contrast",
         f"kneeseg_predict reads a scan with this model only where the built-in model (kneeseg/models/{BUILTIN_MODEL_DIR.name}) "
         "is unsure of more than 35 % of the bone it found, as recorded and inverted: a contrast it cannot read. "
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     p.add_argument("--robustness", type=Path, metavar="TABLE",
                    help="the holdout run's robustness table (benchmarks/robustness_real.py --table) for the model card")
     p.add_argument("--trainer", default=TRAINER_NAME, choices=[t for t in TRAINERS if t in ROLES],
-                   help="the default trainer: the built-in model; kneesegTrainerProtocolsLight: its any-contrast second reader")
+                   help="the default trainer: the built-in model; kneesegTrainerProtocols: its any-contrast second reader")
     p.add_argument("--output", type=Path, default=BUILTIN_MODEL_DIR)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)

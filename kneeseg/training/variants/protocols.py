@@ -1,6 +1,8 @@
 """Trainers that show the network other low-field protocols (kneeseg/training/protocols.py). Not the
 default: in 60 minutes on 2 cores the full dose did not learn the recorded scan well enough
-(benchmarks/RESULTS.md); the others measure lighter doses and what each part buys.
+(benchmarks/RESULTS.md). It reads other contrasts best, so it is the recipe of the built-in model's
+any-contrast second reader (``make model-any-contrast``); the others measure lighter doses and what
+each part buys.
 
     kneesegTrainerProtocols          contrast transfer functions, tissue contrasts (each in 3 patches of
                                      10), fields of view (1 in 5), rotation in 3 patches of 10
