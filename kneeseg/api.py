@@ -253,7 +253,7 @@ def resolve_model(paths: KneesegPaths | None = None, model_dir: Path | None = No
 def _attach_second_reader(model: TrainedModel, given: str = "auto") -> TrainedModel:
     """``model`` with the second reader ``given`` names (kneeseg.inference.predictor): 'auto', the
     built-in model's any-contrast model for the built-in model (kneeseg.models) and none for others;
-    'none'; or a model folder ('builtin' included) of the same labels."""
+    'none'; or a model folder ('builtin' and 'builtin-any-contrast' included) of the same labels."""
     from kneeseg.inference.model import with_second_reader
     from kneeseg.models import model_folder, second_reader_dir
 

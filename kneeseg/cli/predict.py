@@ -44,7 +44,7 @@ def main(argv=None):
     p.add_argument("-tr", "--trainer", help="trainer whose model to use (default: the one trained)")
     p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: all trained)")
     p.add_argument("-m", "--model-dir", type=Path, help="trained model folder (plans.json, dataset.json, fold_*/), "
-                   "or 'builtin' for the model that ships with kneeseg")
+                   "or 'builtin' for the model that ships with kneeseg ('builtin-any-contrast': its second reader)")
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", choices=["mirror", "none"], default="mirror", help="test-time mirroring (default mirror)")
     p.add_argument("--tta-scales", type=float, nargs="+", default=[1.0], metavar="F",
@@ -64,7 +64,8 @@ def main(argv=None):
                    help="do not read a scan the model is unsure of a second time with its contrast inverted")
     p.add_argument("--second-reader", metavar="MODEL", default="auto",
                    help="a model folder of the same labels that reads a scan the model is unsure of as recorded and inverted "
-                        "(a contrast it cannot read), or 'none' (default: the built-in model's any-contrast model when "
+                        "(a contrast it cannot read), 'builtin-any-contrast' (the built-in model's, e.g. for a model "
+                        "fine-tuned from it), or 'none' (default: the built-in model's any-contrast model when "
                         "predicting with the built-in model; none for other models)")
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz with class probabilities")
     p.add_argument("--overlays", type=Path, help="folder for QC PNGs (three planes with contours)")

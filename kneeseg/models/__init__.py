@@ -8,12 +8,12 @@ kneeseg_predict uses it when the results folder holds no trained model and no -m
 with ``-m builtin``. An install without it (a source tree where ``make model`` has not run) says so.
 
 ``kneebones3dify_any_contrast/`` is its second reader, built by ``make model-any-contrast`` with
-``kneesegTrainerProtocolsLight`` (the scan shown under random contrasts and fields of view): where the
+``kneesegTrainerProtocols`` (the scan shown under random contrasts and fields of view): where the
 built-in model cannot read a scan (unsure of it as recorded and inverted, kneeseg.inference.qc),
 kneeseg_predict reads it with this one instead. The recipe reads contrasts the built-in recipe
-cannot and the recorded one a little less well (half B, models of half A, seed 1: a non-monotonic
-contrast 0.81 against 0.06, as recorded 0.970 against 0.979), so it reads only what the built-in
-model cannot (benchmarks/RESULTS.md).
+cannot and the recorded one less well (half B, models of half A, seed 1: a non-monotonic contrast
+0.888 against 0.061, as recorded 0.961 against 0.979), so it reads only what the built-in model
+cannot (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from kneeseg.errors import KneesegError
 
 BUILTIN = "builtin"  # the name -m takes for it
+BUILTIN_ANY_CONTRAST = "builtin-any-contrast"  # and for its second reader (-m, --second-reader, --pretrained, --plans-from)
 BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "kneebones3dify"
 ANY_CONTRAST_MODEL_DIR = BUILTIN_MODEL_DIR.with_name(f"{BUILTIN_MODEL_DIR.name}_any_contrast")
 MAKE_MODEL_HINT = "this install has no built-in model (make model trains it; see docs/builtin_model.md)"
@@ -33,20 +34,27 @@ def builtin_model_dir() -> Path | None:
     return BUILTIN_MODEL_DIR if (BUILTIN_MODEL_DIR / "model.json").exists() else None
 
 
+def _any_contrast_dir() -> Path:
+    # From BUILTIN_MODEL_DIR when asked, not ANY_CONTRAST_MODEL_DIR: a stand-in built-in model has its own beside it
+    return BUILTIN_MODEL_DIR.with_name(f"{BUILTIN_MODEL_DIR.name}_any_contrast")
+
+
 def second_reader_dir(model: Path) -> Path | None:
     """The second reader of the model folder ``model``: for the built-in model, the any-contrast model
     beside it (``<built-in folder>_any_contrast``) where this install has it; else None."""
-    # From BUILTIN_MODEL_DIR when asked, not ANY_CONTRAST_MODEL_DIR: a stand-in built-in model has its own beside it
-    beside = BUILTIN_MODEL_DIR.with_name(f"{BUILTIN_MODEL_DIR.name}_any_contrast")
+    beside = _any_contrast_dir()
     return beside if model.resolve() == BUILTIN_MODEL_DIR.resolve() and (beside / "model.json").exists() else None
 
 
 def model_folder(given: str | Path, flag: str) -> Path:
-    """The model folder ``given`` names: ``builtin``, the built-in model's (refused in one line naming
-    ``flag`` where this install has none); anything else, that folder (checked by whoever loads it)."""
-    if str(given) != BUILTIN:
+    """The model folder ``given`` names: ``builtin``, the built-in model's; ``builtin-any-contrast``, its
+    any-contrast second reader's (either refused in one line naming ``flag`` where this install has
+    none); anything else, that folder (checked by whoever loads it)."""
+    if str(given) not in (BUILTIN, BUILTIN_ANY_CONTRAST):
         return Path(given)
-    folder = builtin_model_dir()
-    if folder is None:
-        raise KneesegError(f"{flag} {BUILTIN}: {MAKE_MODEL_HINT}")
+    folder = builtin_model_dir() if str(given) == BUILTIN else _any_contrast_dir()
+    if folder is None or not (folder / "model.json").exists():
+        hint = MAKE_MODEL_HINT if str(given) == BUILTIN else ("this install has no any-contrast model "
+                                                              "(make model-any-contrast trains it; see docs/builtin_model.md)")
+        raise KneesegError(f"{flag} {given}: {hint}")
     return folder
