@@ -34,27 +34,30 @@ def builtin_model_dir() -> Path | None:
     return BUILTIN_MODEL_DIR if (BUILTIN_MODEL_DIR / "model.json").exists() else None
 
 
-def _any_contrast_dir() -> Path:
+def any_contrast_model_dir() -> Path | None:
+    """The built-in model's any-contrast second reader's folder, or None where this install has none."""
     # From BUILTIN_MODEL_DIR when asked, not ANY_CONTRAST_MODEL_DIR: a stand-in built-in model has its own beside it
-    return BUILTIN_MODEL_DIR.with_name(f"{BUILTIN_MODEL_DIR.name}_any_contrast")
+    folder = BUILTIN_MODEL_DIR.with_name(f"{BUILTIN_MODEL_DIR.name}_any_contrast")
+    return folder if (folder / "model.json").exists() else None
 
 
 def second_reader_dir(model: Path) -> Path | None:
     """The second reader of the model folder ``model``: for the built-in model, the any-contrast model
     beside it (``<built-in folder>_any_contrast``) where this install has it; else None."""
-    beside = _any_contrast_dir()
-    return beside if model.resolve() == BUILTIN_MODEL_DIR.resolve() and (beside / "model.json").exists() else None
+    return any_contrast_model_dir() if model.resolve() == BUILTIN_MODEL_DIR.resolve() else None
 
 
 def model_folder(given: str | Path, flag: str) -> Path:
     """The model folder ``given`` names: ``builtin``, the built-in model's; ``builtin-any-contrast``, its
     any-contrast second reader's (either refused in one line naming ``flag`` where this install has
     none); anything else, that folder (checked by whoever loads it)."""
-    if str(given) not in (BUILTIN, BUILTIN_ANY_CONTRAST):
+    shipped = {BUILTIN: (builtin_model_dir, MAKE_MODEL_HINT),
+               BUILTIN_ANY_CONTRAST: (any_contrast_model_dir, "this install has no any-contrast model "
+                                      "(make model-any-contrast trains it; see docs/builtin_model.md)")}
+    if str(given) not in shipped:
         return Path(given)
-    folder = builtin_model_dir() if str(given) == BUILTIN else _any_contrast_dir()
-    if folder is None or not (folder / "model.json").exists():
-        hint = MAKE_MODEL_HINT if str(given) == BUILTIN else ("this install has no any-contrast model "
-                                                              "(make model-any-contrast trains it; see docs/builtin_model.md)")
+    find, hint = shipped[str(given)]
+    folder = find()
+    if folder is None:
         raise KneesegError(f"{flag} {given}: {hint}")
     return folder
