@@ -8,7 +8,9 @@ left-right as a sagittal 2D protocol would), at 1/2 and 1/3 of the scan's SNR (R
 shaded by a receive coil whose sensitivity falls 2 : 1 across the half, left to right and front to back,
 with its air stored as noise instead of the zeros this scanner writes (predicted by default, which
 stores that air as zeros again for a model trained on zeroed air, and with kneeseg_predict --keep-air,
-as it is; and at a third of the SNR), and through a Gaussian filter.
+as it is; and at a third of the SNR), and through a Gaussian filter; and as other protocols would:
+1 mm voxels, 3 mm axial slices, rotated, other contrasts (gamma, non-monotonic, inverted, and three
+held out from every choice), fields of view cut to the joint and through the shafts.
 For each it prints Dice per bone and for all bones, HD95, whether the output has the input's
 geometry, and whether the bones are where anatomy puts them in scanner space (femur above tibia,
 patella in front of the femur). Half A is the training half (it measures what each change costs on a
@@ -109,6 +111,13 @@ def variants(image: np.ndarray, labels: np.ndarray, geometry: Geometry, seed: in
         yield f"another monotonic contrast (gamma {gamma:g})", same_grid(lambda g=gamma: with_gamma(image, g))
     yield "non-monotonic contrast (fat dark, fluid bright)", same_grid(
         lambda: with_contrast(image, [0, 0.3, 0.6, 0.85, 1.0], [0, 0.05, 0.8, 0.5, 0.15]))
+    # Three more that no recipe, reading or fit was chosen on: a check of what was.
+    yield "held-out contrast: brightest tissues dark (fat-suppressed-like)", same_grid(
+        lambda: with_contrast(image, [0, 0.3, 0.6, 0.8, 0.9, 1.0], [0, 0.05, 0.6, 1.0, 0.3, 0.1]))
+    yield "held-out contrast: mid-grey tissues dark", same_grid(
+        lambda: with_contrast(image, [0, 0.3, 0.6, 0.85, 1.0], [0, 0.6, 0.1, 0.9, 0.5]))
+    yield "held-out contrast: flat (mid-grey and bright alike)", same_grid(
+        lambda: with_contrast(image, [0, 0.3, 0.6, 0.85, 1.0], [0, 0.4, 0.9, 0.7, 0.8]))
     yield "inverted contrast", same_grid(lambda: inverted(image))
     s_axis = 2 - index_axis["S"]  # the array axis along superior-inferior
     joint = joint_line(labels, s_axis)
@@ -207,9 +216,11 @@ def main() -> int:
             dice = [f"{mean[s]['dice']:.3f}" if mean[s]["ref_volume_mm3"] > 0 else "–" for s in ("femur", "tibia", "patella")]
             spacing = "×".join(f"{s:.2f}" for s in geom.spacing)
             qc = json.loads((folder / "pred" / "knee.statistics.json").read_text())["qc_warnings"]
-            unsure_lines = [w for w in qc if w.startswith(("the model is unsure", "the second reader is unsure"))]
+            unsure_lines = [w for w in qc if w.startswith(("the model is unsure", "the second reader is unsure",
+                                                          "the two readings are unsure"))]
             unsure = unsure_lines[0].split(" of ")[1].split(" ")[0] + " %" if unsure_lines else "no"
-            unsure += ", second reader" if any(w.startswith("read by the model's second reader") for w in qc) else ""
+            handed = [w for w in qc if w.startswith("read by the model's second reader")]
+            unsure += (", second reader" + (" (taught)" if "taught it the scan's contrast" in handed[0] else "")) if handed else ""
             # Voxels of a bone that the reference does not hold (half B's patella): invented bone.
             false_ml = sum(mean[s]["pred_volume_mm3"] for s in ("femur", "tibia", "patella") if mean[s]["ref_volume_mm3"] == 0) / 1000
             table.append(f"| {variant} | {spacing} | {' | '.join(dice)} | {mean['all_bones']['dice']:.3f} | "

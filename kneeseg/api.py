@@ -303,7 +303,9 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
     air as zeros first (``kneeseg.fingerprint.air.air_mask``): None (default) does so when the model
     was trained on scans whose air was stored as zeros and the scan's is not, saying so on stderr;
     True always; False never. ``second_reader``: the model that reads a scan the model is unsure of
-    as recorded and inverted (:func:`_attach_second_reader`; the built-in model's any-contrast model by default)."""
+    as recorded and inverted (:func:`_attach_second_reader`; the built-in model's any-contrast model by default);
+    with ``teach_contrast`` (default) it also teaches the model the scan's contrast and the labels are
+    both readings' (kneeseg.inference.contrast)."""
     from kneeseg.inference.outputs import StudyLock, check_output_paths
 
     inp, out = Path(inp), Path(out)

@@ -73,7 +73,9 @@ def test_a_scan_the_model_cannot_read_goes_to_its_second_reader(phantom_builtin,
     # Its own post-processing tells its labels apart: it drops every patella (label 3).
     (second / "postprocessing.json").write_text(json.dumps({"steps": [{"op": "remove_small", "label": 3, "min_mm3": 1e12}]}))
     scan = _scan(small_model)
-    args = ["-i", str(scan), "--statistics", "--device", "cpu", "--no-progress"]
+    # The second reader reads alone (the contrast it teaches: kneeseg.inference.contrast, tests/test_contrast.py
+    # and the real knee below), so that its labels are its network's, post-processed its way.
+    args = ["-i", str(scan), "--statistics", "--device", "cpu", "--no-progress", "--no-taught-contrast"]
     first_only = tmp_path / "first" / "bones.nii.gz"
     assert predict_main([*args, "-o", str(first_only), "-m", "builtin", "--second-reader", "none"]) == 0
     first_labels, _ = read_image(first_only)
@@ -263,7 +265,8 @@ def test_the_builtin_model_is_sure_of_a_knee_reads_an_inverted_one_and_is_unsure
     """The knee as recorded: no warning. Its inverted contrast (dark fat, bright fluid, a contrast the
     model never learnt): read a second time inverted, the same bones as the knee's, and a warning that
     says so; with --no-inverted-retry (and no second reader) the model is unsure of it. A non-monotonic
-    contrast: read by the any-contrast second reader, the knee's bones. Noise: lost whoever reads it."""
+    contrast: read by the any-contrast second reader, which teaches the model that contrast, the knee's
+    bones. Noise: lost whoever reads it."""
     from scan_variants import inverted, thick_slices, with_contrast
 
     assert second_reader_dir(builtin_model_dir() or Path()) is not None  # the install ships both
@@ -287,6 +290,10 @@ def test_the_builtin_model_is_sure_of_a_knee_reads_an_inverted_one_and_is_unsure
     assert any(w.startswith(("the model is unsure", "no femur found")) for w in warned["noise"]), warned["noise"]
     for name in ("noise", "non_monotonic"):
         assert any(w.startswith("read by the model's second reader") for w in warned[name]), warned[name]
+    # The non-monotonic knee has a body whose contrast the second reader teaches; the noise (all air once its
+    # air is zeroed) has none.
+    assert [("taught it the scan's contrast" in w) for name in ("noise", "non_monotonic") for w in warned[name]
+            if w.startswith("read by the model's second reader")] == [False, True]
     assert not any("second reader" in w for name in ("knee", "inverted") for w in warned[name])
     assert "read with its contrast inverted" in capsys.readouterr().err
     knee_bones, _ = read_image(out / "knee.nii.gz")

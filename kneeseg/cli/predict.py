@@ -62,6 +62,9 @@ def main(argv=None):
     p.add_argument("--no-postprocessing", dest="postprocess", action="store_false")
     p.add_argument("--no-inverted-retry", dest="inverted_retry", action="store_false",
                    help="do not read a scan the model is unsure of a second time with its contrast inverted")
+    p.add_argument("--no-taught-contrast", dest="teach_contrast", action="store_false",
+                   help="the second reader reads alone: it does not teach the model the scan's contrast (faster, "
+                        "coarser; see docs/prediction.md)")
     p.add_argument("--second-reader", metavar="MODEL", default="auto",
                    help="a model folder of the same labels that reads a scan the model is unsure of as recorded and inverted "
                         "(a contrast it cannot read), 'builtin-any-contrast' (the built-in model's, e.g. for a model "
@@ -99,7 +102,8 @@ def main(argv=None):
     options = PredictionOptions(device=resolve_device(device), tta=args.tta == "mirror", tta_scales=tuple(args.tta_scales),
                                 step=args.step, autocast=args.autocast, postprocess=args.postprocess, zero_air=args.zero_air,
                                 save_probabilities=args.save_probabilities, progress=args.progress,
-                                inverted_retry=args.inverted_retry, second_reader=args.second_reader, timings=args.timings)
+                                inverted_retry=args.inverted_retry, second_reader=args.second_reader,
+                                teach_contrast=args.teach_contrast, timings=args.timings)
     study = StudyOptions(output_type=args.output_type, statistics=args.statistics, overlays=args.overlays, stl=args.stl,
                          stl_faces=args.stl_faces, overwrite=args.overwrite, num_parts=num_parts or 1, part_id=part_id or 0)
     outputs = predict(Path(args.input), Path(args.output), paths_from(args), args.model_dir, dataset=args.dataset,

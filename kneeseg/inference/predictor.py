@@ -16,7 +16,10 @@ the scan as recorded, and the prediction says so.
 A model with a second reader (``TrainedModel.second_reader``; the built-in model's is its
 any-contrast model, kneeseg.models) hands it a scan it stays unsure of (the reading it keeps, as
 recorded or inverted, more than UNCERTAIN_LIMIT unsure): the second reader reads the scan as
-recorded, and its prediction is the one returned, and says so. It is not judged by its own confidence: a
+recorded and, where both models preprocess alike and predict at one scale, teaches the model the
+scan's contrast (kneeseg.inference.contrast): the mean of the second reader's probabilities and the
+model's through the learnt contrast is returned (else the second reader's alone), and says so. The
+second reader is not judged by its own confidence: a
 model trained on many contrasts may be less sure of everything (half B under a non-monotonic contrast,
 seed 1: a half-A model of the lighter dose, ProtocolsLight, unsure of 50 % and right, all-bone Dice
 0.81; the half-A default unsure of 42 % and wrong, 0.06), and it is asked only where the first model
@@ -33,6 +36,7 @@ import torch
 
 from kneeseg.errors import KneesegError
 from kneeseg.hardware import precision_name, usable_autocast, use_cores
+from kneeseg.inference.contrast import MIN_BODY_VOXELS, apply_curve, fit_contrast_curve
 from kneeseg.inference.model import TrainedModel
 from kneeseg.inference.qc import UNCERTAIN_LIMIT, uncertain_share
 from kneeseg.inference.sliding_window import mirror_combinations, predict_sliding_window, window_count
@@ -60,15 +64,19 @@ class Prediction:
     # found, as recorded and inverted (None where it found none)
     second_reading: bool = False
     unsure_first_reading: float | None = None
+    # The second reader taught the model the scan's contrast, and the two readings were averaged
+    # (kneeseg.inference.contrast)
+    contrast_taught: bool = False
 
 
 class Predictor:
     def __init__(self, model: TrainedModel, device: str = "cpu", tta: bool = True, step: float = 0.5,
                  autocast: str | None = None, progress: bool = False, scales: Sequence[float] = (1.0,),
-                 inverted_retry: bool = True, second_reading: bool = True):
+                 inverted_retry: bool = True, second_reading: bool = True, teach_contrast: bool = True):
         if not 0.0 < step <= 1.0:
             raise KneesegError(f"sliding-window step {step}: must be a fraction of the patch, more than 0 and at most 1")
         self.model, self.device, self.step, self.progress = model, torch.device(device), step, progress
+        self.teach_contrast = teach_contrast
         self.config = model.config
         self.scales = checked_scales(scales)
         self.label_values = sorted(model.ds.labels.values())
@@ -115,11 +123,43 @@ class Predictor:
             del probs_inverted
         if self.second_reader is not None and (share is None or share > UNCERTAIN_LIMIT):
             del probs
+            if self.can_be_taught():
+                return self._taught_reading(images, geometry, keep_probabilities, clock, share)
             second = self.second_reader.predict(images, geometry, keep_probabilities, clock)
             return replace(second, second_reading=True, unsure_first_reading=share)
         with timed(clock, "to the scan's grid"):
             labels, full = restore_original(probs, properties, self.label_values, keep_probabilities)
         return Prediction(labels, full, share, read_inverted, as_recorded if read_inverted else None)
+
+    def can_be_taught(self) -> bool:
+        """Whether the second reader can teach this model a scan's contrast (kneeseg.inference.contrast):
+        both preprocess a scan alike (the built-in model and its second reader do), at one scale."""
+        return (self.teach_contrast and self.second_reader is not None and self.scales == [1.0]
+                and self.model.ds.num_channels == 1
+                and self.second_reader.config.preprocessing_signature() == self.config.preprocessing_signature())
+
+    def _taught_reading(self, images: list[np.ndarray], geometry: Geometry, keep_probabilities: bool,
+                        clock: StageClock | None, unsure_first: float | None) -> Prediction:
+        """The second reader's reading, averaged with this model's through the contrast curve the
+        second reader's labels taught it."""
+        assert self.second_reader is not None
+        with timed(clock, "preprocess"):
+            case = preprocess_case(images, geometry, self.config)
+        probs = self.second_reader._fold_mean(case.data.copy(), clock=clock)
+        taught = bool(np.count_nonzero(case.data[0]) >= MIN_BODY_VOXELS)  # else all air (noise whose air was zeroed)
+        if taught:
+            with timed(clock, "contrast"):
+                curve = fit_contrast_curve(self.networks[0], case.data, probs.argmax(0), self.config.patch_size,
+                                           self.device, self.autocast, progress=self.progress)
+                data = apply_curve(case.data, curve)
+            probs += self._fold_mean(data, clock=clock)
+            probs /= 2
+            del data
+        share = uncertain_share(probs)
+        with timed(clock, "to the scan's grid"):
+            labels, full = restore_original(probs, case.properties, self.label_values, keep_probabilities)
+        return Prediction(labels, full, share, second_reading=True, unsure_first_reading=unsure_first,
+                          contrast_taught=taught)
 
     def _probabilities(self, images: list[np.ndarray], geometry: Geometry, inverted: bool,
                        clock: StageClock | None) -> tuple[np.ndarray, dict]:

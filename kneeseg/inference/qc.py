@@ -17,7 +17,8 @@ the knee bones the model learnt:
 - the scan was read with its contrast inverted (kneeseg.inference.predictor): the model was unsure
   of the scan as recorded and sure of it inverted (a fat-suppressed or inverted protocol, say);
 - the scan was read by the model's second reader (kneeseg.inference.predictor): the model stayed
-  unsure of it (as recorded, and inverted where it tried).
+  unsure of it (as recorded, and inverted where it tried); where the second reader taught the model
+  the scan's contrast (kneeseg.inference.contrast), the labels are both readings'.
 
 Together with the acquisition warnings (kneeseg.inference.acquisition) they are printed per case and
 recorded in the statistics output (``qc_warnings``).
@@ -55,26 +56,30 @@ def uncertain_share(probabilities: np.ndarray) -> float | None:
 def prediction_warnings(labels: np.ndarray, geometry: Geometry, bones: dict[str, int],
                         volume_ranges: dict[str, list[float]], unsure: float | None = None,
                         read_inverted: bool = False, unsure_as_recorded: float | None = None,
-                        second_reading: bool = False, unsure_first_reading: float | None = None) -> list[str]:
+                        second_reading: bool = False, unsure_first_reading: float | None = None,
+                        contrast_taught: bool = False) -> list[str]:
     """What looks wrong in a (z, y, x) label map of ``bones`` (name -> value), given the training
     labels' ``volume_ranges`` (name -> [min, max] mm3, the plans' ``label_volumes_mm3``; a name
     without a range is not judged) and the prediction's ``unsure`` share (:func:`uncertain_share`);
     ``read_inverted``: the scan was read with its contrast inverted, having been ``unsure_as_recorded``
     of the bone it found as recorded (None: it found none); ``second_reading``: the scan was read by
-    the model's second reader, the model having been ``unsure_first_reading`` of the bone it found."""
+    the model's second reader, the model having been ``unsure_first_reading`` of the bone it found;
+    ``contrast_taught``: the second reader taught the model the scan's contrast and the labels are
+    both readings' (kneeseg.inference.contrast)."""
     warnings, centre = [], {}
     if second_reading:
         before = ("found no bone" if unsure_first_reading is None
                   else f"was unsure of {100 * unsure_first_reading:.0f} % of the bone it found")
-        warnings.append(f"read by the model's second reader: the model {before}; check every bone")
+        taught = ", which taught it the scan's contrast (the labels are both readings')" if contrast_taught else ""
+        warnings.append(f"read by the model's second reader{taught}: the model {before}; check every bone")
     if read_inverted:
         before = ("found no bone" if unsure_as_recorded is None
                   else f"was unsure of {100 * unsure_as_recorded:.0f} % of the bone it found")
         warnings.append(f"read with its contrast inverted: the model {before} as recorded, and is unsure of "
                         f"{100 * (unsure or 0.0):.0f} % inverted; check every bone")
     if unsure is not None and unsure > UNCERTAIN_LIMIT:
-        who = "the second reader" if second_reading else "the model"
-        warnings.append(f"{who} is unsure of {100 * unsure:.0f} % of the bone it found (more than {100 * UNCERTAIN_LIMIT:.0f} %): "
+        who = "the two readings are" if contrast_taught else "the second reader is" if second_reading else "the model is"
+        warnings.append(f"{who} unsure of {100 * unsure:.0f} % of the bone it found (more than {100 * UNCERTAIN_LIMIT:.0f} %): "
                         "it may not read this scan (another contrast, another joint, no knee); check every bone")
     voxel_mm3 = float(np.prod(geometry.spacing))
     for name, value in bones.items():

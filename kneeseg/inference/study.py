@@ -72,6 +72,9 @@ class PredictionOptions:
     # With qc: a scan the model is unsure of either way is read by its second reader: "auto" (the
     # built-in model's any-contrast model, kneeseg.models), "none", or a model folder
     second_reader: str = "auto"
+    # The second reader teaches the model the scan's contrast, and the labels are both readings'
+    # (kneeseg.inference.contrast); else the second reader's alone
+    teach_contrast: bool = True
     timings: bool = False  # one line per case on stderr: where the time went (kneeseg.inference.timing)
 
 
@@ -156,7 +159,7 @@ def predict_study(model: TrainedModel, cases: list[InputCase], options: Predicti
     refuse_overwriting_inputs([*outputs, *extra_folders], [path for c in cases for path in c.channels])
     steps = {m.folder: postprocessing_steps(m) if o.postprocess else [] for m in model.readers}  # each reader's own
     predictor = Predictor(model, o.device, o.tta, o.step, o.autocast, o.progress, o.tta_scales,  # checks scales, checkpoints
-                          inverted_retry=o.qc and o.inverted_retry, second_reading=o.qc)
+                          inverted_retry=o.qc and o.inverted_retry, second_reading=o.qc, teach_contrast=o.teach_contrast)
     for folder in {c.output.parent for c in cases} | set(extra_folders):
         ensure_writable_folder(folder)  # before any prediction: fail early, write nothing
     written, failed = [], []
@@ -212,7 +215,7 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
         found = prediction_warnings(labels, geometry, model.ds.foreground, model.plans.label_volumes_mm3,
                                     prediction.uncertain_share, prediction.read_inverted,
                                     prediction.unsure_as_recorded, prediction.second_reading,
-                                    prediction.unsure_first_reading) if o.qc else []
+                                    prediction.unsure_first_reading, prediction.contrast_taught) if o.qc else []
     for warning in found:
         tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
     warnings += found
