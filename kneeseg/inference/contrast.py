@@ -13,7 +13,7 @@ as it is and once inverted; the fit that agrees better is kept.)
 Half B of the real scan under a non-monotonic contrast (benchmarks/RESULTS.md), half-A models of
 seed 1, prediction with post-processing: the second reader alone scored all-bone Dice 0.888; the
 mean of its probabilities and the first model's through the fitted curve 0.949-0.952 (three seeds
-of the fit), in 30 s instead of 12. A non-monotonic contrast maps tissues of different brightness
+of the fit), in 34 s instead of 12. A non-monotonic contrast maps tissues of different brightness
 to the same grey, so no curve gives back the scan the first model learnt: the mean keeps what each
 reads best.
 

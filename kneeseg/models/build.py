@@ -93,7 +93,8 @@ ROLES = {
     TRAINER_NAME: ("", "kneeseg's default CPU recipe", "model",
                    f"Where this model stays unsure of a scan, as recorded and inverted, kneeseg_predict reads it again with "
                    f"the any-contrast second reader (kneeseg/models/{ANY_CONTRAST_MODEL_DIR.name}, its own card): the "
-                   "non-monotonic row below then reads about 0.89 (half-A models of both recipes, seed 1; benchmarks/RESULTS.md)."),
+                   "non-monotonic row below then reads about 0.95, the second reader teaching this model the scan's contrast "
+                   "(half-A models of both recipes, seed 1; benchmarks/RESULTS.md)."),
     "kneesegTrainerProtocols": (
         " (any-contrast second reader)",
         "kneeseg's CPU recipe with `kneesegTrainerProtocols`: the scan also shown under random contrasts "
