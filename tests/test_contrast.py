@@ -83,4 +83,5 @@ def test_the_qc_says_the_labels_are_both_readings():
     assert plain[0] == "read by the model's second reader: the model was unsure of 44 % of the bone it found; check every bone"
     assert taught[0] == ("read by the model's second reader, which taught it the scan's contrast (the labels are both "
                          "readings'): the model was unsure of 44 % of the bone it found; check every bone")
-    assert plain[1].startswith("the second reader is unsure of 50 %") and taught[1].startswith("the two readings are unsure of 50 %")
+    assert plain[1].startswith("the second reader is unsure of 50 % of the bone it found (more than 35 %): it may not")
+    assert taught[1].startswith("the two readings are unsure of 50 % of the bone they found (more than 35 %): they may not")

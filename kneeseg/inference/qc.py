@@ -78,9 +78,10 @@ def prediction_warnings(labels: np.ndarray, geometry: Geometry, bones: dict[str,
         warnings.append(f"read with its contrast inverted: the model {before} as recorded, and is unsure of "
                         f"{100 * (unsure or 0.0):.0f} % inverted; check every bone")
     if unsure is not None and unsure > UNCERTAIN_LIMIT:
-        who = "the two readings are" if contrast_taught else "the second reader is" if second_reading else "the model is"
-        warnings.append(f"{who} unsure of {100 * unsure:.0f} % of the bone it found (more than {100 * UNCERTAIN_LIMIT:.0f} %): "
-                        "it may not read this scan (another contrast, another joint, no knee); check every bone")
+        who, it = (("the two readings are", "they") if contrast_taught else ("the second reader is", "it") if second_reading
+                   else ("the model is", "it"))
+        warnings.append(f"{who} unsure of {100 * unsure:.0f} % of the bone {it} found (more than {100 * UNCERTAIN_LIMIT:.0f} %): "
+                        f"{it} may not read this scan (another contrast, another joint, no knee); check every bone")
     voxel_mm3 = float(np.prod(geometry.spacing))
     for name, value in bones.items():
         mask = labels == value
