@@ -304,7 +304,7 @@ def predict(inp: Path, out: Path, paths: KneesegPaths | None = None, model_dir: 
     was trained on scans whose air was stored as zeros and the scan's is not, saying so on stderr;
     True always; False never. ``second_reader``: the model that reads a scan the model is unsure of
     as recorded and inverted (:func:`_attach_second_reader`; the built-in model's any-contrast model by default);
-    with ``teach_contrast`` (default) it also teaches the model the scan's contrast and the labels are
+    with ``options.teach_contrast`` (default) it also teaches the model the scan's contrast and the labels are
     both readings' (kneeseg.inference.contrast)."""
     from kneeseg.inference.outputs import StudyLock, check_output_paths
 

@@ -73,9 +73,7 @@ def test_a_scan_the_model_cannot_read_goes_to_its_second_reader(phantom_builtin,
     # Its own post-processing tells its labels apart: it drops every patella (label 3).
     (second / "postprocessing.json").write_text(json.dumps({"steps": [{"op": "remove_small", "label": 3, "min_mm3": 1e12}]}))
     scan = _scan(small_model)
-    # The second reader reads alone (the contrast it teaches: kneeseg.inference.contrast, tests/test_contrast.py
-    # and the real knee below), so that its labels are its network's, post-processed its way.
-    args = ["-i", str(scan), "--statistics", "--device", "cpu", "--no-progress", "--no-taught-contrast"]
+    args = ["-i", str(scan), "--statistics", "--device", "cpu", "--no-progress"]
     first_only = tmp_path / "first" / "bones.nii.gz"
     assert predict_main([*args, "-o", str(first_only), "-m", "builtin", "--second-reader", "none"]) == 0
     first_labels, _ = read_image(first_only)
@@ -149,6 +147,54 @@ def test_the_second_reader_reads_only_what_the_model_stays_unsure_of(small_model
     assert (set(np.unique(prediction.labels)) <= {0, 1}) == handed_over  # the reader's all-femur, or the model's bones
     if handed_over:
         assert prediction.unsure_first_reading == shares[0] and prediction.uncertain_share == shares[-1]
+
+
+@pytest.mark.parametrize("teach", [True, False])
+def test_the_second_reader_teaches_the_model_the_scans_contrast(small_model, monkeypatch, teach):
+    """Where both models normalise inside the body alike, the second reader's labels teach the first
+    model (its first fold's network) a contrast curve, the first model reads the scan through it, and
+    the probabilities are both readings' mean; with teach_contrast=False (--no-taught-contrast), the
+    second reader's alone. The readings here are constant fields: the second reader's femur 0.6
+    (background 0.4), the first model's tibia 1.0, so the mean's tibia (0.5) wins."""
+    import kneeseg.inference.predictor as predictor_module
+    from kneeseg.inference.contrast import ContrastCurve, apply_curve
+    from kneeseg.inference.model import load_model
+    from kneeseg.inference.predictor import Predictor
+
+    folder = small_model.results / MODEL_DIR
+    model = dataclasses.replace(load_model(folder), second_reader=load_model(folder))
+    predictor = Predictor(model, tta=False, inverted_retry=False, teach_contrast=teach)
+    assert predictor.second_reader is not None and not predictor.can_be_taught()  # the phantom plan: not masked
+    masked = dataclasses.replace(predictor.config, use_mask_for_norm=[True])  # as the built-in models' plans
+    predictor.config = predictor.second_reader.config = masked
+    assert predictor.can_be_taught() == teach
+    monkeypatch.setattr(predictor_module, "uncertain_share", lambda probabilities: 0.6)  # the model is lost
+    field = lambda values: lambda data, inverted=False, clock=None: np.stack(  # noqa: E731
+        [np.full(data.shape[1:], v, np.float32) for v in values])
+    read_by_first = []
+    first = field([0.0, 0.0, 1.0, 0.0])
+    monkeypatch.setattr(predictor, "_fold_mean", lambda data, inverted=False, clock=None: (
+        read_by_first.append(data.copy()), first(data))[1])
+    monkeypatch.setattr(predictor.second_reader, "_fold_mean", field([0.4, 0.6, 0.0, 0.0]))
+    curve = ContrastCurve(np.array([-1.0, 1.0], np.float32), np.array([1.0, -1.0], np.float32), 0.0, "inverted")
+    fitted = []
+    monkeypatch.setattr(predictor_module, "fit_contrast_curve", lambda network, data, teacher, *rest, **kw: (
+        fitted.append((network, data.copy(), teacher.copy())), curve)[1])
+    image, geometry = read_image(_scan(small_model))
+    prediction = predictor.predict([image], geometry, keep_probabilities=True)
+
+    assert prediction.second_reading and prediction.contrast_taught == teach
+    bone = prediction.labels != 0
+    assert bone.mean() > 0.5  # the fields cover the body's crop
+    if teach:
+        (network, data, teacher), = fitted
+        assert network is predictor.networks[0] and teacher.dtype == np.uint8 and np.all(teacher == 1)  # the femur
+        np.testing.assert_allclose(read_by_first[-1], apply_curve(data, curve))  # read through the curve
+        assert np.all(prediction.labels[bone] == 2)
+        np.testing.assert_allclose(np.median(prediction.probabilities[:, bone], 1), [0.2, 0.3, 0.5, 0.0], atol=1e-5)
+    else:
+        assert not fitted and len(read_by_first) == 1  # the first reading only
+        assert np.all(prediction.labels[bone] == 1)
 
 
 def _geometry(shape, spacing=1.0) -> Geometry:

@@ -85,3 +85,13 @@ def test_the_qc_says_the_labels_are_both_readings():
                          "readings'): the model was unsure of 44 % of the bone it found; check every bone")
     assert plain[1].startswith("the second reader is unsure of 50 % of the bone it found (more than 35 %): it may not")
     assert taught[1].startswith("the two readings are unsure of 50 % of the bone they found (more than 35 %): they may not")
+
+
+def test_the_cli_passes_no_taught_contrast_on(monkeypatch, tmp_path):
+    import kneeseg.cli.predict as cli
+
+    asked = []
+    monkeypatch.setattr(cli, "predict", lambda *args, options, **kwargs: asked.append(options.teach_contrast) or [])
+    for flags in ([], ["--no-taught-contrast"]):
+        assert cli.main(["-i", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "out.nii.gz"), *flags]) == 0
+    assert asked == [True, False]

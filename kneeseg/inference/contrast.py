@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kneeseg.inference.sliding_window import BATCH_VOXELS
+
 KNOTS = 12
 # Per start. All-bone Dice of the pair on the case above, by steps of the fit: 25 steps 0.949-0.952
 # (three seeds of the fit), 50 steps 0.933 (seed 0; 0.944 with patches z-scored on their own).
@@ -71,14 +73,40 @@ def _hat_basis(x: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
     return basis
 
 
-def apply_curve(data: np.ndarray, curve: ContrastCurve) -> np.ndarray:
+def apply_curve(data: np.ndarray, curve: ContrastCurve, chunk: int = 1 << 22) -> np.ndarray:
     """Preprocessed ``data`` (C, Z, Y, X; air exactly 0) through ``curve``, z-scored again over the
-    body: what the first model reads."""
-    body = data != 0
-    inside = np.interp(data[body], curve.knots, curve.values).astype(np.float32)
+    body: what the first model reads. ``chunk`` voxels at a time: no float64 copy of a large grid."""
     out = np.zeros(data.shape, np.float32)
-    out[body] = (inside - inside.mean()) / (inside.std() + 1e-6)
+    source, target = data.reshape(-1), out.reshape(-1)
+    total = squares = 0.0
+    for i in range(0, source.size, chunk):
+        x = source[i:i + chunk]
+        mapped = np.interp(x[x != 0], curve.knots, curve.values).astype(np.float32)
+        target[i:i + chunk][x != 0] = mapped
+        total += float(mapped.sum(dtype=np.float64))
+        squares += float(np.square(mapped, dtype=np.float64).sum())
+    count = max(int(np.count_nonzero(source)), 1)
+    mean = total / count
+    std = float(np.sqrt(max(squares / count - mean * mean, 0.0)))
+    for i in range(0, source.size, chunk):
+        x, y = source[i:i + chunk], target[i:i + chunk]
+        y[x != 0] = (y[x != 0] - mean) / (std + 1e-6)
     return out
+
+
+def _centres(mask: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 3) random voxels of ``mask`` (drawn with replacement): from the list of its voxels where it
+    has few, else by drawing voxels of the grid and keeping the mask's, so that a large grid is never
+    listed whole."""
+    count = int(np.count_nonzero(mask))
+    if count < 1_000_000:
+        where = np.argwhere(mask)
+        return where[rng.integers(len(where), size=n)]
+    flat, kept = mask.reshape(-1), np.zeros(0, np.int64)
+    while kept.size < n:  # at least 1e6 voxels of the mask: a share worth drawing for
+        draw = rng.integers(flat.size, size=4 * n + int(4 * n * flat.size / count))
+        kept = np.concatenate([kept, draw[flat[draw]]])
+    return np.stack(np.unravel_index(kept[:n], mask.shape), 1)
 
 
 def _patch_slices(centre: np.ndarray, patch: list[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -93,8 +121,8 @@ def fit_contrast_curve(network: torch.nn.Module, data: np.ndarray, teacher: np.n
     (Z, Y, X class indices on the grid of ``data``, the preprocessed one-channel scan (1, Z, Y, X),
     air exactly 0): ``STEPS`` Adam steps of the cross-entropy on ``PATCHES_PER_STEP`` patches of
     ``patch_size`` from each of ``STARTS``, the one with the lower loss on a fixed set of patches
-    kept. ``autocast``: 'bf16' runs the network in bf16 (on a CPU that runs it natively), anything
-    else in fp32. ``seed`` fixes the patches, and so the curve."""
+    kept. ``autocast``: 'bf16' runs the network in bf16 (the predictor asks for it where the device
+    runs it natively), anything else in fp32. ``seed`` fixes the patches, and so, on a CPU, the curve."""
     from tqdm import tqdm
 
     image = data[0]
@@ -103,15 +131,19 @@ def fit_contrast_curve(network: torch.nn.Module, data: np.ndarray, teacher: np.n
     knots = np.quantile(inside, np.linspace(0.0, 1.0, KNOTS)).astype(np.float32)
     knots += np.arange(KNOTS, dtype=np.float32) * 1e-4  # strictly increasing where quantiles coincide
     rng = np.random.default_rng(seed)
-    pools = [np.argwhere(teacher > 0), np.argwhere(body)]
-    if len(pools[0]) == 0:
-        pools[0] = pools[1]
+    # Every patch centre the fit will use, drawn once: half on the teacher's bone, half in the body
+    needed = (STEPS * len(STARTS) + 2) * PATCHES_PER_STEP
+    bone = teacher > 0
+    pools = [_centres(bone if bone.any() else body, needed // 2, rng), _centres(body, needed // 2, rng)]
+    drawn = 0
 
     def patches(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal drawn
         xs, ts = [], []
-        for k in range(n):
-            pool = pools[k % 2]
-            where = _patch_slices(pool[rng.integers(len(pool))], patch_size, image.shape)
+        for _ in range(n):
+            centre = pools[drawn % 2][drawn // 2]
+            drawn += 1
+            where = _patch_slices(centre, patch_size, image.shape)
             x, t = image[where], teacher[where]
             pad = [(0, p - s) for p, s in zip(patch_size, x.shape)]  # a scan smaller than the patch
             xs.append(np.pad(x, pad))
@@ -135,20 +167,36 @@ def fit_contrast_curve(network: torch.nn.Module, data: np.ndarray, teacher: np.n
             logits = network(standardised(mapped, inside_x, body.mean(), body.std()))
         return F.cross_entropy(logits.float(), target)
 
+    # Patches go through the network as many at a time as the sliding window sends (a large plan's one
+    # by one), each batch's gradient added to the step's: the mean cross-entropy of all of them.
+    per_batch = max(1, BATCH_VOXELS // int(np.prod(patch_size)))
+
+    def gradient(values: torch.Tensor, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros_like(values)
+        for i in range(0, len(x), per_batch):
+            part = slice(i, i + per_batch)
+            share = len(x[part]) / len(x)
+            total += torch.autograd.grad(loss_of(values, x[part], target[part]) * share, [values])[0]
+        return total
+
+    def judged_loss(values: torch.Tensor, x: torch.Tensor, target: torch.Tensor) -> float:
+        with torch.no_grad():
+            return sum(float(loss_of(values, x[i:i + per_batch], target[i:i + per_batch])) * len(x[i:i + per_batch])
+                       for i in range(0, len(x), per_batch)) / len(x)
+
     judged = patches(2 * PATCHES_PER_STEP)
     best: ContrastCurve | None = None
-    with tqdm(total=STEPS * len(STARTS), desc="learning the contrast", leave=False, disable=not progress) as bar:
+    # Gradients also where the caller predicts under torch.inference_mode
+    with torch.inference_mode(False), torch.enable_grad(), \
+            tqdm(total=STEPS * len(STARTS), desc="learning the contrast", leave=False, disable=not progress) as bar:
         for start in STARTS:
             values = torch.tensor(knots if start == "as recorded" else -knots, device=device, requires_grad=True)
             optimiser = torch.optim.Adam([values], lr=LEARNING_RATE)
             for _ in range(STEPS):
-                with torch.enable_grad():
-                    (grad,) = torch.autograd.grad(loss_of(values, *patches(PATCHES_PER_STEP)), [values])
-                values.grad = grad
+                values.grad = gradient(values, *patches(PATCHES_PER_STEP))
                 optimiser.step()
                 bar.update()
-            with torch.no_grad():
-                loss = float(loss_of(values, *judged))
+            loss = judged_loss(values, *judged)
             if best is None or loss < best.loss:
                 best = ContrastCurve(knots, values.detach().cpu().numpy().astype(np.float32), loss, start)
     assert best is not None

@@ -16,8 +16,8 @@ the scan as recorded, and the prediction says so.
 A model with a second reader (``TrainedModel.second_reader``; the built-in model's is its
 any-contrast model, kneeseg.models) hands it a scan it stays unsure of (the reading it keeps, as
 recorded or inverted, more than UNCERTAIN_LIMIT unsure): the second reader reads the scan as
-recorded and, where both models preprocess alike and predict at one scale, teaches the model the
-scan's contrast (kneeseg.inference.contrast): the mean of the second reader's probabilities and the
+recorded and, where both models preprocess alike (one channel, normalised inside the body) and
+predict at one scale, teaches the model the scan's contrast (kneeseg.inference.contrast): the mean of the second reader's probabilities and the
 model's through the learnt contrast is returned (else the second reader's alone), and says so. The
 second reader is not judged by its own confidence: a
 model trained on many contrasts may be less sure of everything (half B under a non-monotonic contrast,
@@ -133,23 +133,26 @@ class Predictor:
 
     def can_be_taught(self) -> bool:
         """Whether the second reader can teach this model a scan's contrast (kneeseg.inference.contrast):
-        both preprocess a scan alike (the built-in model and its second reader do), at one scale."""
+        both preprocess a scan alike (the built-in model and its second reader do), at one scale, one
+        channel normalised inside the body (the air 0: the curve maps the body's intensities only)."""
         return (self.teach_contrast and self.second_reader is not None and self.scales == [1.0]
-                and self.model.ds.num_channels == 1
+                and self.model.ds.num_channels == 1 and all(self.config.use_mask_for_norm)
                 and self.second_reader.config.preprocessing_signature() == self.config.preprocessing_signature())
 
     def _taught_reading(self, images: list[np.ndarray], geometry: Geometry, keep_probabilities: bool,
                         clock: StageClock | None, unsure_first: float | None) -> Prediction:
         """The second reader's reading, averaged with this model's through the contrast curve the
-        second reader's labels taught it."""
+        second reader's labels taught it (fitted through the first fold's network; read by every
+        fold's). Where the scan is all air or the second reader found no bone, its reading alone."""
         assert self.second_reader is not None
         with timed(clock, "preprocess"):
             case = preprocess_case(images, geometry, self.config)
-        probs = self.second_reader._fold_mean(case.data.copy(), clock=clock)
-        taught = bool(np.count_nonzero(case.data[0]) >= MIN_BODY_VOXELS)  # else all air (noise whose air was zeroed)
+        probs = self.second_reader._fold_mean(case.data, clock=clock)  # reads the data, leaves it as it is
+        teacher = probs.argmax(0).astype(np.uint8)
+        taught = bool(np.count_nonzero(case.data[0]) >= MIN_BODY_VOXELS and teacher.any())
         if taught:
             with timed(clock, "contrast"):
-                curve = fit_contrast_curve(self.networks[0], case.data, probs.argmax(0), self.config.patch_size,
+                curve = fit_contrast_curve(self.networks[0], case.data, teacher, self.config.patch_size,
                                            self.device, self.autocast, progress=self.progress)
                 data = apply_curve(case.data, curve)
             probs += self._fold_mean(data, clock=clock)
