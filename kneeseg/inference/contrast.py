@@ -12,10 +12,10 @@ as it is and once inverted; the fit that agrees better is kept.)
 
 Half B of the real scan under a non-monotonic contrast (benchmarks/RESULTS.md), half-A models of
 seed 1, prediction with post-processing: the second reader alone scored all-bone Dice 0.888; the
-mean of its probabilities and the first model's through the fitted curve 0.949-0.952 (three seeds
-of the fit), in 34 s instead of 12. A non-monotonic contrast maps tissues of different brightness
-to the same grey, so no curve gives back the scan the first model learnt: the mean keeps what each
-reads best.
+mean of its probabilities and the first model's through the fitted curve 0.949-0.953 (four fits:
+seeds and ways of drawing the patches), in 31-36 s instead of 12. A non-monotonic contrast maps
+tissues of different brightness to the same grey, so no curve gives back the scan the first model
+learnt: the mean keeps what each reads best.
 
 Gradients reach the curve's values only (:func:`torch.autograd.grad`): the network's weights are
 neither changed nor given gradients.
@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from kneeseg.inference.sliding_window import BATCH_VOXELS
 
 KNOTS = 12
-# Per start. All-bone Dice of the pair on the case above, by steps of the fit: 25 steps 0.949-0.952
-# (three seeds of the fit), 50 steps 0.933 (seed 0; 0.944 with patches z-scored on their own).
+# Per start. All-bone Dice of the pair on the case above, by steps of the fit: 25 steps 0.949-0.953
+# (four fits), 50 steps 0.933 (seed 0; 0.944 with patches z-scored on their own).
 # Longer, the curve follows the second reader's mistakes too: an early stop, chosen on that one case.
 STEPS = 25
 PATCHES_PER_STEP = 4  # half of them centred on the second reader's bone, half anywhere in the body
