@@ -17,13 +17,13 @@ A model with a second reader (``TrainedModel.second_reader``; the built-in model
 any-contrast model, kneeseg.models) hands it a scan it stays unsure of (the reading it keeps, as
 recorded or inverted, more than UNCERTAIN_LIMIT unsure): the second reader reads the scan as
 recorded and, where both models preprocess alike (one channel, normalised inside the body) and
-predict at one scale, teaches the model the scan's contrast (kneeseg.inference.contrast): the mean of the second reader's probabilities and the
-model's through the learnt contrast is returned (else the second reader's alone), and says so. The
-second reader is not judged by its own confidence: a
-model trained on many contrasts may be less sure of everything (half B under a non-monotonic contrast,
-seed 1: a half-A model of the lighter dose, ProtocolsLight, unsure of 50 % and right, all-bone Dice
-0.81; the half-A default unsure of 42 % and wrong, 0.06), and it is asked only where the first model
-is lost.
+predict at one scale, teaches the model the scan's contrast (kneeseg.inference.contrast): the mean
+of the second reader's probabilities and the model's through the learnt contrast is returned (else
+the second reader's alone), and says so. The second reader is not judged by its own confidence: a
+model trained on many contrasts may be less sure of everything (half B under a non-monotonic
+contrast, seed 1: a half-A model of the lighter dose, ProtocolsLight, unsure of 50 % and right,
+all-bone Dice 0.81; the half-A default unsure of 42 % and wrong, 0.06), and it is asked only where
+the first model is lost.
 """
 
 from __future__ import annotations
