@@ -197,6 +197,37 @@ def test_the_second_reader_teaches_the_model_the_scans_contrast(small_model, mon
         assert np.all(prediction.labels[bone] == 1)
 
 
+@pytest.mark.parametrize("shares, kept", [((0.5, 0.3), "negated"), ((0.3, 0.5), "as given"), ((None, 0.6), "negated"),
+                                          ((0.4, None), "as given")])
+def test_the_second_reader_keeps_the_polarity_it_is_surer_of(small_model, monkeypatch, shares, kept):
+    """A second reader of a model that normalises inside the body (air 0) reads the data as given and
+    negated and keeps the reading it is less unsure of (``shares``: the QC's unsure share of each, None
+    where it found no bone); the data is left as given. A plan that does not (the phantom's) reads it as
+    given only."""
+    import kneeseg.inference.predictor as predictor_module
+    from kneeseg.inference.model import load_model
+    from kneeseg.inference.predictor import Predictor
+    from kneeseg.preprocessing.preprocess import preprocess_case
+
+    model = load_model(small_model.results / MODEL_DIR)
+    predictor = Predictor(dataclasses.replace(model, second_reader=model), tta=False)
+    second = predictor.second_reader
+    assert second is not None and second.surer_polarity and not predictor.surer_polarity
+    image, geometry = read_image(_scan(small_model))
+    data = preprocess_case([image], geometry, second.config).data
+    given = data.copy()
+    readings = {"as given": second._folds(given.copy(), None), "negated": second._folds(-given, None)}
+    assert np.abs(readings["as given"] - readings["negated"]).max() > 0.1  # two readings that differ
+    np.testing.assert_allclose(second._fold_mean(data), readings["as given"], atol=1e-5)  # the phantom plan
+
+    second.config = dataclasses.replace(second.config, use_mask_for_norm=[True])  # as the built-in models' plans
+    asked = iter(shares)
+    monkeypatch.setattr(predictor_module, "uncertain_share", lambda probabilities: next(asked))
+    np.testing.assert_allclose(second._fold_mean(data), readings[kept], atol=1e-5)
+    assert next(asked, "both asked") == "both asked"
+    np.testing.assert_array_equal(data, given)
+
+
 def _geometry(shape, spacing=1.0) -> Geometry:
     image = sitk.Image([shape[2], shape[1], shape[0]], sitk.sitkUInt8)
     image.SetSpacing([spacing] * 3)

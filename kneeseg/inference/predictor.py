@@ -16,7 +16,8 @@ the scan as recorded, and the prediction says so.
 A model with a second reader (``TrainedModel.second_reader``; the built-in model's is its
 any-contrast model, kneeseg.models) hands it a scan it stays unsure of (the reading it keeps, as
 recorded or inverted, more than UNCERTAIN_LIMIT unsure): the second reader reads the scan as
-recorded and, where both models preprocess alike (one channel, normalised inside the body) and
+recorded and inverted (where its plan normalises inside the body), keeps the reading it is surer
+of, and, where both models preprocess alike (one channel, normalised inside the body) and
 predict at one scale, teaches the model the scan's contrast (kneeseg.inference.contrast): the mean
 of the second reader's probabilities and the model's through the learnt contrast is returned (else
 the second reader's alone), and says so. The second reader is not judged by its own confidence: a
@@ -96,10 +97,9 @@ class Predictor:
         self.surer_polarity = surer_polarity
         # The second reader learnt inverted contrasts among the others, and reads a scan both ways, keeping
         # the way it is surer of. Half B under ten contrasts its first model could not read, half-A models
-        # (benchmarks/RESULTS.md): the inverted reading surer on two, and 0.06-0.07 better (all-bone Dice
-        # before post-processing); the reading as recorded surer on the other eight, and no worse than
-        # 0.02 under the inverted one on any. Their mean instead made the patella of a non-monotonic knee
-        # fall out of the labels (tests/test_builtin_model.py).
+        # (benchmarks/RESULTS.md): surer inverted on three, whose labels gained 0.013-0.048 all-bone Dice;
+        # as recorded on seven, unchanged. The mean of both ways instead lost up to 0.044 on four of them,
+        # and half the patella of a non-monotonic knee (benchmarks/RESULTS.md).
         second = model.second_reader if second_reading else None
         self.second_reader = None if second is None else Predictor(
             second, device, tta, step, autocast, progress, scales, inverted_retry=False, second_reading=False,
