@@ -102,6 +102,7 @@ ROLES = {
         "model-any-contrast",
         f"kneeseg_predict reads a scan with this model only where the built-in model (kneeseg/models/{BUILTIN_MODEL_DIR.name}) "
         "is unsure of more than 35 % of the bone it found, as recorded and inverted: a contrast it cannot read. "
+        "It reads the scan as recorded and inverted and keeps the reading it is surer of. "
         "It reads the recorded contrast less well than the built-in model and other contrasts far better (the table below); "
         "its labels then teach the built-in model the scan's contrast, and the two readings are averaged (docs/prediction.md)."),
 }
