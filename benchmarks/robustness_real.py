@@ -119,9 +119,9 @@ def variants(image: np.ndarray, labels: np.ndarray, geometry: Geometry, seed: in
     yield "held-out contrast: flat (mid-grey and bright alike)", same_grid(
         lambda: with_contrast(image, [0, 0.3, 0.6, 0.85, 1.0], [0, 0.4, 0.9, 0.7, 0.8]))
     # Six more, drawn at random (numpy default_rng(seed).uniform(0.05, 1.0, 6), rounded): curves 1-3
-    # (seed 20261207) before the second reader's inverted reading and the taught reading's agreement
-    # check were tried, which were then chosen on them and the four contrasts above; curves 4-6 (seed
-    # 20261208) after they were chosen and before they were measured: a check of those.
+    # (seed 20261207) before the second reader's inverted reading was tried, which was then chosen on
+    # them and the four contrasts above; curves 4-6 (seed 20261208) after that choice and before they
+    # were measured: a check of it.
     for k, values in enumerate(([0.88, 0.57, 0.39, 0.30, 0.49, 0.42], [0.45, 0.53, 0.94, 0.19, 0.73, 0.35],
                                 [0.56, 0.68, 0.84, 0.63, 0.95, 0.32], [0.92, 0.48, 0.34, 0.69, 0.18, 0.12],
                                 [0.72, 0.53, 0.42, 0.41, 0.61, 0.78], [0.59, 0.17, 0.71, 0.65, 0.28, 0.89]), 1):

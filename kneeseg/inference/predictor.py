@@ -98,8 +98,8 @@ class Predictor:
         # The second reader learnt inverted contrasts among the others, and reads a scan both ways, keeping
         # the way it is surer of. Half B under ten contrasts its first model could not read, half-A models
         # (benchmarks/RESULTS.md): surer inverted on three, whose labels gained 0.013-0.048 all-bone Dice;
-        # as recorded on seven, unchanged. The mean of both ways instead lost up to 0.044 on four of them,
-        # and half the patella of a non-monotonic knee (benchmarks/RESULTS.md).
+        # as recorded on seven, unchanged. The mean of both ways (with a check on the taught reading)
+        # instead lost up to 0.044 on four of them, and half the patella of a non-monotonic knee.
         second = model.second_reader if second_reading else None
         self.second_reader = None if second is None else Predictor(
             second, device, tta, step, autocast, progress, scales, inverted_retry=False, second_reading=False,
