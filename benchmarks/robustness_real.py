@@ -118,16 +118,18 @@ def variants(image: np.ndarray, labels: np.ndarray, geometry: Geometry, seed: in
         lambda: with_contrast(image, [0, 0.3, 0.6, 0.85, 1.0], [0, 0.6, 0.1, 0.9, 0.5]))
     yield "held-out contrast: flat (mid-grey and bright alike)", same_grid(
         lambda: with_contrast(image, [0, 0.3, 0.6, 0.85, 1.0], [0, 0.4, 0.9, 0.7, 0.8]))
-    # Nine more, drawn at random (numpy default_rng(seed).uniform(0.05, 1.0, 6), rounded): curves 1-3
+    # Twelve more, drawn at random (numpy default_rng(seed).uniform(0.05, 1.0, 6), rounded): curves 1-3
     # (seed 20261207) before the second reader's inverted reading was tried, which was then chosen on
     # them and the four contrasts above; curves 4-6 (seed 20261208) after that choice and before they
-    # were measured: a check of it. The check on the taught reading's certainty was then chosen on all
-    # of those; curves 7-9 (seed 20261209) were drawn before it was measured: a check of that one.
+    # were measured: a check of it. Curves 7-9 (seed 20261209) and 10-12 (seed 20261210) before the
+    # check on the taught reading's certainty (kneeseg.inference.contrast.MAX_UNSURE_RISE) was
+    # measured; it was set on curves 1-9 and the four above: 10-12 are the check of it.
     for k, values in enumerate(([0.88, 0.57, 0.39, 0.30, 0.49, 0.42], [0.45, 0.53, 0.94, 0.19, 0.73, 0.35],
                                 [0.56, 0.68, 0.84, 0.63, 0.95, 0.32], [0.92, 0.48, 0.34, 0.69, 0.18, 0.12],
                                 [0.72, 0.53, 0.42, 0.41, 0.61, 0.78], [0.59, 0.17, 0.71, 0.65, 0.28, 0.89],
                                 [0.76, 0.30, 0.38, 0.23, 0.38, 0.07], [0.28, 0.78, 0.70, 0.07, 0.86, 0.84],
-                                [0.39, 0.12, 0.08, 0.15, 0.26, 0.53]), 1):
+                                [0.39, 0.12, 0.08, 0.15, 0.26, 0.53], [0.07, 0.20, 0.91, 0.75, 0.24, 0.14],
+                                [0.64, 0.21, 0.94, 0.16, 0.13, 0.19], [0.13, 0.65, 0.26, 1.00, 0.54, 0.93]), 1):
         yield f"held-out contrast: random curve {k}", same_grid(
             lambda v=values: with_contrast(image, [0, 0.3, 0.6, 0.75, 0.85, 0.95, 1.0], [0, *v]))
     yield "inverted contrast", same_grid(lambda: inverted(image))
