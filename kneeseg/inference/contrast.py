@@ -41,6 +41,14 @@ LEARNING_RATE = 0.1  # in units of the z-scored intensities
 STARTS = ("as recorded", "inverted")
 MIN_BODY_VOXELS = 1000  # fewer voxels of body than this (all air): no contrast to learn
 STATISTICS_SAMPLE = 100_000  # body voxels whose mean and deviation under the curve z-score the patches
+# The mean of both readings is kept only where it is about as sure as the second reader's own: its
+# unsure share (kneeseg.inference.qc) at most this much above. Two readings that disagree make an
+# unsure mean, and one of them, the first model through a curve it could not learn, is then wrong.
+# Half B under thirteen contrasts the first model could not read (benchmarks/RESULTS.md), before
+# post-processing: where the mean raised the share by 0.19 or less (nine), it read from 0.07 worse to
+# 0.07 better than the second reader alone; by 0.31-0.41 (four), 0.06-0.22 worse on three, the same
+# on one. Set on those thirteen; checked on three more.
+MAX_UNSURE_RISE = 0.25
 
 
 @dataclass(frozen=True)

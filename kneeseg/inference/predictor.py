@@ -37,7 +37,7 @@ import torch
 
 from kneeseg.errors import KneesegError
 from kneeseg.hardware import precision_name, usable_autocast, use_cores
-from kneeseg.inference.contrast import MIN_BODY_VOXELS, apply_curve, fit_contrast_curve
+from kneeseg.inference.contrast import MAX_UNSURE_RISE, MIN_BODY_VOXELS, apply_curve, fit_contrast_curve
 from kneeseg.inference.model import TrainedModel
 from kneeseg.inference.qc import UNCERTAIN_LIMIT, uncertain_share
 from kneeseg.inference.sliding_window import mirror_combinations, predict_sliding_window, window_count
@@ -152,7 +152,9 @@ class Predictor:
                         clock: StageClock | None, unsure_first: float | None) -> Prediction:
         """The second reader's reading, averaged with this model's through the contrast curve the
         second reader's labels taught it (fitted through the first fold's network; read by every
-        fold's). Where the scan is all air or the second reader found no bone, its reading alone."""
+        fold's). Where the scan is all air, the second reader found no bone, or the mean is far less
+        sure than the second reader's reading (kneeseg.inference.contrast.MAX_UNSURE_RISE), the
+        second reader's reading alone."""
         assert self.second_reader is not None
         with timed(clock, "preprocess"):
             case = preprocess_case(images, geometry, self.config)
@@ -164,9 +166,15 @@ class Predictor:
                 curve = fit_contrast_curve(self.networks[0], case.data, teacher, self.config.patch_size,
                                            self.device, self.autocast, progress=self.progress)
                 data = apply_curve(case.data, curve)
-            probs += self._fold_mean(data, clock=clock)
-            probs /= 2
+            mean = self._fold_mean(data, clock=clock)
             del data
+            mean += probs
+            mean /= 2
+            alone, together = uncertain_share(probs), uncertain_share(mean)
+            taught = alone is not None and together is not None and together <= alone + MAX_UNSURE_RISE
+            if taught:
+                probs = mean
+            del mean
         share = uncertain_share(probs)
         with timed(clock, "to the scan's grid"):
             labels, full = restore_original(probs, case.properties, self.label_values, keep_probabilities)
