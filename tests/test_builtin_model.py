@@ -149,15 +149,17 @@ def test_the_second_reader_reads_only_what_the_model_stays_unsure_of(small_model
         assert prediction.unsure_first_reading == shares[0] and prediction.uncertain_share == shares[-1]
 
 
-@pytest.mark.parametrize("teach", [True, False])
-def test_the_second_reader_teaches_the_model_the_scans_contrast(small_model, monkeypatch, teach):
+@pytest.mark.parametrize("teach, mean_unsure", [(True, 0.6), (False, 0.6), (True, 0.9)])
+def test_the_second_reader_teaches_the_model_the_scans_contrast(small_model, monkeypatch, teach, mean_unsure):
     """Where both models normalise inside the body alike, the second reader's labels teach the first
     model (its first fold's network) a contrast curve, the first model reads the scan through it, and
     the probabilities are both readings' mean; with teach_contrast=False (--no-taught-contrast), the
-    second reader's alone. The readings here are constant fields: the second reader's femur 0.6
-    (background 0.4), the first model's tibia 1.0, so the mean's tibia (0.5) wins."""
+    second reader's alone; and where the mean is far less sure than the second reader's reading
+    (``mean_unsure`` against 0.6), the second reader's alone too. The readings here are constant
+    fields: the second reader's femur 0.6 (background 0.4), the first model's tibia 1.0, so the
+    mean's tibia (0.5) wins."""
     import kneeseg.inference.predictor as predictor_module
-    from kneeseg.inference.contrast import ContrastCurve, apply_curve
+    from kneeseg.inference.contrast import MAX_UNSURE_RISE, ContrastCurve, apply_curve
     from kneeseg.inference.model import load_model
     from kneeseg.inference.predictor import Predictor
 
@@ -168,7 +170,9 @@ def test_the_second_reader_teaches_the_model_the_scans_contrast(small_model, mon
     masked = dataclasses.replace(predictor.config, use_mask_for_norm=[True])  # as the built-in models' plans
     predictor.config = predictor.second_reader.config = masked
     assert predictor.can_be_taught() == teach
-    monkeypatch.setattr(predictor_module, "uncertain_share", lambda probabilities: 0.6)  # the model is lost
+    # Every reading unsure of 0.6 (the model is lost) but the mean, the only one with a tibia of 0.5
+    monkeypatch.setattr(predictor_module, "uncertain_share",
+                        lambda probabilities: mean_unsure if np.isclose(probabilities[2].max(), 0.5) else 0.6)
     field = lambda values: lambda data, inverted=False, clock=None: np.stack(  # noqa: E731
         [np.full(data.shape[1:], v, np.float32) for v in values])
     read_by_first = []
@@ -183,15 +187,20 @@ def test_the_second_reader_teaches_the_model_the_scans_contrast(small_model, mon
     image, geometry = read_image(_scan(small_model))
     prediction = predictor.predict([image], geometry, keep_probabilities=True)
 
-    assert prediction.second_reading and prediction.contrast_taught == teach
+    taught = teach and mean_unsure < 0.6 + MAX_UNSURE_RISE
+    assert prediction.second_reading and prediction.contrast_taught == taught
     bone = prediction.labels != 0
     assert bone.mean() > 0.5  # the fields cover the body's crop
     if teach:
         (network, data, teacher), = fitted
         assert network is predictor.networks[0] and teacher.dtype == np.uint8 and np.all(teacher == 1)  # the femur
         np.testing.assert_allclose(read_by_first[-1], apply_curve(data, curve))  # read through the curve
+    if taught:
         assert np.all(prediction.labels[bone] == 2)
         np.testing.assert_allclose(np.median(prediction.probabilities[:, bone], 1), [0.2, 0.3, 0.5, 0.0], atol=1e-5)
+    elif teach:  # read through the curve, and the mean far less sure: the second reader's reading
+        assert len(read_by_first) == 2 and np.all(prediction.labels[bone] == 1)
+        np.testing.assert_allclose(np.median(prediction.probabilities[:, bone], 1), [0.4, 0.6, 0.0, 0.0], atol=1e-5)
     else:
         assert not fitted and len(read_by_first) == 1  # the first reading only
         assert np.all(prediction.labels[bone] == 1)
