@@ -19,8 +19,8 @@ recorded or inverted, more than UNCERTAIN_LIMIT unsure): the second reader reads
 recorded and inverted (where its plan normalises inside the body), keeps the reading it is surer
 of, and, where both models preprocess alike (one channel, normalised inside the body) and
 predict at one scale, teaches the model the scan's contrast (kneeseg.inference.contrast): the mean
-of the second reader's probabilities and the model's through the learnt contrast is returned (else
-the second reader's alone), and says so. The second reader is not judged by its own confidence: a
+of the second reader's probabilities and the model's through the learnt contrast is returned where
+it is about as sure as the second reader's (else the second reader's alone), and says so. The second reader is not judged by its own confidence: a
 model trained on many contrasts may be less sure of everything (half B under a non-monotonic
 contrast, seed 1: a half-A model of the lighter dose, ProtocolsLight, unsure of 50 % and right,
 all-bone Dice 0.81; the half-A default unsure of 42 % and wrong, 0.06), and it is asked only where
