@@ -20,11 +20,11 @@ recorded and inverted (where its plan normalises inside the body), keeps the rea
 of, and, where both models preprocess alike (one channel, normalised inside the body) and
 predict at one scale, teaches the model the scan's contrast (kneeseg.inference.contrast): the mean
 of the second reader's probabilities and the model's through the learnt contrast is returned where
-it is about as sure as the second reader's (else the second reader's alone), and says so. The second reader is not judged by its own confidence: a
-model trained on many contrasts may be less sure of everything (half B under a non-monotonic
-contrast, seed 1: a half-A model of the lighter dose, ProtocolsLight, unsure of 50 % and right,
-all-bone Dice 0.81; the half-A default unsure of 42 % and wrong, 0.06), and it is asked only where
-the first model is lost.
+it is about as sure as the second reader's (else the second reader's alone), and says so. Its
+readings are compared with each other, never with the first model's: a model trained on many
+contrasts may be less sure of everything (half B under a non-monotonic contrast, seed 1: a half-A
+model of the lighter dose, ProtocolsLight, unsure of 50 % and right, all-bone Dice 0.81; the
+half-A default unsure of 42 % and wrong, 0.06), and it is asked only where the first model is lost.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class Predictor:
         # the way it is surer of. Half B under ten contrasts its first model could not read, half-A models
         # (benchmarks/RESULTS.md): surer inverted on three, whose labels gained 0.013-0.048 all-bone Dice;
         # as recorded on seven, unchanged. The mean of both ways (with a check on the taught reading)
-        # instead lost up to 0.044 on four of them, and half the patella of a non-monotonic knee.
+        # instead lost up to 0.044 on four of the ten, and half the patella of a non-monotonic knee.
         second = model.second_reader if second_reading else None
         self.second_reader = None if second is None else Predictor(
             second, device, tta, step, autocast, progress, scales, inverted_retry=False, second_reading=False,
