@@ -21,10 +21,11 @@ of, and, where both models preprocess alike (one channel, normalised inside the 
 predict at one scale, teaches the model the scan's contrast (kneeseg.inference.contrast): the mean
 of the second reader's probabilities and the model's through the learnt contrast is returned where
 it is about as sure as the second reader's (else the second reader's alone), and says so. Its
-readings are compared with each other, never with the first model's: a model trained on many
-contrasts may be less sure of everything (half B under a non-monotonic contrast, seed 1: a half-A
-model of the lighter dose, ProtocolsLight, unsure of 50 % and right, all-bone Dice 0.81; the
-half-A default unsure of 42 % and wrong, 0.06), and it is asked only where the first model is lost.
+confidence is weighed against its other reading's and the mean's, never the first model's: a
+model trained on many contrasts may be less sure of everything (half B under a non-monotonic
+contrast, seed 1: a half-A model of the lighter dose, ProtocolsLight, unsure of 50 % and right,
+all-bone Dice 0.81; the half-A default unsure of 42 % and wrong, 0.06), and it is asked only where
+the first model is lost.
 """
 
 from __future__ import annotations
