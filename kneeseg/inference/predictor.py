@@ -161,6 +161,7 @@ class Predictor:
             case = preprocess_case(images, geometry, self.config)
         probs = self.second_reader._fold_mean(case.data, clock=clock)  # reads the data, leaves it as it is
         teacher = probs.argmax(0).astype(np.uint8)
+        share = uncertain_share(probs)
         taught = bool(np.count_nonzero(case.data[0]) >= MIN_BODY_VOXELS and teacher.any())
         if taught:
             with timed(clock, "contrast"):
@@ -171,12 +172,11 @@ class Predictor:
             del data
             mean += probs
             mean /= 2
-            alone, together = uncertain_share(probs), uncertain_share(mean)
-            taught = alone is not None and together is not None and together <= alone + MAX_UNSURE_RISE
+            together = uncertain_share(mean)
+            taught = share is not None and together is not None and together <= share + MAX_UNSURE_RISE
             if taught:
-                probs = mean
+                probs, share = mean, together
             del mean
-        share = uncertain_share(probs)
         with timed(clock, "to the scan's grid"):
             labels, full = restore_original(probs, case.properties, self.label_values, keep_probabilities)
         return Prediction(labels, full, share, second_reading=True, unsure_first_reading=unsure_first,
