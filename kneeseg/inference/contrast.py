@@ -87,18 +87,20 @@ def apply_curve(data: np.ndarray, curve: ContrastCurve, chunk: int = 1 << 22) ->
     out = np.zeros(data.shape, np.float32)
     source, target = data.reshape(-1), out.reshape(-1)
     total = squares = 0.0
+    count = 0
     for i in range(0, source.size, chunk):
-        x = source[i:i + chunk]
-        mapped = np.interp(x[x != 0], curve.knots, curve.values).astype(np.float32)
-        target[i:i + chunk][x != 0] = mapped
+        body = source[i:i + chunk] != 0
+        mapped = np.interp(source[i:i + chunk][body], curve.knots, curve.values).astype(np.float32)
+        target[i:i + chunk][body] = mapped
+        count += mapped.size
         total += float(mapped.sum(dtype=np.float64))
         squares += float(np.square(mapped, dtype=np.float64).sum())
-    count = max(int(np.count_nonzero(source)), 1)
+    count = max(count, 1)
     mean = total / count
     std = float(np.sqrt(max(squares / count - mean * mean, 0.0)))
     for i in range(0, source.size, chunk):
-        x, y = source[i:i + chunk], target[i:i + chunk]
-        y[x != 0] = (y[x != 0] - mean) / (std + 1e-6)
+        body, y = source[i:i + chunk] != 0, target[i:i + chunk]
+        y[body] = (y[body] - mean) / (std + 1e-6)
     return out
 
 
