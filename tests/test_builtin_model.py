@@ -359,7 +359,7 @@ def test_the_builtin_model_is_sure_of_a_knee_reads_an_inverted_one_and_is_unsure
     image, geometry = read_image(SHARED / "knee_0000.nii.gz")
     knee, _, grid = thick_slices(image, None, geometry, (1.0, 1.0, 1.0))  # the scan at 1 mm: quick to predict
     rng = np.random.default_rng(0)
-    small = (knee.shape[0], knee.shape[1] // 2, knee.shape[2] // 2)  # noise is read up to four times: a quarter of the knee's size
+    small = (knee.shape[0], knee.shape[1] // 4, knee.shape[2] // 4)  # noise is read four times: a sixteenth of the knee's size
     scans = {"knee": knee, "noise": np.hypot(rng.normal(0, 300, small), rng.normal(0, 300, small)).astype(knee.dtype),
              "inverted": inverted(knee), "non_monotonic": with_contrast(knee, [0, 0.3, 0.6, 0.85, 1.0], [0, 0.05, 0.8, 0.5, 0.15])}
     folder = tmp_path / "scans"
@@ -391,7 +391,8 @@ def test_the_builtin_model_is_sure_of_a_knee_reads_an_inverted_one_and_is_unsure
 
     plain = tmp_path / "plain"
     assert predict_main(["-i", str(folder / "inverted.nii.gz"), "-o", str(plain / "inverted.nii.gz"), "-m", "builtin",
-                         "--statistics", "--no-inverted-retry", "--second-reader", "none", "--device", "cpu", "--no-progress"]) == 0
+                         "--statistics", "--no-inverted-retry", "--second-reader", "none", "--tta", "none", "--device", "cpu",
+                         "--no-progress"]) == 0
     warned = json.loads((plain / "inverted.statistics.json").read_text())["qc_warnings"]
     assert any("unsure" in w for w in warned) and not any("inverted" in w for w in warned), warned
 

@@ -132,7 +132,7 @@ def test_tail_average_is_the_mean_of_the_window_and_restarts_when_the_schedule_g
 
 
 def test_time_budget_scales_the_schedule(prepared, tmp_path):
-    budget_min = 0.2  # about ten of the phantom's epochs
+    budget_min = 0.12  # about six of the phantom's epochs
     paths = _copy(prepared, tmp_path)
     start = time.time()
     assert train_main(["0", "--device", "cpu", "--epochs", "500", "--iters-per-epoch", "2", "--val-iters", "1",
