@@ -234,7 +234,8 @@ def main() -> int:
                                                           "the two readings are unsure"))]
             unsure = unsure_lines[0].split(" of ")[1].split(" ")[0] + " %" if unsure_lines else "no"
             handed = [w for w in qc if w.startswith("read by the model's second reader")]
-            unsure += (", second reader" + (" (taught)" if "taught it the scan's contrast" in handed[0] else "")) if handed else ""
+            unsure += (", second reader" + (" inverted" if "contrast inverted" in handed[0] else "")
+                       + (" (taught)" if "taught it the scan's contrast" in handed[0] else "")) if handed else ""
             # Voxels of a bone that the reference does not hold (half B's patella): invented bone.
             false_ml = sum(mean[s]["pred_volume_mm3"] for s in ("femur", "tibia", "patella") if mean[s]["ref_volume_mm3"] == 0) / 1000
             table.append(f"| {variant} | {spacing} | {' | '.join(dice)} | {mean['all_bones']['dice']:.3f} | "

@@ -137,13 +137,14 @@ def test_the_second_reader_reads_only_what_the_model_stays_unsure_of(small_model
     assert predictor.second_reader is not None and not predictor.second_reader.inverted_retry
     predictor.inverted_retry = True  # as for a model that normalises inside the body (the phantom plan's does not)
     monkeypatch.setattr(predictor.second_reader, "_fold_mean",
-                        lambda data, inverted=False, clock=None: np.stack([np.zeros(data.shape[1:], np.float32)] + [
-                            np.full(data.shape[1:], float(k == 1), np.float32) for k in range(1, 4)]))
+                        lambda data, inverted=False, clock=None: (np.stack([np.zeros(data.shape[1:], np.float32)] + [
+                            np.full(data.shape[1:], float(k == 1), np.float32) for k in range(1, 4)]), True))  # kept inverted
     image, geometry = read_image(_scan(small_model))
     prediction = predictor.predict([image], geometry)
     assert next(asked, "all asked") == "all asked"  # no reading more or fewer than the rule needs
     assert prediction.second_reading == handed_over
     assert prediction.read_inverted == (shares == [0.6, 0.1])
+    assert prediction.surer_inverted == handed_over  # the second reader's polarity, reported where it read
     assert (set(np.unique(prediction.labels)) <= {0, 1}) == handed_over  # the reader's all-femur, or the model's bones
     if handed_over:
         assert prediction.unsure_first_reading == shares[0] and prediction.uncertain_share == shares[-1]
@@ -173,13 +174,13 @@ def test_the_second_reader_teaches_the_model_the_scans_contrast(small_model, mon
     # Every reading unsure of 0.6 (the model is lost) but the mean, the only one with a tibia of 0.5
     monkeypatch.setattr(predictor_module, "uncertain_share",
                         lambda probabilities: mean_unsure if np.isclose(probabilities[2].max(), 0.5) else 0.6)
-    field = lambda values: lambda data, inverted=False, clock=None: np.stack(  # noqa: E731
-        [np.full(data.shape[1:], v, np.float32) for v in values])
+    field = lambda values, negated: lambda data, inverted=False, clock=None: (np.stack(  # noqa: E731
+        [np.full(data.shape[1:], v, np.float32) for v in values]), negated)
     read_by_first = []
-    first = field([0.0, 0.0, 1.0, 0.0])
+    first = field([0.0, 0.0, 1.0, 0.0], False)
     monkeypatch.setattr(predictor, "_fold_mean", lambda data, inverted=False, clock=None: (
         read_by_first.append(data.copy()), first(data))[1])
-    monkeypatch.setattr(predictor.second_reader, "_fold_mean", field([0.4, 0.6, 0.0, 0.0]))
+    monkeypatch.setattr(predictor.second_reader, "_fold_mean", field([0.4, 0.6, 0.0, 0.0], True))  # kept inverted
     curve = ContrastCurve(np.array([-1.0, 1.0], np.float32), np.array([1.0, -1.0], np.float32), 0.0, "inverted")
     fitted = []
     monkeypatch.setattr(predictor_module, "fit_contrast_curve", lambda network, data, teacher, *rest, **kw: (
@@ -188,7 +189,7 @@ def test_the_second_reader_teaches_the_model_the_scans_contrast(small_model, mon
     prediction = predictor.predict([image], geometry, keep_probabilities=True)
 
     taught = teach and mean_unsure < 0.6 + MAX_UNSURE_RISE
-    assert prediction.second_reading and prediction.contrast_taught == taught
+    assert prediction.second_reading and prediction.contrast_taught == taught and prediction.surer_inverted
     bone = prediction.labels != 0
     assert bone.mean() > 0.5  # the fields cover the body's crop
     if teach:
@@ -227,13 +228,16 @@ def test_the_second_reader_keeps_the_polarity_it_is_surer_of(small_model, monkey
     given = data.copy()
     readings = {"as given": second._folds(given.copy(), None), "negated": second._folds(-given, None)}
     assert np.abs(readings["as given"] - readings["negated"]).max() > 0.1  # two readings that differ
-    np.testing.assert_allclose(second._fold_mean(data), readings["as given"], atol=1e-5)  # the phantom plan
+    probs, negated = second._fold_mean(data)
+    np.testing.assert_allclose(probs, readings["as given"], atol=1e-5)  # the phantom plan
+    assert not negated
 
     second.config = dataclasses.replace(second.config, use_mask_for_norm=[True])  # as the built-in models' plans
     asked = iter(shares)
     monkeypatch.setattr(predictor_module, "uncertain_share", lambda probabilities: next(asked))
-    np.testing.assert_allclose(second._fold_mean(data), readings[kept], atol=1e-5)
-    assert next(asked, "both asked") == "both asked"
+    probs, negated = second._fold_mean(data)
+    np.testing.assert_allclose(probs, readings[kept], atol=1e-5)
+    assert negated == (kept == "negated") and next(asked, "both asked") == "both asked"
     np.testing.assert_array_equal(data, given)
 
 

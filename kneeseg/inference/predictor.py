@@ -69,6 +69,9 @@ class Prediction:
     # The second reader taught the model the scan's contrast, and the two readings were averaged
     # (kneeseg.inference.contrast)
     contrast_taught: bool = False
+    # A reader of the surer polarity (the second reader) kept its reading of the scan with its contrast
+    # inverted (at one test-time scale at least)
+    surer_inverted: bool = False
 
 
 class Predictor:
@@ -118,12 +121,12 @@ class Predictor:
         where the time went (preprocess, network, to the scan's grid)."""
         if len(images) != self.model.ds.num_channels:
             raise KneesegError(f"model expects {self.model.ds.num_channels} channel(s), got {len(images)}")
-        probs, properties = self._probabilities(images, geometry, False, clock)
+        probs, properties, surer_inverted = self._probabilities(images, geometry, False, clock)
         share = uncertain_share(probs)  # on the grid the network saw: the mean of folds, mirrors and scales
         as_recorded = share
         read_inverted = False
         if self.inverted_retry and (share is None or share > UNCERTAIN_LIMIT):
-            probs_inverted, properties_inverted = self._probabilities(images, geometry, True, clock)
+            probs_inverted, properties_inverted, _ = self._probabilities(images, geometry, True, clock)
             share_inverted = uncertain_share(probs_inverted)
             # Only a reading the model is sure of, and surer than of the scan as recorded by half at least:
             # noise, or a contrast it cannot read either way, is about as unsure both ways.
@@ -139,7 +142,8 @@ class Predictor:
             return replace(second, second_reading=True, unsure_first_reading=share)
         with timed(clock, "to the scan's grid"):
             labels, full = restore_original(probs, properties, self.label_values, keep_probabilities)
-        return Prediction(labels, full, share, read_inverted, as_recorded if read_inverted else None)
+        return Prediction(labels, full, share, read_inverted, as_recorded if read_inverted else None,
+                          surer_inverted=surer_inverted)
 
     def can_be_taught(self) -> bool:
         """Whether the second reader can teach this model a scan's contrast (kneeseg.inference.contrast):
@@ -159,7 +163,7 @@ class Predictor:
         assert self.second_reader is not None
         with timed(clock, "preprocess"):
             case = preprocess_case(images, geometry, self.config)
-        probs = self.second_reader._fold_mean(case.data, clock=clock)  # reads the data, leaves it as it is
+        probs, surer_inverted = self.second_reader._fold_mean(case.data, clock=clock)  # leaves the data as it is
         teacher = probs.argmax(0).astype(np.uint8)
         share = uncertain_share(probs)
         taught = bool(np.count_nonzero(case.data[0]) >= MIN_BODY_VOXELS and teacher.any())
@@ -168,7 +172,7 @@ class Predictor:
                 curve = fit_contrast_curve(self.networks[0], case.data, teacher, self.config.patch_size,
                                            self.device, self.autocast, progress=self.progress)
                 data = apply_curve(case.data, curve)
-            mean = self._fold_mean(data, clock=clock)
+            mean, _ = self._fold_mean(data, clock=clock)
             del data
             mean += probs
             mean /= 2
@@ -180,43 +184,51 @@ class Predictor:
         with timed(clock, "to the scan's grid"):
             labels, full = restore_original(probs, case.properties, self.label_values, keep_probabilities)
         return Prediction(labels, full, share, second_reading=True, unsure_first_reading=unsure_first,
-                          contrast_taught=taught)
+                          contrast_taught=taught, surer_inverted=surer_inverted)
 
     def _probabilities(self, images: list[np.ndarray], geometry: Geometry, inverted: bool,
-                       clock: StageClock | None) -> tuple[np.ndarray, dict]:
+                       clock: StageClock | None) -> tuple[np.ndarray, dict, bool]:
         """The mean probabilities of folds, mirrors and scales on the plan's grid (one scale) or on the
-        cropped original grid (several), and the case's preprocessing record; ``inverted``: of the
-        scan with its normalised contrast negated."""
+        cropped original grid (several), the case's preprocessing record, and whether a reading with
+        the contrast negated was kept (at one scale at least); ``inverted``: of the scan with its
+        normalised contrast negated."""
         if self.scales == [1.0]:
             with timed(clock, "preprocess"):
                 case = preprocess_case(images, geometry, self.config)  # converts to float32 after cropping
-            return self._fold_mean(case.data, inverted, clock), case.properties
+            probs, negated = self._fold_mean(case.data, inverted, clock)
+            return probs, case.properties, negated
+        any_negated = False
         on_crop = []  # the mean of the scales' probabilities on the cropped original grid (all scales share its crop)
         for factor in self.scales:
             config = replace(self.config, spacing=[s * factor for s in self.config.spacing])
             with timed(clock, "preprocess"):
                 case = preprocess_case(images, geometry, config)
-            probs = self._fold_mean(case.data, inverted, clock)
+            probs, negated = self._fold_mean(case.data, inverted, clock)
+            any_negated = any_negated or negated
             with timed(clock, "to the scan's grid"):
                 on_crop.append(resample_channels(probs, case.properties["shape_after_crop"], case.properties["separate_z_axis"]))
             if len(on_crop) == 2:  # summed as they come: at most two float copies of the probabilities
                 on_crop = [on_crop[0] + on_crop[1]]
-        return on_crop[0] / len(self.scales), case.properties
+        return on_crop[0] / len(self.scales), case.properties, any_negated
 
-    def _fold_mean(self, data: np.ndarray, inverted: bool = False, clock: StageClock | None = None) -> np.ndarray:
+    def _fold_mean(self, data: np.ndarray, inverted: bool = False,
+                   clock: StageClock | None = None) -> tuple[np.ndarray, bool]:
         """The folds' mean softmax (K, Z, Y, X) over preprocessed ``data`` (negated first if ``inverted``);
         for a reader of the surer polarity whose plan normalises inside the body (air 0), that over
-        ``data`` as given or negated, whichever it is less unsure of (``data`` left as given)."""
+        ``data`` as given or negated, whichever it is less unsure of (``data`` left as given). Also
+        whether the softmax is of the data negated."""
         if inverted:
             data = np.negative(data, out=data)  # the preprocessed copy is ours; zeros (air) stay zero
         probs = self._folds(data, clock)
         if inverted or not (self.surer_polarity and all(self.config.use_mask_for_norm)):
-            return probs
+            return probs, inverted
         np.negative(data, out=data)
         negated = self._folds(data, clock)
         np.negative(data, out=data)  # back as given: negation is exact
         share, share_negated = uncertain_share(probs), uncertain_share(negated)
-        return negated if share_negated is not None and (share is None or share_negated < share) else probs
+        if share_negated is not None and (share is None or share_negated < share):
+            return negated, True
+        return probs, False
 
     def _folds(self, data: np.ndarray, clock: StageClock | None) -> np.ndarray:
         """The folds' mean softmax over ``data`` as it is."""

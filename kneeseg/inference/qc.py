@@ -17,8 +17,9 @@ the knee bones the model learnt:
 - the scan was read with its contrast inverted (kneeseg.inference.predictor): the model was unsure
   of the scan as recorded and sure of it inverted (a fat-suppressed or inverted protocol, say);
 - the scan was read by the model's second reader (kneeseg.inference.predictor): the model stayed
-  unsure of it (as recorded, and inverted where it tried); where the second reader taught the model
-  the scan's contrast (kneeseg.inference.contrast), the labels are both readings'.
+  unsure of it (as recorded, and inverted where it tried); the warning says whether the second reader
+  kept its reading of the scan inverted, and where it taught the model the scan's contrast
+  (kneeseg.inference.contrast), that the labels are both readings'.
 
 Together with the acquisition warnings (kneeseg.inference.acquisition) they are printed per case and
 recorded in the statistics output (``qc_warnings``).
@@ -57,7 +58,7 @@ def prediction_warnings(labels: np.ndarray, geometry: Geometry, bones: dict[str,
                         volume_ranges: dict[str, list[float]], unsure: float | None = None,
                         read_inverted: bool = False, unsure_as_recorded: float | None = None,
                         second_reading: bool = False, unsure_first_reading: float | None = None,
-                        contrast_taught: bool = False) -> list[str]:
+                        contrast_taught: bool = False, second_inverted: bool = False) -> list[str]:
     """What looks wrong in a (z, y, x) label map of ``bones`` (name -> value), given the training
     labels' ``volume_ranges`` (name -> [min, max] mm3, the plans' ``label_volumes_mm3``; a name
     without a range is not judged) and the prediction's ``unsure`` share (:func:`uncertain_share`);
@@ -65,13 +66,15 @@ def prediction_warnings(labels: np.ndarray, geometry: Geometry, bones: dict[str,
     of the bone it found as recorded (None: it found none); ``second_reading``: the scan was read by
     the model's second reader, the model having been ``unsure_first_reading`` of the bone it found;
     ``contrast_taught``: the second reader taught the model the scan's contrast and the labels are
-    both readings' (kneeseg.inference.contrast)."""
+    both readings' (kneeseg.inference.contrast); ``second_inverted``: the second reader kept its
+    reading of the scan with the contrast inverted."""
     warnings, centre = [], {}
     if second_reading:
         before = ("found no bone" if unsure_first_reading is None
                   else f"was unsure of {100 * unsure_first_reading:.0f} % of the bone it found")
+        how = " with the scan's contrast inverted" if second_inverted else ""
         taught = ", which taught it the scan's contrast (the labels are both readings')" if contrast_taught else ""
-        warnings.append(f"read by the model's second reader{taught}: the model {before}; check every bone")
+        warnings.append(f"read by the model's second reader{how}{taught}: the model {before}; check every bone")
     if read_inverted:
         before = ("found no bone" if unsure_as_recorded is None
                   else f"was unsure of {100 * unsure_as_recorded:.0f} % of the bone it found")

@@ -215,7 +215,8 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
         found = prediction_warnings(labels, geometry, model.ds.foreground, model.plans.label_volumes_mm3,
                                     prediction.uncertain_share, prediction.read_inverted,
                                     prediction.unsure_as_recorded, prediction.second_reading,
-                                    prediction.unsure_first_reading, prediction.contrast_taught) if o.qc else []
+                                    prediction.unsure_first_reading, prediction.contrast_taught,
+                                    prediction.surer_inverted and prediction.second_reading) if o.qc else []
     for warning in found:
         tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
     warnings += found
