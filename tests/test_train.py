@@ -282,7 +282,7 @@ def _trainer_stub(patch: list[int]):
 def _variant_stub(trainer: type, patch: list[int]):
     """:func:`_trainer_stub` with a variant's own settings (its class attributes) copied onto it."""
     fake = _trainer_stub(patch)
-    for setting in ("share", "contrast", "tissue", "field_of_view", "p_contrast", "random_quantiles"):
+    for setting in ("share", "contrast", "tissue", "field_of_view", "p_contrast"):
         setattr(fake, setting, getattr(trainer, setting, None))
     return fake
 

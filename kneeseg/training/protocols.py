@@ -43,27 +43,24 @@ def dark_values(low: float, high: float, n: int, rng: np.random.Generator) -> np
     return rng.uniform(low, low + DARK_SHARE * (high - low), n)
 
 
-def random_transfer(x: np.ndarray, kind: str, knots: int, rng: np.random.Generator, dark_voids: bool = True,
-                    random_quantiles: bool = False) -> np.ndarray:
+def random_transfer(x: np.ndarray, kind: str, knots: int, rng: np.random.Generator, dark_voids: bool = True) -> np.ndarray:
     """``x`` through a random piecewise-linear curve with values within the 1-99 % range of ``x`` (so
     the result keeps the z-scored scale), ``knots`` knots at quantiles of ``x``. With ``dark_voids``
     the first two knots, at the minimum and at a random quantile up to ``VOID_QUANTILE``, stay dark
     (:func:`dark_values`: signal voids are dark in every sequence) and the rest lie evenly above;
-    without, all lie evenly; with ``random_quantiles`` those above lie at random quantiles instead (a
-    few percent of the brightest voxels may then get a grey of their own). The other knots' values
-    are sorted up for 'monotonic', down for 'inverted' (the brightest tissue of the scan, often fat,
-    becomes the darkest), as drawn for 'non-monotonic'."""
+    without, all lie evenly. The other knots' values are sorted up for 'monotonic', down for
+    'inverted' (the brightest tissue of the scan, often fat, becomes the darkest), as drawn for
+    'non-monotonic'."""
     if kind not in CONTRAST_KINDS:
         raise ValueError(f"kind {kind!r}: not one of {CONTRAST_KINDS}")
     if knots < 3:
         raise ValueError(f"knots {knots}: at least 3")
     low, high = (float(v) for v in np.quantile(x, [0.01, 0.99]))
     if dark_voids:
-        first = rng.uniform(0.02, VOID_QUANTILE)
-        quantiles = np.concatenate([[0.0], _knot_quantiles(first, knots - 1, rng, random_quantiles)])
+        quantiles = np.concatenate([[0.0], np.linspace(rng.uniform(0.02, VOID_QUANTILE), 1.0, knots - 1)])
         dark = np.sort(dark_values(low, high, 2, rng))
     else:
-        quantiles, dark = _knot_quantiles(0.0, knots, rng, random_quantiles), np.zeros(0)
+        quantiles, dark = np.linspace(0.0, 1.0, knots), np.zeros(0)
     where = np.quantile(x, quantiles) + np.arange(knots) * 1e-6  # strictly increasing, also where quantiles coincide
     free = rng.uniform(dark[-1] if dark.size and kind == "monotonic" else low, high, knots - dark.size)
     if kind != "non-monotonic":
@@ -71,25 +68,16 @@ def random_transfer(x: np.ndarray, kind: str, knots: int, rng: np.random.Generat
     return np.interp(x, where, np.concatenate([dark, free])).astype(x.dtype, copy=False)
 
 
-def _knot_quantiles(first: float, n: int, rng: np.random.Generator, at_random: bool) -> np.ndarray:
-    """``n`` increasing quantiles from ``first`` to 1: evenly spaced, or ``at_random`` in between."""
-    if not at_random:
-        return np.linspace(first, 1.0, n)
-    return np.concatenate([[first], np.sort(rng.uniform(first, 1.0, n - 2)), [1.0]])
-
-
 class ContrastTransferTransform(AbstractTransform):
     """Per sample, with probability ``p_per_sample``: each channel's non-air voxels through
     :func:`random_transfer`, of a kind drawn with ``kind_weights`` (monotonic, inverted,
     non-monotonic), a number of knots in ``knots`` (inclusive) and signal voids kept dark with
     probability ``p_dark_voids`` (else the curve treats them like any other voxel: a plain inversion
-    makes them bright); ``random_quantiles``: knots at random quantiles, not evenly spaced."""
+    makes them bright)."""
 
     def __init__(self, p_per_sample: float = 0.3, kind_weights: tuple[float, float, float] = (0.4, 0.2, 0.4),
-                 knots: tuple[int, int] = (3, 7), p_dark_voids: float = 0.7, data_key: str = "data",
-                 random_quantiles: bool = False):
+                 knots: tuple[int, int] = (3, 7), p_dark_voids: float = 0.7, data_key: str = "data"):
         self.p_per_sample, self.knots, self.p_dark_voids, self.data_key = p_per_sample, knots, p_dark_voids, data_key
-        self.random_quantiles = random_quantiles
         self.kind_weights = np.asarray(kind_weights, float) / np.sum(kind_weights)
 
     def __call__(self, **data_dict):
@@ -104,7 +92,7 @@ class ContrastTransferTransform(AbstractTransform):
                 body = _body(channel)
                 if np.count_nonzero(body) >= MIN_BODY_VOXELS:
                     knots = int(rng.integers(self.knots[0], self.knots[1] + 1))
-                    channel[body] = random_transfer(channel[body], kind, knots, rng, dark_voids, self.random_quantiles)
+                    channel[body] = random_transfer(channel[body], kind, knots, rng, dark_voids)
         return data_dict
 
 

@@ -18,7 +18,6 @@ VARIANTS = {
     "kneesegTrainerNoIntensityAug": "kneeseg.training.variants.no_intensity_aug",
     "kneesegTrainerRemoveStructures": "kneeseg.training.variants.remove_structures",
     "kneesegTrainerProtocols": "kneeseg.training.variants.protocols",
-    "kneesegTrainerProtocolsRandomKnots": "kneeseg.training.variants.protocols",
     "kneesegTrainerProtocolsLight": "kneeseg.training.variants.protocols",
     "kneesegTrainerNoTissueContrast": "kneeseg.training.variants.protocols",
     "kneesegTrainerNoFieldOfView": "kneeseg.training.variants.protocols",

@@ -6,7 +6,6 @@ each part buys.
 
     kneesegTrainerProtocols          contrast transfer functions, tissue contrasts (each in 3 patches of
                                      10), fields of view (1 in 5), rotation in 3 patches of 10
-    kneesegTrainerProtocolsRandomKnots  the same, the transfer functions' knots at random quantiles
     kneesegTrainerProtocolsLight     the same with half the new contrasts (each in 3 patches of 20)
     kneesegTrainerNoTissueContrast   the light dose without the tissue contrasts (transfer functions and
                                      fields of view)
@@ -29,21 +28,14 @@ class kneesegTrainerProtocols(Trainer):
     name = "kneesegTrainerProtocols"
     contrast, tissue, field_of_view = True, True, True
     p_contrast = 0.3  # per patch, for each of the transfer functions and the tissue contrasts
-    random_quantiles = False  # the transfer functions' knots at random quantiles of the patch, not evenly spaced
 
     def augmentation(self):
         # Contrasts before nnU-Net's intensity steps (noise, blur, low resolution act on the new contrast);
         # the field of view after them (the sliding window pads a scan with exact zeros).
-        new_contrast = ([ContrastTransferTransform(self.p_contrast, random_quantiles=self.random_quantiles)]
-                        if self.contrast else []) + (
+        new_contrast = ([ContrastTransferTransform(self.p_contrast)] if self.contrast else []) + (
             [TissueContrastTransform(self.p_contrast)] if self.tissue else [])
         return [spatial_transform(self.config.patch_size, p_rot_per_sample=0.3), *new_contrast, *intensity_transforms(),
                 *([FieldOfViewTransform()] if self.field_of_view else []), *mirror_transforms(self.config.training.mirror_axes)]
-
-
-class kneesegTrainerProtocolsRandomKnots(kneesegTrainerProtocols):
-    name = "kneesegTrainerProtocolsRandomKnots"
-    random_quantiles = True
 
 
 class kneesegTrainerProtocolsLight(kneesegTrainerProtocols):
