@@ -84,10 +84,10 @@ def test_the_qc_says_the_labels_are_both_readings():
     assert taught[0] == ("read by the model's second reader, which taught it the scan's contrast (the labels are both "
                          "readings'): the model was unsure of 44 % of the bone it found; check every bone")
     assert plain[1].startswith("the second reader is unsure of 50 % of the bone it found (more than 35 %): it may not")
+    assert taught[1].startswith("the two readings are unsure of 50 % of the bone they found (more than 35 %): they may not")
     inverted = prediction_warnings(labels, geometry, {"femur": 1}, {}, unsure=0.2, second_reading=True,
                                    unsure_first_reading=0.44, contrast_taught=True, second_inverted=True)
     assert inverted[0].startswith("read by the model's second reader with the scan's contrast inverted, which taught it")
-    assert taught[1].startswith("the two readings are unsure of 50 % of the bone they found (more than 35 %): they may not")
 
 
 def test_the_cli_passes_no_taught_contrast_on(monkeypatch, tmp_path):

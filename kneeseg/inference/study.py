@@ -216,7 +216,7 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
                                     prediction.uncertain_share, prediction.read_inverted,
                                     prediction.unsure_as_recorded, prediction.second_reading,
                                     prediction.unsure_first_reading, prediction.contrast_taught,
-                                    prediction.surer_inverted and prediction.second_reading) if o.qc else []
+                                    prediction.surer_inverted) if o.qc else []
     for warning in found:
         tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
     warnings += found
