@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ from conftest import free_port, make_phantom, path_flags, tree_snapshot
 
 from kneeseg.cli.plan_and_preprocess import main as pp_main
 from kneeseg.cli.train import main as train_main
+from kneeseg.inference.model import load_model
 from kneeseg.training.checkpoint import load_checkpoint
+from kneeseg.training.network import UNet, memory_format
 from kneeseg.training.trainer import poly_lr
 from kneeseg.training.weight_average import TailAverage
 
@@ -77,6 +80,32 @@ def test_same_seed_same_weights(prepared, tmp_path):
         digests.append(state["network"])
     for key in digests[0]:
         assert torch.equal(digests[0][key], digests[1][key]), key
+
+
+def test_a_narrow_network_trains_channels_last_and_predicts_as_a_contiguous_one(prepared, tmp_path):
+    paths = _copy(prepared, tmp_path)
+    plans_path = paths.preprocessed / "Dataset900_KneePhantom" / "kneesegPlans.json"
+    plans = json.loads(plans_path.read_text())
+    network = plans["configurations"]["3d_cpu"]["network"]
+    network["features_per_stage"] = [8 * 2**s for s in range(len(network["features_per_stage"]))]  # base 8, not 16
+    plans_path.write_text(json.dumps(plans))
+    assert train_main(["0", "--device", "cpu", *QUICK, *path_flags(paths)]) == 0
+    model = load_model(paths.results / FOLD_DIR.format(0).rsplit("/", 1)[0])
+    assert model.config.network.features_per_stage[0] == 8
+    (net,) = model.load_networks("cpu")
+    conv = net.encoder[0][3].weight  # the first stage's second convolution (one input channel is both layouts)
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+    # The layout is the CPU's business: the same weights, laid out plainly, give the same outputs.
+    plain = UNet(model.config.network, 1, 4).eval()
+    plain.load_state_dict(net.state_dict())
+    assert plain.encoder[0][3].weight.is_contiguous()
+    x = torch.randn(2, 1, *model.config.patch_size)
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x), plain(x), rtol=1e-4, atol=1e-5)
+    # Networks of base width 16 and up, and every network on a GPU, keep the plain layout.
+    wide = replace(model.config.network, features_per_stage=[16, 32, 64, 128])
+    assert memory_format(wide, "cpu") == torch.contiguous_format
+    assert memory_format(model.config.network, "cuda") == torch.contiguous_format
 
 
 def _set_training_plan(paths, **values):

@@ -13,7 +13,7 @@ from kneeseg.errors import KneesegError
 from kneeseg.io import read_json
 from kneeseg.planning.plans import ConfigurationPlan, Plans
 from kneeseg.training.checkpoint import load_checkpoint
-from kneeseg.training.network import UNet
+from kneeseg.training.network import UNet, place
 
 CHECKPOINT = "checkpoint_final.pth"
 
@@ -51,7 +51,7 @@ class TrainedModel:
             except RuntimeError:  # shapes or names differ: another network than the folder's files describe
                 raise KneesegError(f"{path}: does not fit {self.folder / 'plans.json'} and dataset.json "
                                    f"({self.ds.num_channels} channel(s), {len(self.ds.labels)} labels)") from None
-            networks.append(net.to(device).eval())
+            networks.append(place(net, self.config.network, device).eval())
         return networks
 
 

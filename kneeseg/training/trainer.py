@@ -52,7 +52,7 @@ from kneeseg.training.finetune import FineTuneSchedule, ParentWeights, load_pare
 from kneeseg.training.layout import TRAINER_NAME, model_dir
 from kneeseg.training.lock import FoldLock
 from kneeseg.training.loss import DeepSupervisionLoss
-from kneeseg.training.network import UNet
+from kneeseg.training.network import UNet, place
 from kneeseg.training.progress import plot_progress
 from kneeseg.training.splits import fold_cases, load_or_make_splits, save_splits
 from kneeseg.training.weight_average import TailAverage
@@ -249,7 +249,7 @@ class Trainer:
         if self.rank == 0:
             self.lock.acquire()
             save_splits(self.dataset_dir / "splits_final.json", self.splits)
-        self.network = self.build_network().to(self.device)
+        self.network = place(self.build_network(), self.config.network, self.device)
         if self.parent is not None and self.resume_from is None:
             self.network.load_state_dict(self.parent.weights)  # shapes checked with the plans: they fit
         self.loss = DeepSupervisionLoss(self.config.network.num_stages - 1 if self.config.network.deep_supervision else 1)
