@@ -4,7 +4,7 @@ Runs the whole demo (synthesise, plan, train fold 0 of 3d_cpu within --train-min
 post-processing, predict and evaluate the two held-out knees) and prints the last epoch's validation
 pseudo-Dice per bone next to the held-out Dice. Target: pseudo-Dice > 0.85 for all three bones.
 
-    python benchmarks/train_phantom.py [--train-minutes 9] [--machine measure|reference] [--output DIR]
+    python benchmarks/train_phantom.py [--train-minutes 8.5] [--machine measure|reference] [--output DIR]
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import platform
 from datetime import date
 from pathlib import Path
 
-from kneeseg.demo import run_demo
+from kneeseg.demo import DEMO_TRAIN_MINUTES, run_demo
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--train-minutes", type=float, default=9.0)
+    p.add_argument("--train-minutes", type=float, default=DEMO_TRAIN_MINUTES)
     p.add_argument("--output", type=Path, default=Path("/tmp/kneeseg_phantom_benchmark"))
     p.add_argument("--machine", default="measure", help="plan for this machine, measured (as make demo), or 'reference'")
     args = p.parse_args()
