@@ -90,6 +90,8 @@ def test_a_narrow_network_trains_channels_last_and_predicts_as_a_contiguous_one(
     network["features_per_stage"] = [8 * 2**s for s in range(len(network["features_per_stage"]))]  # base 8, not 16
     plans_path.write_text(json.dumps(plans))
     assert train_main(["0", "--device", "cpu", *QUICK, *path_flags(paths)]) == 0
+    trained = load_checkpoint(paths.results / FOLD_DIR.format(0) / "checkpoint_final.pth")["network"]["encoder.0.3.weight"]
+    assert trained.is_contiguous(memory_format=torch.channels_last_3d) and not trained.is_contiguous()  # trained so
     model = load_model(paths.results / FOLD_DIR.format(0).rsplit("/", 1)[0])
     assert model.config.network.features_per_stage[0] == 8
     (net,) = model.load_networks("cpu")
