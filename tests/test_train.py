@@ -21,6 +21,7 @@ from conftest import free_port, make_phantom, path_flags, tree_snapshot
 from kneeseg.cli.plan_and_preprocess import main as pp_main
 from kneeseg.cli.train import main as train_main
 from kneeseg.inference.model import load_model
+from kneeseg.training import trainer as trainer_module
 from kneeseg.training.checkpoint import load_checkpoint
 from kneeseg.training.network import UNet, memory_format
 from kneeseg.training.trainer import poly_lr
@@ -162,9 +163,13 @@ def test_tail_average_is_the_mean_of_the_window_and_restarts_when_the_schedule_g
     assert off.count == 0 and TailAverage(1.0).window_start(10) == 0
 
 
-def test_time_budget_scales_the_schedule(prepared, tmp_path):
+def test_time_budget_scales_the_schedule(prepared, tmp_path, monkeypatch):
     budget_min = 0.12  # about six of the phantom's epochs
     paths = _copy(prepared, tmp_path)
+    # What the trainer does between epochs (checkpoints, the progress plot) counts against the budget:
+    # each epoch's time after the first includes the last one's plot, slowed here to a second (epochs: ~0.6 s).
+    plotted = []
+    monkeypatch.setattr(trainer_module, "plot_progress", lambda *args: (time.sleep(1.0), plotted.append(args)))
     start = time.time()
     assert train_main(["0", "--device", "cpu", "--epochs", "500", "--iters-per-epoch", "2", "--val-iters", "1",
                        "--time-budget-min", str(budget_min), "--no-progress", *path_flags(paths)]) == 0
@@ -176,6 +181,7 @@ def test_time_budget_scales_the_schedule(prepared, tmp_path):
     # the LR decays towards 0.
     assert budget_min * 60 - 2 * max(epoch_s) <= state["elapsed_s"] <= budget_min * 60 + max(epoch_s)
     assert lrs[-1] < 0.5 * lrs[0] or state["num_epochs"] <= 2
+    assert len(plotted) == state["epoch"] and min(epoch_s[1:], default=1.0) >= 1.0
 
 
 def test_epochs_given_with_a_time_budget_are_a_ceiling(prepared, tmp_path):
