@@ -163,7 +163,7 @@ def test_tail_average_is_the_mean_of_the_window_and_restarts_when_the_schedule_g
     assert off.count == 0 and TailAverage(1.0).window_start(10) == 0
 
 
-def test_time_budget_scales_the_schedule(prepared, tmp_path, monkeypatch):
+def test_time_budget_scales_the_schedule(prepared, tmp_path, monkeypatch, capsys):
     budget_min = 0.12  # about six of the phantom's epochs
     paths = _copy(prepared, tmp_path)
     # What the trainer does between epochs (checkpoints, the progress plot) counts against the budget:
@@ -171,11 +171,18 @@ def test_time_budget_scales_the_schedule(prepared, tmp_path, monkeypatch):
     plotted = []
     monkeypatch.setattr(trainer_module, "plot_progress", lambda *args: (time.sleep(1.0), plotted.append(args)))
     start = time.time()
-    assert train_main(["0", "--device", "cpu", "--epochs", "500", "--iters-per-epoch", "2", "--val-iters", "1",
+    assert train_main(["0", "--device", "cpu", "--iters-per-epoch", "2", "--val-iters", "1",
                        "--time-budget-min", str(budget_min), "--no-progress", *path_flags(paths)]) == 0
     assert time.time() - start < budget_min * 60 + 45  # budget plus the final validation prediction
+    # Planned for an hour, trained for seconds: the user is told how to plan for the budget.
+    planned = json.loads((paths.preprocessed / "Dataset900_KneePhantom" / "kneesegPlans.json").read_text())
+    epochs = planned["configurations"]["3d_cpu"]["training"]["num_epochs"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [f"kneeseg: warning: 3d_cpu was planned for 60 minutes of training and gets {budget_min:g}: a few of "
+                        f"its {epochs} epochs; for more, smaller steps plan again with kneeseg_plan_and_preprocess "
+                        "--cpu-training-hours 0.002"]
     state = load_checkpoint(paths.results / FOLD_DIR.format(0) / "checkpoint_final.pth")
-    assert 1 <= state["num_epochs"] < 500 and state["epoch"] == state["num_epochs"]
+    assert 1 <= state["num_epochs"] and state["epoch"] == state["num_epochs"]
     lrs, epoch_s = state["history"]["lr"], state["history"]["epoch_s"]
     # The schedule follows the measured epochs: the budget is used (less than two epochs left over) and
     # the LR decays towards 0.
@@ -184,12 +191,13 @@ def test_time_budget_scales_the_schedule(prepared, tmp_path, monkeypatch):
     assert len(plotted) == state["epoch"] and min(epoch_s[1:], default=1.0) >= 1.0
 
 
-def test_epochs_given_with_a_time_budget_are_a_ceiling(prepared, tmp_path):
+def test_epochs_given_with_a_time_budget_are_a_ceiling(prepared, tmp_path, capsys):
     """--epochs 3 with a budget that holds many more (epochs of ~1 s, one minute): three epochs on the
     schedule of three, not a schedule stretched to the minute."""
     paths = _copy(prepared, tmp_path)
     assert train_main(["0", "--device", "cpu", "--epochs", "3", "--iters-per-epoch", "2", "--val-iters", "1",
                        "--time-budget-min", "1", "--no-progress", *path_flags(paths)]) == 0
+    assert "warning" not in capsys.readouterr().err  # the user chose the schedule: no advice on the plan's budget
     state = load_checkpoint(paths.results / FOLD_DIR.format(0) / "checkpoint_final.pth")
     n, lrs, epoch_s = state["num_epochs"], state["history"]["lr"], state["history"]["epoch_s"]
     assert state["epoch"] == n == len(lrs) and n <= 3
