@@ -1,6 +1,6 @@
 """The main job end to end, on the embedded default data or on the real scan.
 
-``make demo`` (no download, CPU only, < 10 minutes): synthesises the reference phantom dataset (6
+``make demo`` (no download, CPU only, about 10 minutes): synthesises the reference phantom dataset (6
 training + 2 held-out knees), plans and preprocesses it for this machine (measured, as
 kneeseg_plan_and_preprocess does; ``--machine reference``: the reference machine's plans) and for the
 demo's training budget (``--cpu-training-hours`` of the planner), trains fold 0 of the CPU
@@ -65,6 +65,8 @@ def run_demo(output: Path, train_minutes: float = DEMO_TRAIN_MINUTES, seed: int 
     """The demo in ``output``; ``machine``: plan 3d_cpu for this machine, measured (as
     kneeseg_plan_and_preprocess does), or for a named profile ('reference': the same plans everywhere)."""
     tta_scales = tuple(checked_scales(tta_scales))  # refused before anything is written, not after the training
+    if not train_minutes > 0:  # it sizes the plan too: no hours, no plan
+        raise KneesegError(f"--train-minutes {train_minutes:g}: give the training time in minutes, more than 0")
     output = Path(output)
     paths = KneesegPaths(output / "raw", output / "preprocessed", output / "results")
     dataset, test = (REAL_TRAIN, REAL_TEST) if real_source else (PHANTOM_DATASET, PHANTOM_DATASET)
@@ -80,8 +82,7 @@ def run_demo(output: Path, train_minutes: float = DEMO_TRAIN_MINUTES, seed: int 
         return result
 
     # 3d_cpu is sized for the training the demo runs, not for the hour a user's plans default to: an hour's
-    # patch trained for 8.5 minutes gets 4-7 epochs, and the faster the machine reads, the fewer
-    # (phantom all-bone Dice 0.922-0.955; sized for 8.5 minutes: 0.979, benchmarks/RESULTS.md).
+    # patch trained for minutes gets a few epochs, the fewer the faster the machine reads (benchmarks/RESULTS.md).
     hardware = HardwareTarget(machine=step("measure this machine" if machine == "measure" else f"machine: {machine}",
                                            api.machine_profile, machine), cpu_training_hours=train_minutes / 60)
     if real_source:
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
     p.add_argument("--tta-scales", type=float, nargs="+", metavar="F",
                    help="test-time scales (kneeseg_predict --tta-scales; default 1.0, and 0.8 0.9 1.0 1.1 with --real)")
     args = p.parse_args(argv)
-    minutes = args.train_minutes or (60.0 if args.real else DEMO_TRAIN_MINUTES)
+    minutes = args.train_minutes if args.train_minutes is not None else (60.0 if args.real else DEMO_TRAIN_MINUTES)
     scales = args.tta_scales or (REAL_TTA_SCALES if args.real else (1.0,))
     run_demo(args.output, minutes, args.seed, real_source=args.real, tta_scales=scales, machine=args.machine)
     return 0

@@ -4,6 +4,7 @@ written; its plans are sized for the training it runs."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -31,6 +32,10 @@ def test_demo_refuses_a_test_time_scale_outside_training_before_it_starts(tmp_pa
     assert code == 2
     assert len(err) == 1 and "0.75-1.3" in err[0] and "2.0" in err[0]
     assert not (tmp_path / "out").exists()
+    code = demo_main(["--output", str(tmp_path / "out"), "--train-minutes", "0"])  # it sizes the plan: no hours, no plan
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--train-minutes 0" in err[0]
+    assert not (tmp_path / "out").exists()
 
 
 class _Planned(Exception):
@@ -38,11 +43,12 @@ class _Planned(Exception):
 
 
 def test_the_demo_plans_for_the_minutes_it_trains(tmp_path, monkeypatch):
-    """An hour's plan trained for the demo's 8.5 minutes got 4-7 epochs (phantom Dice 0.922-0.955); sized
-    for its minutes, ~50 epochs fit them. Two of the demo's full-size phantoms, planned for the reference
-    machine; the training is stopped before it starts."""
-    monkeypatch.setattr(demo, "make_phantom_dataset", lambda raw, progress=False: synthesize_dataset(
-        raw / PHANTOM_DATASET, 2, 0, PhantomOptions(), 0, progress=False))
+    """An hour's plan trained for the demo's minutes gets a few epochs (benchmarks/RESULTS.md); sized for
+    its minutes, ~50 fit them. Two of the demo's full-size phantoms, planned for the reference machine;
+    the training is stopped before it starts."""
+    phantoms = tmp_path / "phantoms"
+    synthesize_dataset(phantoms, 2, 0, PhantomOptions(), 0, progress=False)
+    monkeypatch.setattr(demo, "make_phantom_dataset", lambda raw, progress=False: shutil.copytree(phantoms, raw / PHANTOM_DATASET))
     budgets: list[float] = []
 
     def train(paths, fold, dataset, options):

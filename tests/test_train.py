@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from kneeseg.inference.model import load_model
 from kneeseg.training import trainer as trainer_module
 from kneeseg.training.checkpoint import load_checkpoint
 from kneeseg.training.network import UNet, memory_format
-from kneeseg.training.trainer import poly_lr
+from kneeseg.training.trainer import Trainer, poly_lr
 from kneeseg.training.weight_average import TailAverage
 
 FOLD_DIR = "Dataset900_KneePhantom/kneesegTrainer__kneesegPlans__3d_cpu/fold_{}"
@@ -178,9 +179,9 @@ def test_time_budget_scales_the_schedule(prepared, tmp_path, monkeypatch, capsys
     planned = json.loads((paths.preprocessed / "Dataset900_KneePhantom" / "kneesegPlans.json").read_text())
     epochs = planned["configurations"]["3d_cpu"]["training"]["num_epochs"]
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert warnings == [f"kneeseg: warning: 3d_cpu was planned for 60 minutes of training and gets {budget_min:g}: a few of "
-                        f"its {epochs} epochs; for more, smaller steps plan again with kneeseg_plan_and_preprocess "
-                        "--cpu-training-hours 0.002"]
+    assert warnings == [f"kneeseg: warning: 3d_cpu was planned for 60 minutes of training and gets {budget_min:g}, about "
+                        f"{max(1, round(epochs * budget_min / 60))} of its {epochs} epochs; for more, smaller steps plan "
+                        "again with kneeseg_plan_and_preprocess --cpu-training-hours 0.002"]
     state = load_checkpoint(paths.results / FOLD_DIR.format(0) / "checkpoint_final.pth")
     assert 1 <= state["num_epochs"] and state["epoch"] == state["num_epochs"]
     lrs, epoch_s = state["history"]["lr"], state["history"]["epoch_s"]
@@ -189,6 +190,23 @@ def test_time_budget_scales_the_schedule(prepared, tmp_path, monkeypatch, capsys
     assert budget_min * 60 - 2 * max(epoch_s) <= state["elapsed_s"] <= budget_min * 60 + max(epoch_s)
     assert lrs[-1] < 0.5 * lrs[0] or state["num_epochs"] <= 2
     assert len(plotted) == state["epoch"] and min(epoch_s[1:], default=1.0) >= 1.0
+
+
+def test_the_short_budget_warning_spares_fine_tunings_gpus_and_epochs_the_user_gave():
+    """The warning's rule on its own (the CLI's case is above): a CPU plan sized for an hour, given 5 minutes."""
+    def note(**changes):
+        trainer = dict(options=SimpleNamespace(time_budget_min=5.0, epochs=None), fine_tune=None,
+                       plans=SimpleNamespace(hardware=SimpleNamespace(cpu_training_hours=1.0)), device=torch.device("cpu"),
+                       config=SimpleNamespace(name="3d_cpu", device="cpu", training=SimpleNamespace(num_epochs=50)))
+        return Trainer._budget_note(SimpleNamespace(**{**trainer, **changes}))
+
+    assert note() == ("3d_cpu was planned for 60 minutes of training and gets 5, about 4 of its 50 epochs; for more, "
+                      "smaller steps plan again with kneeseg_plan_and_preprocess --cpu-training-hours 0.083")
+    assert note(options=SimpleNamespace(time_budget_min=30.0, epochs=None)) is None  # half the hour is enough
+    assert note(options=SimpleNamespace(time_budget_min=None, epochs=None)) is None
+    assert note(options=SimpleNamespace(time_budget_min=5.0, epochs=3)) is None  # the user chose the schedule
+    assert note(fine_tune=object()) is None  # a parent's plan, few epochs by design
+    assert note(device=torch.device("cuda")) is None
 
 
 def test_epochs_given_with_a_time_budget_are_a_ceiling(prepared, tmp_path, capsys):

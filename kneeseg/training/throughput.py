@@ -40,7 +40,8 @@ PROBE_BATCH = 2
 PROBE_CLASSES = 4
 # On a VM one step may also run faster than the machine sustains (a neighbour idle for a moment): the
 # fastest of 3 steps read bf16 310-420 GFLOP/s within minutes on the reference EPYC, and the faster
-# readings planned patches its training ran at the slower rate. The median of 5 reads what a training sustains.
+# readings planned patches its training ran at the slower rate. The median of 5 read 260-310 there;
+# the VM's own speed still moves over minutes, which no probe of seconds can know.
 TIMED_STEPS = 5
 CPU_PRECISIONS = ("none", "bf16")  # "none": fp32
 # An idle machine gives a step 0.9-1.0 of its threads' time (OpenMP threads spin while they wait for
@@ -86,10 +87,12 @@ def _pause(seconds: float) -> None:
 
 
 def _typical(timings: list[Timing]) -> Timing:
-    """The step a precision is judged by: the median of the unstarved steps, else the fastest starved one."""
+    """The step a precision is judged by: the median of the unstarved steps (of two, the slower: a fast
+    outlier is what the median is there to drop), else the fastest starved one."""
+    assert timings, "no step timed"
     unstarved = sorted((t for t in timings if not t.starved), key=lambda t: t.seconds)
     if unstarved:
-        return unstarved[(len(unstarved) - 1) // 2]
+        return unstarved[len(unstarved) // 2]
     return min(timings, key=lambda t: t.seconds)
 
 
@@ -175,18 +178,18 @@ def measure_machine(cores: int | None = None, precisions: tuple[str, ...] = CPU_
         gflop = probe_gflop()
         measured: dict[str, float] = {}
         starved: list[float] = []
-        fastest: float | None = None
+        faster: float | None = None  # the typical step of the faster precision so far
         for precision in precisions:
             if precision == "bf16" and "none" in measured and not _bf16_is_worth_timing():
                 measured[precision] = 0.0  # emulated: not worth a step
                 continue
             # Once the machine is found busy, waiting again for the next precision would not help.
             wait_until = started + (0.0 if starved else BUSY_WAIT_SECONDS)
-            timing = _time_precision(precision, cores, None if fastest is None else 1.5 * fastest, wait_until)
+            timing = _time_precision(precision, cores, None if faster is None else 1.5 * faster, wait_until)
             measured[precision] = _two_digits(gflop / timing.seconds) if timing.seconds != float("inf") else 0.0
             if timing.starved:
                 starved.append(timing.share)
-            fastest = timing.seconds if fastest is None else min(fastest, timing.seconds)
+            faster = timing.seconds if faster is None else min(faster, timing.seconds)
     finally:
         torch.set_num_threads(previous)
     best = max(measured, key=lambda p: measured[p])

@@ -61,6 +61,11 @@ from kneeseg.training.weight_average import TailAverage
 EMA_MOMENTUM = 0.9  # nnU-Net's, for 1000 epochs
 
 
+# A time budget under this share of the hours a CPU plan was sized for gets a warning (an hour's plan in
+# the phantom demo's minutes: benchmarks/RESULTS.md, "Phantom demo").
+SHORT_BUDGET_SHARE = 0.5
+
+
 def ema_momentum(num_epochs: int) -> float:
     """The pseudo-Dice average spans about a quarter of the schedule: nnU-Net's 0.9 for long GPU
     schedules, less for the 8-30 epochs of a CPU budget, where 0.9 would lag behind to the end."""
@@ -478,17 +483,17 @@ class Trainer:
         self._log(f"final weights: mean of the weights after the last {self.tail_average.count} epochs")
 
     def _budget_note(self) -> str | None:
-        """A CPU plan sized for hours and trained for a fraction of them: its steps are too large for the
-        budget, which fits a few of its epochs (the phantom demo's 8.5 minutes with an hour's plan: 4-8
-        epochs, Dice 0.92-0.955; with a plan for its minutes, 40-75 epochs, 0.976-0.979). Not for a
+        """A CPU plan sized for hours and trained for under SHORT_BUDGET_SHARE of them: its steps are sized
+        for the hours, and few of its epochs fit (the phantom demo: benchmarks/RESULTS.md). Not for a
         fine-tuning (its parent's plan, few epochs by design) nor for epochs the user gave."""
-        budget, planned_h = self.options.time_budget_min, self.plans.hardware.cpu_training_hours
+        budget, planned_min = self.options.time_budget_min, 60 * self.plans.hardware.cpu_training_hours
         if (budget is None or self.options.epochs or self.fine_tune is not None or self.config.device != "cpu"
-                or budget >= 30 * planned_h):
+                or self.device.type != "cpu" or budget >= SHORT_BUDGET_SHARE * planned_min):
             return None
-        return (f"{self.config.name} was planned for {60 * planned_h:g} minutes of training and gets {budget:g}: a few of "
-                f"its {self.config.training.num_epochs} epochs; for more, smaller steps plan again with "
-                f"kneeseg_plan_and_preprocess --cpu-training-hours {budget / 60:.2g}")
+        epochs = self.config.training.num_epochs
+        return (f"{self.config.name} was planned for {planned_min:g} minutes of training and gets {budget:g}, about "
+                f"{max(1, round(epochs * budget / planned_min))} of its {epochs} epochs; for more, smaller steps plan "
+                f"again with kneeseg_plan_and_preprocess --cpu-training-hours {budget / 60:.2g}")
 
     def _describe(self) -> str:
         augmentation = ", ".join(type(t).__name__.removesuffix("Transform") for t in self.augmentation())
@@ -521,7 +526,8 @@ class Trainer:
                 self.validate(record)
                 # From the end of the last epoch's timing: its checkpoints and progress plot count against
                 # the budget too (~0.4 s an epoch; the 75 epochs of an 8.5-minute demo overran by 25 s).
-                record.seconds, start = time.perf_counter() - start, time.perf_counter()
+                now = time.perf_counter()
+                record.seconds, start = now - start, now
                 self.end_epoch(record)
             self._finish_weights()
             if self.rank == 0 and (self.fold_dir / "checkpoint_latest.pth").exists():
