@@ -21,6 +21,14 @@ class KneesegError(Exception):
     """
 
 
+def warn(text: str) -> None:
+    """One warning line on stderr, ``kneeseg: warning: text``; written through tqdm so that a progress bar
+    running meanwhile (a folder's prediction) stays whole."""
+    from tqdm import tqdm
+
+    tqdm.write(f"kneeseg: warning: {text}", file=sys.stderr)
+
+
 class Terminated(BaseException):
     """SIGTERM received (a ``kill``, a scheduler's time limit): raised so that cleanups run, as for Ctrl-C."""
 

@@ -17,11 +17,9 @@ the model on it; a model with other channels or labels than the dataset's is ref
 
 from __future__ import annotations
 
-import sys
-
 from kneeseg.api import PlanOptions, plan_and_preprocess
 from kneeseg.cli.common import add_path_flags, parser, paths_from, positive_float, positive_int
-from kneeseg.errors import cli_entry
+from kneeseg.errors import cli_entry, warn
 from kneeseg.hardware import detect_device
 from kneeseg.planning.machine import PROFILES, MachineProfile
 from kneeseg.preprocessing.pipeline import PlanAndPreprocessResult
@@ -73,8 +71,8 @@ def main(argv=None):
         else:
             print(f"machine: {machine.describe()}")
         if machine.busy:
-            print(f"kneeseg: warning: the machine was busy when it was measured ({machine.busy}): 3d_cpu is planned for a "
-                  "slower machine; plan again when it is idle (--machine measure) or give --cpu-gflops", file=sys.stderr)
+            warn(f"the machine was busy when it was measured ({machine.busy}): 3d_cpu is planned for a slower machine; "
+                 "plan again when it is idle (--machine measure) or give --cpu-gflops")
 
     def on_planned(result: PlanAndPreprocessResult) -> None:
         for name, config in result.plans.configurations.items():

@@ -45,7 +45,7 @@ from scipy import ndimage, sparse
 from skimage import measure
 from tqdm import tqdm
 
-from kneeseg.errors import KneesegError
+from kneeseg.errors import KneesegError, warn
 from kneeseg.io import Geometry, atomic_path, ensure_writable_folder
 
 
@@ -351,7 +351,7 @@ def export_stl(labels: np.ndarray, geometry: Geometry, out_dir: Path, names: dic
         if shells > 1:
             tqdm.write(f"kneeseg: {path}: {name}: {shells} separate pieces, written as {shells} closed shells", file=sys.stderr)
         for line in report.warnings():  # tqdm.write: a folder run's progress bar stays whole
-            tqdm.write(f"kneeseg: warning: {line}", file=sys.stderr)
+            warn(line)
         reports.append(report)
     return reports
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kneeseg.errors import KneesegError
+from kneeseg.errors import KneesegError, warn
 from kneeseg.inference.acquisition import acquisition_warnings, needs_zeroed_air, with_air_zeroed
 from kneeseg.inference.cases import InputCase
 from kneeseg.inference.model import TrainedModel
@@ -205,7 +205,7 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
             images = with_air_zeroed(images)  # copies: the input stays
         warnings = acquisition_warnings(geometry, model.config, images[0])
     for warning in warnings:
-        tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
+        warn(f"{case.channels[0]}: {warning}")
     prediction = predictor.predict(images, geometry, keep_probabilities=o.save_probabilities, clock=clock)
     reader = model.second_reader if prediction.second_reading and model.second_reader else model
     with timed(clock, "post-processing"):
@@ -218,7 +218,7 @@ def _predict_case(model: TrainedModel, predictor: Predictor, case: InputCase, st
                                     prediction.unsure_first_reading, prediction.contrast_taught,
                                     prediction.surer_inverted) if o.qc else []
     for warning in found:
-        tqdm.write(f"kneeseg: warning: {case.channels[0]}: {warning}", file=sys.stderr)
+        warn(f"{case.channels[0]}: {warning}")
     warnings += found
     with timed(clock, "write"):
         if dicom_seg:

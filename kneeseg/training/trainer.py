@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch.distributed as dist
 from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
 
 from kneeseg.dataset.layout import DatasetJson
-from kneeseg.errors import KneesegError
+from kneeseg.errors import KneesegError, warn
 from kneeseg.hardware import augmentation_workers, available_cores, usable_autocast, use_cores
 from kneeseg.io import atomic_write_json, atomic_write_text, read_json
 from kneeseg.planning.plans import ConfigurationPlan, Plans
@@ -518,7 +517,7 @@ class Trainer:
             note = self._budget_note()
             if note is not None and self.rank == 0:
                 self._log(f"warning: {note}")
-                print(f"kneeseg: warning: {note}", file=sys.stderr, flush=True)
+                warn(note)
             start = time.perf_counter()
             while self.epoch < self.num_epochs:
                 record = EpochRecord(lr=poly_lr(self.initial_lr(), self.epoch, self.num_epochs))
