@@ -350,7 +350,7 @@ def export_stl(labels: np.ndarray, geometry: Geometry, out_dir: Path, names: dic
                             surface_area(verts, faces), shells, dropped, dropped_voxels * voxel, problems, notes)
         if shells > 1:
             tqdm.write(f"kneeseg: {path}: {name}: {shells} separate pieces, written as {shells} closed shells", file=sys.stderr)
-        for line in report.warnings():  # tqdm.write: a folder run's progress bar stays whole
+        for line in report.warnings():
             warn(line)
         reports.append(report)
     return reports

@@ -120,9 +120,10 @@ def _time_precision(precision: str, threads: int, give_up_after: float | None, w
                 timings.append(timing)
             if timing.starved and not warm_up and (round_ or time.perf_counter() >= wait_until):
                 break  # still busy: wait again, or give up waiting, rather than time more starved steps
-        if not _typical(timings).starved:
+        kept = _typical(timings)
+        if not kept.starved:
             break
-    return _typical(timings)
+    return kept
 
 
 def _bf16_convolution_is_slower() -> bool:
